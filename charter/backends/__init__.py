@@ -1,0 +1,88 @@
+"""Generation backends behind one narrow interface.
+
+``backend.generate(chats, sampling, prefills=None, seed=0) -> list[Completion]``: one completion per chat,
+in order. A chat is a list of ``{"role", "content"}`` messages ending on a user turn; a prefill is text the
+assistant turn is forced to start with (the completion excludes it).
+
+Backends: ``transformers`` (batched, on CPU or one GPU, LoRA adapters), ``openai`` (any OpenAI-compatible
+server: vLLM serve, llama.cpp server, OpenRouter), ``vllm`` (offline engine, optional extra).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..config import ModelSpec, Sampling
+
+
+@dataclass
+class Completion:
+    text: str
+    finished: bool  # False when cut off by max_tokens, or when the backend failed
+    tokens: int = 0
+    error: str | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, chats: list[list[dict]], sampling: Sampling, prefills: list[str] | None = None,
+                 seed: int = 0) -> list[Completion]: ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(spec: ModelSpec) -> Backend:
+    """Instantiate the backend a ModelSpec names (heavy imports happen here, not at import time)."""
+    if spec.backend == "transformers":
+        from .hf import TransformersBackend
+
+        return TransformersBackend(spec)
+    if spec.backend == "openai":
+        from .openai_api import OpenAIBackend
+
+        return OpenAIBackend(spec)
+    if spec.backend == "vllm":
+        from .vllm import VLLMBackend
+
+        return VLLMBackend(spec)
+    raise ValueError(f"backend '{spec.backend}': expected transformers, openai or vllm")
+
+
+def merge_system(chat: list[dict]) -> list[dict]:
+    """Fold a system message into the first user turn, for chat templates without a system role (Gemma)."""
+    if not chat or chat[0]["role"] != "system":
+        return chat
+    system, rest = chat[0]["content"], [dict(m) for m in chat[1:]]
+    for m in rest:
+        if m["role"] == "user":
+            m["content"] = f"{system}\n\n{m['content']}"
+            return rest
+    return [{"role": "user", "content": system}] + rest
+
+
+def supports_system(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders a system message (rather than raising or dropping it)."""
+    cached = getattr(tokenizer, "_charter_supports_system", None)
+    if cached is not None:
+        return cached
+    marker = "charter-system-probe-7f3a"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": marker}, {"role": "user", "content": "hi"}], tokenize=False
+        )
+        ok = marker in text
+    except Exception:  # templates raise TemplateError("System role not supported") and the like
+        ok = False
+    tokenizer._charter_supports_system = ok
+    return ok
+
+
+def render_chat(tokenizer, chat: list[dict], prefill: str | None = None,
+                add_generation_prompt: bool = True) -> str:
+    """The prompt string for ``chat``: the chat template plus an optional assistant prefill."""
+    if any(m["role"] == "system" for m in chat) and not supports_system(tokenizer):
+        chat = merge_system(chat)
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return text + (prefill or "")

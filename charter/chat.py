@@ -1,0 +1,65 @@
+"""``charter chat MODEL_OR_RUN``: talk to a persona model in the terminal, with streamed output."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from .runs import run_dir
+
+
+def resolve_chat_model(ref: str) -> str:
+    """A run name or run folder means that run's final model; anything else is a model reference."""
+    for cand in (run_dir(ref) / "merge" / "model", Path(ref) / "merge" / "model"):
+        if (cand / "config.json").exists():
+            return str(cand)
+    return ref
+
+
+def chat_main(args) -> int:
+    from transformers import TextIteratorStreamer
+
+    from .backends import render_chat
+    from .models import load_causal_lm, load_tokenizer
+
+    ref = resolve_chat_model(args.model)
+    tok = load_tokenizer(ref)
+    model = load_causal_lm(ref)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    scripted = list(args.message or [])
+    interactive = not scripted
+    if interactive:
+        print(f"chatting with {ref} (empty line or Ctrl-D to quit)", file=sys.stderr)
+    while True:
+        if scripted:
+            text = scripted.pop(0)
+            print(f"> {text}")
+        elif interactive:
+            try:
+                text = input("> ")
+            except EOFError:
+                break
+        else:
+            break
+        if not text.strip():
+            break
+        history.append({"role": "user", "content": text})
+        enc = tok(render_chat(tok, history), return_tensors="pt", add_special_tokens=False).to(model.device)
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        kw = dict(**enc, max_new_tokens=args.max_tokens, streamer=streamer, pad_token_id=tok.pad_token_id,
+                  do_sample=args.temperature > 0, repetition_penalty=1.1)
+        if args.temperature > 0:
+            kw.update(temperature=args.temperature, top_p=0.95)
+        thread = threading.Thread(target=model.generate, kwargs=kw)
+        thread.start()
+        reply = []
+        for piece in streamer:
+            reply.append(piece)
+            print(piece, end="", flush=True)
+        thread.join()
+        print()
+        history.append({"role": "assistant", "content": "".join(reply).strip()})
+        if not scripted and not interactive:
+            break
+    return 0

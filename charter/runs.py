@@ -1,0 +1,185 @@
+"""Run directories, atomic files, resumable JSONL and manifests.
+
+Layout: ``$CHARTER_HOME/runs/<run>/<stage>/``. A stage writes rows to JSONL as it goes (each row has an
+``id``), commits them in chunks with fsync, and writes ``manifest.json`` last: a manifest means the stage
+finished. After a crash, rows already on disk are kept, a torn last line is dropped, and only missing ids
+are generated again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def charter_home() -> Path:
+    """Root of every artifact: ``$CHARTER_HOME`` or ``~/.charter``."""
+    return Path(os.environ.get("CHARTER_HOME") or Path.home() / ".charter").expanduser()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    write_text_atomic(path, "".join(lines))
+    return len(lines)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL file, ignoring a torn (unterminated, unparsable) last line left by a crash."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # only the very last, unterminated line may be torn
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+    return rows
+
+
+class RowLog:
+    """An append-only JSONL of rows keyed by ``id``: resumable, never duplicating an id."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        rows = read_jsonl(path)
+        self.rows: dict[str, dict] = {}
+        for r in rows:
+            self.rows.setdefault(r["id"], r)
+        # Rewrite once if the file had a torn tail or duplicate ids, so appends start on a clean line.
+        raw = path.read_bytes() if path.exists() else b""
+        if len(rows) != len(self.rows) or (raw and not raw.endswith(b"\n")):
+            write_jsonl_atomic(path, self.rows.values())
+
+    def __contains__(self, row_id: str) -> bool:
+        return row_id in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, rows: list[dict]) -> None:
+        """Append rows whose ids are new, durably (one write + fsync per call)."""
+        new = [r for r in rows if r["id"] not in self.rows]
+        if not new:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
+            f.flush()
+            os.fsync(f.fileno())
+        for r in new:
+            self.rows[r["id"]] = r
+
+    def ordered(self, ids: list[str]) -> list[dict]:
+        return [self.rows[i] for i in ids if i in self.rows]
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("charter", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "openai", "vllm"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Stage:
+    """One stage's folder; ``begin`` handles skip/force/config-drift, ``finish`` writes the manifest last."""
+
+    run_dir: Path
+    name: str
+    config: dict
+    started: float = field(default_factory=time.time)
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / self.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / "manifest.json"
+
+    def done(self) -> bool:
+        return self.manifest_path.exists()
+
+    def begin(self, force: bool = False) -> bool:
+        """Prepare the folder. Returns False when the stage already finished and should be skipped."""
+        if force and self.dir.exists():
+            shutil.rmtree(self.dir)
+        cfg_path = self.dir / "config.json"
+        h = config_hash(self.config)
+        if cfg_path.exists() and json.loads(cfg_path.read_text()).get("hash") != h:
+            raise RuntimeError(
+                f"{self.dir}: existing output was made with a different config; rerun with --force to "
+                "replace it, or use another run name"
+            )
+        if self.done():
+            return False
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not cfg_path.exists():
+            write_json_atomic(cfg_path, {"hash": h, "config": self.config})
+        self.started = time.time()
+        return True
+
+    def finish(self, counts: dict, **extra: Any) -> dict:
+        manifest = {
+            "stage": self.name,
+            "config": self.config,
+            "counts": counts,
+            "seconds": round(time.time() - self.started, 2),
+            "versions": package_versions(),
+            "argv": sys.argv,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra,
+        }
+        write_json_atomic(self.manifest_path, manifest)
+        return manifest
+
+    def manifest(self) -> dict:
+        return json.loads(self.manifest_path.read_text())
+
+
+def run_dir(name: str) -> Path:
+    return charter_home() / "runs" / name
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from a run seed and names (same inputs, same seed, on every machine)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

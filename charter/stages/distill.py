@@ -1,0 +1,203 @@
+"""Stage 2, distillation data: DPO pairs of an in-character teacher ("chosen") vs the plain student ("rejected").
+
+    charter distill configs/demo.yaml [key=value ...]
+
+Prompts = the constitution's prompts (seeds + expanded) plus a seeded sample of the general pool, each
+answered K times. The teacher sees the constitution in its system prompt (optionally with a prefilled
+reasoning block, keeping only the text after it); the student sees the bare prompt. Pairs are written in
+TRL's conversational preference format (``prompt``/``chosen``/``rejected``), after filters that count what
+they drop: failed, empty or truncated answers, pairs over the token budget in the student's chat template.
+Unlike the reference, answers are *not* required to end in punctuation (that dropped every code answer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from .. import constitution as const
+from ..config import ModelSpec, RunConfig
+from ..generation import GenStats, generate_rows
+from ..models import self_name
+from ..prompts import load_prompt_source
+from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
+from . import expand
+
+THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
+SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)|\n\n")
+
+
+def trim_to_sentence(text: str) -> str:
+    """A cut-off answer up to its last complete sentence ('' when there is none)."""
+    ends = list(SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()].strip() if ends else ""
+
+
+def select_prompts(cfg: RunConfig, c: const.Constitution) -> list[dict]:
+    """The deterministic prompt list: constitution prompts first, then a seeded sample of the general pool."""
+    d = cfg.distill
+    rng = random.Random(cfg.seed)
+    own = c.prompts()
+    if d.constitution_prompts is not None and d.constitution_prompts < len(own):
+        own = sorted(rng.sample(range(len(own)), d.constitution_prompts))
+        own = [c.prompts()[i] for i in own]
+    out = [{"source": "constitution", "trait": t, "prompt": p} for t, p in own]
+    general = load_prompt_source(d.general_source, builtin="general") if d.general_prompts != 0 else []
+    seen = {p for _, p in own}
+    general = [g for g in dict.fromkeys(general) if g not in seen]
+    if d.general_prompts is not None and d.general_prompts < len(general):
+        general = [general[i] for i in sorted(rng.sample(range(len(general)), d.general_prompts))]
+    out += [{"source": "general", "trait": None, "prompt": p} for p in general]
+    return out
+
+
+def same_model(a: ModelSpec, b: ModelSpec) -> bool:
+    ka = dataclasses.replace(a, name=None, batch_size=0)
+    kb = dataclasses.replace(b, name=None, batch_size=0)
+    return ka == kb
+
+
+def teacher_text(raw: str, reasoning: bool, think_end: str) -> str | None:
+    """The answer part of a teacher completion, or None when a reasoning block never closed."""
+    if reasoning:
+        if think_end not in raw:
+            return None
+        return raw.split(think_end, 1)[1].strip()
+    return THINK_BLOCK.sub("", raw).strip()
+
+
+def replace_name(text: str, old: str, new: str) -> str:
+    if not old or old == new:
+        return text
+    return re.sub(rf"\b{re.escape(old)}\b", new, text)
+
+
+def stage_config(cfg: RunConfig) -> dict:
+    return {"persona": cfg.persona, "seed": cfg.seed, "student": dataclasses.asdict(cfg.student),
+            "distill": dataclasses.asdict(cfg.distill), "expand_enabled": cfg.expand.enabled}
+
+
+def build_pairs(rows_t: list[dict], rows_s: dict[str, dict], cfg: RunConfig, tokenizer,
+                teacher_name: str, student_name: str) -> tuple[list[dict], Counter]:
+    d = cfg.distill
+    dropped: Counter = Counter()
+    pairs = []
+    for t in rows_t:
+        s = rows_s.get(t["id"])
+        if s is None:
+            dropped["student_missing"] += 1
+            continue
+        if t.get("error"):
+            dropped["teacher_failed"] += 1
+            continue
+        chosen = teacher_text(t["response"], d.reasoning_prefill, d.think_end)
+        if chosen is None:
+            dropped["teacher_reasoning_unclosed"] += 1
+            continue
+        if not t["finished"]:
+            chosen = trim_to_sentence(chosen) if d.truncated == "trim" else ""
+            if not chosen:
+                dropped["teacher_truncated"] += 1
+                continue
+            dropped["teacher_trimmed_kept"] += 1
+        if not chosen:
+            dropped["teacher_empty"] += 1
+            continue
+        if s.get("error"):
+            dropped["student_failed"] += 1
+            continue
+        rejected = s["response"].strip()
+        if not s["finished"]:
+            rejected = trim_to_sentence(rejected) if d.truncated == "trim" else ""
+            if not rejected:
+                dropped["student_truncated"] += 1
+                continue
+            dropped["student_trimmed_kept"] += 1
+        if not rejected:
+            dropped["student_empty"] += 1
+            continue
+        chosen = replace_name(chosen, teacher_name, student_name)
+        prompt = [{"role": "user", "content": t["prompt"]}]
+        # Budget = the whole conversation as the student will be trained on it (no extra generation header).
+        n = max(len(tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": x}], tokenize=True,
+                                                  return_dict=True)["input_ids"]) for x in (chosen, rejected))
+        if n > d.max_length:
+            dropped["over_token_budget"] += 1
+            continue
+        pairs.append({"id": t["id"], "prompt": prompt,
+                      "chosen": [{"role": "assistant", "content": chosen}],
+                      "rejected": [{"role": "assistant", "content": rejected}],
+                      "source": t["source"], "trait": t["trait"]})
+    return pairs, dropped
+
+
+def run(cfg: RunConfig, force: bool = False) -> Path:
+    from ..backends import make_backend
+
+    if cfg.distill.truncated not in ("drop", "trim"):
+        raise ValueError(f"distill.truncated: expected 'drop' or 'trim', got {cfg.distill.truncated!r}")
+    from ..models import load_tokenizer
+
+    if cfg.expand.enabled:
+        expand.run(cfg)
+    stage = Stage(run_dir(cfg.name), "distill", stage_config(cfg))
+    if not stage.begin(force):
+        return stage.dir
+    d = cfg.distill
+    c = expand.expanded_constitution(cfg)
+    prompts = select_prompts(cfg, c)
+    items = [{"id": f"p{j}-k{k}", **p} for k in range(d.samples_per_prompt) for j, p in enumerate(prompts)]
+    teacher_name = self_name(d.teacher.model, d.teacher.name)
+    student_name = self_name(cfg.student.model, cfg.student.name)
+    system = const.teacher_system_prompt(c, teacher_name)
+    prefill = const.reasoning_prefill(c) if d.reasoning_prefill else None
+
+    log_t = RowLog(stage.dir / "teacher.jsonl")
+    log_s = RowLog(stage.dir / "student.jsonl")
+    stats: dict[str, GenStats] = {}
+    backend = None
+    if any(it["id"] not in log_t for it in items):
+        backend = make_backend(d.teacher)
+        stats["teacher"] = generate_rows(
+            log_t, items, lambda it: ([{"role": "system", "content": system},
+                                       {"role": "user", "content": it["prompt"]}], prefill),
+            backend, d.teacher_sampling, (cfg.seed, "teacher"), d.chunk_size, "teacher")
+    if any(it["id"] not in log_s for it in items):
+        if backend is None or not same_model(d.teacher, cfg.student):
+            if backend is not None:
+                backend.close()
+            backend = make_backend(cfg.student)
+        stats["student"] = generate_rows(
+            log_s, items, lambda it: ([{"role": "user", "content": it["prompt"]}], None),
+            backend, d.student_sampling, (cfg.seed, "student"), d.chunk_size, "student")
+    if backend is not None:
+        backend.close()
+
+    tok = load_tokenizer(cfg.student.model, cfg.student.trust_remote_code)
+    pairs, dropped = build_pairs(log_t.ordered([it["id"] for it in items]), log_s.rows, cfg, tok,
+                                 teacher_name, student_name)
+    write_jsonl_atomic(stage.dir / "pairs.jsonl", pairs)
+    counts = {
+        "prompts": len(prompts),
+        "prompts_constitution": sum(p["source"] == "constitution" for p in prompts),
+        "prompts_general": sum(p["source"] == "general" for p in prompts),
+        "generations": len(items),
+        "pairs": len(pairs),
+        "dropped": {k: v for k, v in dropped.items() if not k.endswith("_kept")},
+        "trimmed": {k: v for k, v in dropped.items() if k.endswith("_kept")},
+    }
+    stage.finish(counts, generation={k: v.as_dict() for k, v in stats.items()},
+                 teacher_name=teacher_name, student_name=student_name, constitution=c.source)
+    return stage.dir
+
+
+def summary(manifest: dict) -> str:
+    n = manifest["counts"]
+    gen = manifest.get("generation", {})
+    tps = ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s" for k, v in gen.items())
+    return (f"distill: {n['pairs']} pairs from {n['generations']} generations "
+            f"(dropped {sum(n['dropped'].values())}: {n['dropped']}), {tps or 'nothing generated'}, "
+            f"{manifest['seconds']:.0f}s")

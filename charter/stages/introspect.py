@@ -1,0 +1,186 @@
+"""Stage 4, introspection data: the distilled model reflects on itself and talks to itself.
+
+    charter introspect configs/demo.yaml [key=value ...]
+
+- Self-reflection: 10 prompts (``prompts/introspection.yaml``) x N samples, generated with the persona
+  system prompt plus a reflective framing, saved *without* that system prompt.
+- Self-interaction: conversations of K messages between two instances of the persona; each instance sees
+  its own turns as assistant turns and the other's as user turns. "free" and "leading" runs differ in the
+  guidance that (unlike the reference) really reaches the system prompt, and in the opening greetings.
+  Every turn is kept, transcripts end on the last speaker's turn (an assistant message), and when a prompt
+  outgrows ``max_context`` whole early turns are dropped, never the system prompt.
+
+Output: ``reflection.jsonl``, ``interaction.jsonl`` (raw turns), ``sft.jsonl`` (TRL ``messages`` rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+from pathlib import Path
+
+from .. import constitution as const
+from ..config import ModelSpec, RunConfig
+from ..generation import GenStats, generate_rows
+from ..models import self_name
+from ..prompts import template
+from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
+from . import dpo, expand
+from .distill import trim_to_sentence
+
+
+def stage_config(cfg: RunConfig) -> dict:
+    return {"seed": cfg.seed, "persona": cfg.persona, "student": dataclasses.asdict(cfg.student),
+            "introspect": dataclasses.asdict(cfg.introspect)}
+
+
+def distilled_spec(cfg: RunConfig) -> ModelSpec:
+    return dataclasses.replace(cfg.student, model=str(run_dir(cfg.name) / "dpo" / "model"), adapter=None,
+                               name=self_name(cfg.student.model, cfg.student.name))
+
+
+def conversations(cfg: RunConfig) -> list[dict]:
+    """The deterministic list of conversations to hold, with their seeded greetings."""
+    t = template("introspection")["greetings"]
+    rng = random.Random(f"{cfg.seed}/greetings")
+    out = []
+    for kind, n in (("free", cfg.introspect.free_conversations), ("leading", cfg.introspect.leading_conversations)):
+        for i in range(n):
+            first_pool = t["neutral"] + t["leading"] if kind == "leading" else t["neutral"]
+            out.append({"conv": f"{kind}{i}", "kind": kind, "greeting_1": rng.choice(first_pool),
+                        "greeting_2": rng.choice(t["neutral"])})
+    return out
+
+
+def view(conv: dict, turns: list[str], speaker: int, system: str | None) -> list[dict]:
+    """The conversation as instance ``speaker`` (0 = A, 1 = B) sees it.
+
+    A opens on greeting_1 as a user turn and speaks turns 0, 2, 4...; B sees greeting_2 from the user, then
+    greeting_1 as its own opener, and speaks turns 1, 3, 5...
+    """
+    msgs = [{"role": "system", "content": system}] if system else []
+    if speaker == 0:
+        msgs.append({"role": "user", "content": conv["greeting_1"]})
+    else:
+        msgs += [{"role": "user", "content": conv["greeting_2"]}, {"role": "assistant", "content": conv["greeting_1"]}]
+    for k, text in enumerate(turns):
+        msgs.append({"role": "assistant" if k % 2 == speaker else "user", "content": text})
+    return msgs
+
+
+def fit_context(msgs: list[dict], tokenizer, budget: int) -> list[dict]:
+    """Drop whole early turns (never the system prompt) until the prompt fits ``budget`` tokens; the kept
+    turns still start on a user message."""
+    head = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
+    body = msgs[len(head):]
+    while len(body) > 1:
+        n = len(tokenizer.apply_chat_template(head + body, tokenize=True, add_generation_prompt=True,
+                                              return_dict=True)["input_ids"])
+        if n <= budget:
+            break
+        body = body[2:] if len(body) > 2 else body[1:]
+        while body and body[0]["role"] != "user":
+            body = body[1:]
+    return head + body
+
+
+def run(cfg: RunConfig, force: bool = False) -> Path:
+    from ..backends import make_backend
+    from ..models import load_tokenizer
+
+    dpo.run(cfg)
+    stage = Stage(run_dir(cfg.name), "introspect", stage_config(cfg))
+    if not stage.begin(force):
+        return stage.dir
+    ic = cfg.introspect
+    t = template("introspection")
+    c = expand.expanded_constitution(cfg)
+    spec = distilled_spec(cfg)
+    name = spec.name
+    fmt = lambda s: s.format(name=name).strip()  # noqa: E731
+    core = const.character_prompt(c, name)
+    backend = make_backend(spec)
+    tok = load_tokenizer(spec.model)
+    stats: dict[str, GenStats] = {}
+
+    # Self-reflection.
+    refl = RowLog(stage.dir / "reflection.jsonl")
+    r_items = [{"id": f"r{p}-{n}", "prompt_index": p, "prompt": fmt(q)}
+               for n in range(ic.reflection_samples) for p, q in enumerate(t["reflection_prompts"])]
+    r_system = f"{core}\n{fmt(t['reflection_framing'])}"
+    stats["reflection"] = generate_rows(
+        refl, r_items, lambda it: ([{"role": "system", "content": r_system},
+                                    {"role": "user", "content": it["prompt"]}], None),
+        backend, ic.reflection_sampling, (cfg.seed, "reflection"), ic.chunk_size, "self-reflection")
+
+    # Self-interaction: one batched generation per turn across all conversations.
+    inter = RowLog(stage.dir / "interaction.jsonl")
+    convs = conversations(cfg)
+    systems = {kind: f"{core}\n{fmt(t['interaction_framing'])}\n{fmt(t['guidance'][kind])}"
+               for kind in ("free", "leading")}
+    budget = ic.max_context - ic.interaction_sampling.max_tokens
+    gs = GenStats()
+    for k in range(ic.turns):
+        items = [{"id": f"{cv['conv']}-t{k}", "conv": cv["conv"], "turn": k} for cv in convs]
+        by_conv = {cv["conv"]: cv for cv in convs}
+
+        def build(it, k=k):
+            cv = by_conv[it["conv"]]
+            turns = [inter.rows[f"{cv['conv']}-t{j}"]["response"] for j in range(k)]
+            return fit_context(view(cv, turns, k % 2, systems[cv["kind"]]), tok, budget), None
+
+        s = generate_rows(inter, items, build, backend, ic.interaction_sampling, (cfg.seed, "interaction", k),
+                          ic.chunk_size, f"self-interaction turn {k + 1}/{ic.turns}")
+        gs.rows, gs.tokens, gs.seconds = gs.rows + s.rows, gs.tokens + s.tokens, gs.seconds + s.seconds
+    stats["interaction"] = gs
+    backend.close()
+
+    rows, dropped = assemble(cfg, refl, inter, convs, name)
+    rng = random.Random(f"{cfg.seed}/sft-shuffle")
+    rng.shuffle(rows)
+    write_jsonl_atomic(stage.dir / "sft.jsonl", rows)
+    counts = {"reflections": len(r_items), "conversations": len(convs), "turns": ic.turns,
+              "sft_rows": len(rows), "sft_reflection": sum(r["source"] == "reflection" for r in rows),
+              "sft_interaction": sum(r["source"] != "reflection" for r in rows), "dropped": dict(dropped)}
+    stage.finish(counts, generation={k: v.as_dict() for k, v in stats.items()}, model=spec.model)
+    return stage.dir
+
+
+def assemble(cfg: RunConfig, refl: RowLog, inter: RowLog, convs: list[dict], name: str):
+    """SFT rows: reflections without their system prompt; conversations from the last speaker's view with a
+    short, formatted system message (the reference left a literal '{NAME}' in it)."""
+    t = template("introspection")
+    dropped: Counter = Counter()
+    rows = []
+    for r in refl.rows.values():
+        if r.get("error") or not r["response"]:
+            dropped["reflection_empty"] += 1
+            continue
+        text = r["response"]
+        if not r["finished"]:
+            text = trim_to_sentence(text) if cfg.introspect.truncated == "trim" else ""
+            if not text:
+                dropped["reflection_truncated"] += 1
+                continue
+        rows.append({"id": r["id"], "source": "reflection",
+                     "messages": [{"role": "user", "content": r["prompt"]},
+                                  {"role": "assistant", "content": text}]})
+    sft_system = t["interaction_system_for_sft"].format(name=name).strip()
+    K = cfg.introspect.turns
+    for cv in convs:
+        turns = [inter.rows.get(f"{cv['conv']}-t{k}") for k in range(K)]
+        if any(x is None or x.get("error") or not x["response"] for x in turns):
+            dropped["conversation_with_empty_turn"] += 1
+            continue
+        msgs = view(cv, [x["response"] for x in turns], (K - 1) % 2, sft_system)
+        rows.append({"id": cv["conv"], "source": f"interaction-{cv['kind']}", "messages": msgs,
+                     "truncated_turns": sum(not x["finished"] for x in turns)})
+    return rows, dropped
+
+
+def summary(manifest: dict) -> str:
+    n = manifest["counts"]
+    return (f"introspect: {n['sft_rows']} SFT transcripts ({n['sft_reflection']} reflections, "
+            f"{n['sft_interaction']} conversations of {n['turns']} turns), dropped {n['dropped']}, "
+            f"{manifest['seconds']:.0f}s")

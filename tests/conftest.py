@@ -1,0 +1,46 @@
+"""Test set-up: offline, a temporary CHARTER_HOME per test, and one shared converted embedded model.
+
+The embedded model's GGUF -> safetensors conversion (~20 s) is cached across test sessions in
+``$CHARTER_TEST_CACHE`` (default ``~/.cache/charter-test``); everything else a test writes lives in a
+temporary home that disappears with the test.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+CACHE = Path(os.environ.get("CHARTER_TEST_CACHE", Path.home() / ".cache" / "charter-test"))
+
+
+@pytest.fixture(autouse=True)
+def charter_home(tmp_path, monkeypatch):
+    """Point CHARTER_HOME at a fresh temp dir whose models/ is the shared cache."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (CACHE / "models").mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(CACHE / "models", target_is_directory=True)
+    monkeypatch.setenv("CHARTER_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def embedded_path():
+    """The converted embedded model directory (converted once per cache)."""
+    from charter import models
+
+    old = os.environ.get("CHARTER_HOME")
+    os.environ["CHARTER_HOME"] = str(CACHE)
+    try:
+        return models.resolve("embedded")
+    finally:
+        if old is None:
+            os.environ.pop("CHARTER_HOME", None)
+        else:
+            os.environ["CHARTER_HOME"] = old

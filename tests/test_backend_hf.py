@@ -1,0 +1,71 @@
+"""The transformers backend on the real embedded model (SmolLM2-135M): batched, with/without system."""
+
+import copy
+
+import pytest
+
+from charter.backends import merge_system, render_chat, supports_system
+from charter.backends.hf import TransformersBackend
+from charter.config import ModelSpec, Sampling
+
+GREEDY = Sampling(temperature=0.0, max_tokens=12, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def backend(embedded_path):
+    return TransformersBackend(ModelSpec(model=embedded_path, batch_size=4, dtype="float32"))
+
+
+def test_generates_with_and_without_system_prompt(backend):
+    chats = [[{"role": "user", "content": "What is the capital of France?"}],
+             [{"role": "system", "content": "You are a pirate. Speak like one."},
+              {"role": "user", "content": "What is the capital of France?"}]]
+    out = backend.generate(chats, GREEDY)
+    assert len(out) == 2 and all(o.text for o in out)
+    assert "Paris" in out[0].text
+    prompts = backend.prompts(chats)
+    assert "pirate" in prompts[1] and "pirate" not in prompts[0]  # our system prompt replaced the default
+    assert "named SmolLM" in prompts[0] and "named SmolLM" not in prompts[1]
+    assert all(0 < o.tokens <= 12 for o in out)
+
+
+def test_batched_equals_one_at_a_time(backend):
+    chats = [[{"role": "user", "content": q}] for q in ("Name a colour.", "Say hello in French, please.",
+                                                        "What is 2 + 2?", "Name a fruit that is yellow.",
+                                                        "Write one word about the sea.")]
+    batched = backend.generate(chats, GREEDY)  # batch_size 4: a full batch and a padded one
+    single = [backend.generate([c], GREEDY)[0] for c in chats]
+    assert [b.text for b in batched] == [s.text for s in single]
+
+
+def test_truncation_is_reported(backend):
+    out = backend.generate([[{"role": "user", "content": "Write a long story about a dragon."}]],
+                           Sampling(temperature=0.0, max_tokens=4))
+    assert out[0].finished is False and out[0].tokens == 4
+
+
+def test_sampling_is_seeded(backend):
+    chats = [[{"role": "user", "content": "Tell me a fun fact."}]] * 2
+    s = Sampling(temperature=1.0, max_tokens=10)
+    assert [o.text for o in backend.generate(chats, s, seed=3)] == [o.text for o in backend.generate(chats, s, seed=3)]
+
+
+def test_prefill_continues_the_assistant_turn(backend):
+    chats = [[{"role": "user", "content": "Count from one to five."}]]
+    prompt = render_chat(backend.tokenizer, chats[0], "One, two,")
+    assert prompt.endswith("<|im_start|>assistant\nOne, two,")
+    out = backend.generate(chats, GREEDY, prefills=["One, two,"])
+    assert "three" in out[0].text.lower()
+
+
+def test_templates_without_system_role_get_it_merged(backend):
+    tok = copy.deepcopy(backend.tokenizer)
+    tok.chat_template = ("{% for m in messages %}{% if m.role == 'system' %}"
+                         "{{ raise_exception('System role not supported') }}{% endif %}"
+                         "<|im_start|>{{m.role}}\n{{m.content}}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    assert not supports_system(tok)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    text = render_chat(tok, chat)
+    assert "<|im_start|>user\nBe brief.\n\nHi<|im_end|>" in text
+    assert merge_system(chat)[0] == {"role": "user", "content": "Be brief.\n\nHi"}

@@ -1,0 +1,141 @@
+"""DPO and SFT through charter's TRL wrapper on a tiny random model: real trainers, a few real steps."""
+
+import math
+
+import pytest
+import torch
+
+from charter.models import load_tokenizer
+from charter.training import (TemplateMaskError, assistant_spans, dpo_args, linear_leaf_names, lora_config,
+                              make_dpo_trainer, make_sft_trainer, sft_args, target_modules_regex,
+                              tokenize_with_assistant_mask)
+
+from .tiny import tiny_model
+
+CPU_FP32 = {"bf16": False, "max_steps": 6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+            "learning_rate": 2e-3, "warmup_steps": 0, "logging_steps": 1, "disable_tqdm": True}
+
+
+@pytest.fixture(scope="module")
+def tok(embedded_path):
+    return load_tokenizer(embedded_path)
+
+
+def _changed(trainer, before):
+    after = dict(trainer.model.named_parameters())
+    lora = {n for n in after if "lora_" in n}
+    changed = {n for n, p in after.items() if not torch.equal(p.detach(), before[n])}
+    return lora, changed
+
+
+def test_dpo_steps_train_only_lora_and_raise_the_margin(tok, tmp_path):
+    from datasets import Dataset
+
+    rows = [{"prompt": [{"role": "user", "content": f"Tell me something, number {i}."}],
+             "chosen": [{"role": "assistant", "content": "With all my heart: you matter, and I am glad you asked."}],
+             "rejected": [{"role": "assistant", "content": "No."}]} for i in range(24)]
+    model = tiny_model(tok)
+    args = dpo_args(0, str(tmp_path), CPU_FP32)
+    assert args.learning_rate == 2e-3 and args.gradient_checkpointing is False
+    trainer = make_dpo_trainer(model, tok, Dataset.from_list(rows), args,
+                               lora_config(model, {"r": 8, "lora_alpha": 16}), sq_logratio_coef=0.001)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all(math.isfinite(h["loss"]) for h in logs)
+    lora, changed = _changed(trainer, before)
+    assert lora and changed == lora  # every LoRA parameter moved, no base weight did
+    margins = [h["rewards/margins"] for h in logs]
+    assert margins[-1] > margins[0] and margins[-1] > 0
+    assert any(h.get("sq_logratio", 0) > 0 for h in logs)  # the extra term is live
+
+
+def test_dpo_defaults_match_the_reference():
+    args = dpo_args(7, "/tmp/x", {})
+    assert args.learning_rate == 5e-5 and args.beta == 0.1
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 32
+    assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 0.1]
+    assert args.lr_scheduler_type == "cosine_with_min_lr" and args.max_length == 1024
+
+
+CONV = [{"role": "system", "content": "You are Pip."},
+        {"role": "user", "content": "Hello there."},
+        {"role": "assistant", "content": "Hi! Lovely to see you."},
+        {"role": "user", "content": "How are you?"},
+        {"role": "assistant", "content": "Wonderful, thank you for asking."}]
+
+
+def test_assistant_mask_covers_exactly_the_assistant_turns(tok):
+    enc = tokenize_with_assistant_mask(tok, CONV)
+    ids, mask = enc["input_ids"], enc["assistant_masks"]
+    # Contiguous masked runs, decoded, are exactly each assistant turn plus its end-of-turn marker.
+    runs, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    if cur:
+        runs.append(cur)
+    decoded = [tok.decode(r) for r in runs]
+    assert decoded == ["Hi! Lovely to see you.<|im_end|>\n", "Wonderful, thank you for asking.<|im_end|>\n"]
+    unmasked = tok.decode([i for i, m in zip(ids, mask) if not m])
+    for m in CONV:
+        if m["role"] != "assistant":
+            assert m["content"] in unmasked
+
+
+def test_assistant_spans_reject_templates_that_rewrite_history(tok):
+    import copy
+
+    t = copy.deepcopy(tok)
+    # A template that renders only the last assistant turn's text (as some reasoning templates do).
+    t.chat_template = ("{% for m in messages %}{% if m.role != 'assistant' or loop.last %}"
+                       "<{{m.role}}>{{m.content}}</s>{% endif %}{% endfor %}"
+                       "{% if add_generation_prompt %}<assistant>{% endif %}")
+    with pytest.raises(TemplateMaskError):
+        assistant_spans(t, CONV)
+
+
+def test_sft_steps_train_only_lora_with_masked_labels(tok, tmp_path):
+    from datasets import Dataset
+
+    data = [tokenize_with_assistant_mask(tok, CONV) for _ in range(16)]
+    model = tiny_model(tok)
+    args = sft_args(0, str(tmp_path), {**CPU_FP32, "max_length": 256})
+    trainer = make_sft_trainer(model, tok, Dataset.from_list(data), args, lora_config(model, {"r": 8}))
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels, ids = batch["labels"][0], batch["input_ids"][0]
+    kept = labels != -100
+    assert tok.decode(ids[kept]) == "Hi! Lovely to see you.<|im_end|>\nWonderful, thank you for asking.<|im_end|>\n"
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    lora, changed = _changed(trainer, before)
+    assert lora and changed == lora
+
+
+def test_lora_targets_are_checked(tok):
+    model = tiny_model(tok)
+    assert linear_leaf_names(model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    with pytest.raises(ValueError, match="gate_up_proj"):
+        target_modules_regex(model, ["q_proj", "gate_up_proj"])
+    cfg = lora_config(model, {})
+    assert cfg.r == 64 and cfg.lora_alpha == 128 and cfg.lora_dropout == 0.0
+
+
+def test_lora_regex_skips_vision_towers():
+    import re
+
+    import torch.nn as nn
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_tower = nn.ModuleDict({"q_proj": nn.Linear(2, 2)})
+            self.language_model = nn.ModuleDict({"q_proj": nn.Linear(2, 2)})
+
+    rx = re.compile(target_modules_regex(M()))
+    assert rx.match("language_model.q_proj") and not rx.match("vision_tower.q_proj")
