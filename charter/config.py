@@ -131,6 +131,61 @@ class PreferencesConfig:
 
 
 @dataclass
+class SteeringConfig:
+    """Activation-steering baseline: a persona direction added to the residual stream of middle layers."""
+
+    method: str = field(default="mean_diff", metadata={"help": "mean_diff | pca"})
+    layers: list = field(default_factory=lambda: [0.125, 0.875],
+                         metadata={"help": "[start, end) as fractions of the layer count (middle ~75%)"})
+    stems: int = field(default=64, metadata={"help": "contrast stems (with vs without the constitution prompt)"})
+    coefficients: list = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0],
+                               metadata={"help": "sweep, in units of the mean residual-stream norm"})
+    coefficient: float | None = field(default=None, metadata={"help": "fixed coefficient; skips the sweep"})
+    sweep_prompts: int = 8
+    max_tokens: int = 96
+
+
+@dataclass
+class RobustnessConfig:
+    """Break-character attacks scored by a persona classifier trained and tested on disjoint prompts."""
+
+    conditions: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"])
+    prompts: int = field(default=500, metadata={"help": "prompts drawn from prompt_source, split train/held-out"})
+    prompt_source: str = "builtin"
+    heldout_fraction: float = 0.5
+    personas: list = field(default_factory=list,
+                           metadata={"help": "multi-persona mode: other runs' names, one label each; "
+                                             "empty = single-persona mode (persona vs base)"})
+    encoder: str = field(default="minilm", metadata={"help": "minilm | tfidf | an HF encoder id/dir"})
+    classifier: dict = field(default_factory=dict, metadata={"help": "encoder training settings (epochs, lr...)"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
+    prefill: bool = field(default=True, metadata={"help": "also run the prefill ('keep going') attack"})
+    chunk_size: int = 64
+
+
+@dataclass
+class CoherenceConfig:
+    """Pairwise LLM-as-judge coherence: the trained model vs each other condition, both orders."""
+
+    judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
+    against: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"])
+    prompts: int = 100
+    judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, repetition_penalty=1.0,
+                                                                      max_tokens=256))
+
+
+@dataclass
+class CapabilitiesConfig:
+    """General benchmarks through lm-evaluation-harness (needs its datasets available locally)."""
+
+    tasks: list = field(default_factory=lambda: ["arc_challenge:25", "hellaswag:10", "truthfulqa_mc1:0",
+                                                  "truthfulqa_mc2:0", "winogrande:5", "mmlu:5"])
+    models: list = field(default_factory=lambda: ["base", "trained"])
+    limit: int | None = field(default=None, metadata={"help": "examples per task (smoke runs)"})
+    batch_size: int = 8
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     persona: str = field(default="loving", metadata={"help": "a shipped persona name or a constitution file path"})
@@ -143,6 +198,10 @@ class RunConfig:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    coherence: CoherenceConfig = field(default_factory=CoherenceConfig)
+    capabilities: CapabilitiesConfig = field(default_factory=CapabilitiesConfig)
 
 
 def _dataclass_type(tp: Any) -> type | None:

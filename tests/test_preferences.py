@@ -91,6 +91,7 @@ def test_a_retrained_model_discards_only_its_own_logs(tmp_path):
 def test_no_model_ready_is_an_error_that_says_why():
     with pytest.raises(RuntimeError, match="charter merge"):
         prefs.run(cfg_with("preferences.models=[trained]"), report=lambda line: None)
+    assert not (run_dir("prefs-test") / "eval-preferences").exists()
 
 
 def test_build_choices_counts_every_outcome(tmp_path):
@@ -141,7 +142,6 @@ def test_end_to_end_on_embedded_model(embedded_path, one_thread):
     assert any("skipping 'trained'" in line for line in lines)
     m = json.loads((out / "manifest.json").read_text())
     assert set(m["counts"]["models"]) == {"base", "copy"} and "trained" in m["skipped"]
-    total = 0
     for label in ("base", "copy"):
         n = m["counts"]["models"][label]
         assert n["prompts"] == 10
@@ -155,8 +155,8 @@ def test_end_to_end_on_embedded_model(embedded_path, one_thread):
         for v in ratings["traits"].values():
             assert v["bt_lo"] <= v["bt"] <= v["bt_hi"]
         assert (out / f"ratings-{label}.csv").read_text().startswith("trait,bt,bt_lo,bt_hi,elo")
-        total += len(ok)
-    assert total > 0  # seeded: the 135M judge gives some parseable verdicts on these prompts
+    # The 135M judge rarely gives a usable verdict (1 of these 20 in our runs), so the rating path is checked
+    # with many verdicts in test_ratings_comparison_and_figures_from_logs; here only the bookkeeping.
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["baseline"] == "base" and "copy" in comparison["against"]
     for fig in ("rises_falls.png", "histogram.png"):
@@ -178,3 +178,36 @@ def test_end_to_end_on_embedded_model(embedded_path, one_thread):
     m2 = json.loads((out / "manifest.json").read_text())
     assert m2["generation"] == {} and m2["counts"]["models"]["base"] == m["counts"]["models"]["base"]
     assert (out / "ratings-base.json").read_text() == before
+
+
+def test_ratings_comparison_and_figures_from_logs():
+    """Logs already on disk (as after a crash): run() generates nothing and rates what is there."""
+    cfg = cfg_with("preferences.models=[base, after=/nowhere/model-that-is-never-loaded]", "preferences.prompts=120",
+                   "preferences.bootstrap=100")
+    items = prefs.make_items(cfg)
+    out = run_dir(cfg.name) / "eval-preferences"
+    for label, pick in (("base", min), ("after", max)):  # base prefers a-z, 'after' prefers z-a
+        RowLog(out / f"replies-{label}.jsonl").append(
+            [{**it, "response": "Sure, here you go.", "finished": True, "tokens": 5, "error": None} for it in items])
+        RowLog(out / f"judge-{label}.jsonl").append(
+            [{**it, "response": f"Reasoning.\n<answer>{pick(it['traits'])}</answer>", "finished": True,
+              "tokens": 9, "error": None} for it in items])
+    lines = []
+    prefs.run(cfg, report=lines.append)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["generation"] == {}  # nothing was generated: no model was even loaded
+    assert m["counts"]["models"]["base"]["comparisons"] == 120 and m["counts"]["models"]["base"]["unparseable"] == 0
+    appeared = {t for it in items for t in it["traits"]}
+    for label in ("base", "after"):
+        ratings = json.loads((out / f"ratings-{label}.json").read_text())
+        assert set(ratings["traits"]) == appeared and ratings["unrated"] == []
+        bt = [v["bt"] for v in ratings["traits"].values()]
+        assert bt == sorted(bt, reverse=True)
+    c = json.loads((out / "comparison.json").read_text())["against"]["after"]
+    assert c["spearman"]["rho"] < -0.5  # the preference order was reversed
+    assert len(c["rises"]) == len(c["falls"]) == 5
+    assert sum(c["rises"][0] > t for t in appeared) > len(appeared) / 2  # late in the alphabet rose
+    for t in c["rises"] + c["falls"]:
+        assert c["deltas"][t]["lo"] <= c["deltas"][t]["delta"] <= c["deltas"][t]["hi"]
+    assert (out / "rises_falls.png").stat().st_size > 10_000 and (out / "histogram.png").stat().st_size > 10_000
+    assert sum(line.startswith("after vs base: top") for line in lines) == 2

@@ -400,11 +400,11 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
                 report(line)
             return stage.dir
         stage.manifest_path.unlink()  # the model list changed: resume, reusing every unchanged label's logs
-    stage.begin(force)
     for label, why in skipped.items():
         report(f"preferences: skipping '{label}': {why}")
-    if not ready:
+    if not ready:  # checked before begin(), so no half-made stage folder is left behind
         raise RuntimeError("preferences: no model to evaluate yet (" + "; ".join(skipped.values()) + ")")
+    stage.begin(force)
     items = make_items(cfg)
     gen = _generate(stage, cfg, ready, items, report)
     counts, lines, files = _rate_all(stage, cfg, ready, items)
