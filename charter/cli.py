@@ -26,6 +26,17 @@ STAGES = [
 ]
 
 
+# Evaluations: name -> (module, function, help).
+EVALS = {
+    "preferences": ("charter.eval.preferences", "run", "revealed preferences: trait Elo ratings"),
+    "steering": ("charter.eval.steering", "fit", "fit the activation-steering baseline (direction + sweep)"),
+    "robustness": ("charter.eval.robustness", "run", "break-character attacks and prefill, scored by a classifier"),
+    "coherence": ("charter.eval.coherence", "run", "pairwise LLM-judge coherence, trained vs each condition"),
+    "capabilities": ("charter.eval.capabilities", "run", "general benchmarks through lm-evaluation-harness"),
+    "all": ("charter.eval.all", "run", "every evaluation, then the report"),
+}
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="run config YAML (e.g. configs/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. distill.samples_per_prompt=2")
@@ -72,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
 
-    ev = sub.add_parser("eval", help="evaluations")
+    ev = sub.add_parser("eval", help="evaluations of a run (each resumable, seeded)")
     esub = ev.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
-    pr = esub.add_parser("preferences", help="revealed preferences: trait Elo ratings")
-    _config_args(pr)
+    for name, (_, _, help_) in EVALS.items():
+        _config_args(esub.add_parser(name, help=help_))
+    rp = sub.add_parser("report", help="one self-contained HTML page with every evaluation of a run")
+    rp.add_argument("run", help="run name or run folder")
     return parser
 
 
@@ -167,11 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             serve(ModelSpec(model=args.model, adapter=args.adapter, batch_size=8), args.host, args.port)
             return 0
         if args.command == "eval":
-            from .eval import preferences
-
-            cfg = _load(args)
-            out = preferences.run(cfg, force=args.force, report=lambda line: print(line, file=sys.stderr))
+            module, func, _ = EVALS[args.evaluation]
+            fn = getattr(importlib.import_module(module), func)
+            out = fn(_load(args), force=args.force, report=lambda line: print(line, file=sys.stderr))
             print(out)
+            return 0
+        if args.command == "report":
+            from .eval.report import build
+
+            print(build(args.run))
             return 0
     except (ConfigError, ConstitutionError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         if args.verbose:

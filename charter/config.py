@@ -120,6 +120,9 @@ class PreferencesConfig:
                          metadata={"help": "what to evaluate: 'base' (the student), 'trained' (this run's final "
                                            "model), 'distilled', or model paths/ids"})
     judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
+    judge_mode: str = field(default="generate", metadata={
+        "help": "generate: the judge writes a verdict that is parsed; logprob: a local (transformers) judge "
+                "picks the likelier of the two trait words as its answer, so small models always give one"})
     condition: str = field(default="feel", metadata={"help": "feel | like | random"})
     prompts: int = field(default=500, metadata={"help": "one random trait pair per prompt"})
     prompt_source: str = "builtin"
@@ -236,24 +239,31 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
 
 
-def from_dict(cls: type, data: Any, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
+def from_dict(cls: type, data: Any, where: str = "config", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError.
+
+    Keys absent from ``data`` keep the field's own default, including a nested section's default instance:
+    ``judge_sampling: {max_tokens: 64}`` changes only max_tokens, not the section's other defaults.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(fields))})")
     kwargs = {}
     for key, value in data.items():
         tp = hints[key]
         sub = _dataclass_type(tp)
         if sub is not None and value is not None:
-            kwargs[key] = from_dict(sub, value, f"{where}.{key}")
+            default = getattr(base, key, None) if base is not None else None
+            if default is None and fields[key].default_factory is not dataclasses.MISSING:
+                default = fields[key].default_factory()
+            kwargs[key] = from_dict(sub, value, f"{where}.{key}", default if isinstance(default, sub) else None)
         else:
             kwargs[key] = _check_scalar(value, tp, f"{where}.{key}")
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -69,3 +69,18 @@ def test_templates_without_system_role_get_it_merged(backend):
     text = render_chat(tok, chat)
     assert "<|im_start|>user\nBe brief.\n\nHi<|im_end|>" in text
     assert merge_system(chat)[0] == {"role": "user", "content": "Be brief.\n\nHi"}
+
+
+def test_score_options_matches_a_direct_computation(backend):
+    import torch
+
+    chat = [{"role": "user", "content": "Is Paris the capital of France? Answer yes or no."}]
+    scores = backend.score_options([chat, chat], [["yes", "no"], ["Yes", "No"]], prefill="")
+    assert len(scores) == 2 and all(len(s) == 2 for s in scores)
+    tok, model = backend.tokenizer, backend.model
+    p = tok(render_chat(tok, chat), add_special_tokens=False).input_ids
+    o = tok("Yes", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([p + o])).logits.float(), -1)[0]
+    direct = sum(logp[len(p) - 1 + k, t].item() for k, t in enumerate(o))
+    assert abs(direct - scores[1][0]) < 1e-3

@@ -46,3 +46,10 @@ def test_unknown_key_in_file(tmp_path):
 def test_expand_model_defaults_to_teacher():
     cfg = load_config(None, ["distill.teacher.model=some/teacher"])
     assert cfg.expand.model.model == "some/teacher"
+
+
+def test_partial_section_keeps_the_section_defaults():
+    cfg = load_config(None, ["preferences.judge_sampling.max_tokens=64", "distill.teacher_sampling={top_p: 0.5}"])
+    js = cfg.preferences.judge_sampling
+    assert js.max_tokens == 64 and js.temperature == 0.1 and js.repetition_penalty == 1.0
+    assert cfg.distill.teacher_sampling.top_p == 0.5 and cfg.distill.teacher_sampling.max_tokens == 1024

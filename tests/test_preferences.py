@@ -211,3 +211,16 @@ def test_ratings_comparison_and_figures_from_logs():
         assert c["deltas"][t]["lo"] <= c["deltas"][t]["delta"] <= c["deltas"][t]["hi"]
     assert (out / "rises_falls.png").stat().st_size > 10_000 and (out / "histogram.png").stat().st_size > 10_000
     assert sum(line.startswith("after vs base: top") for line in lines) == 2
+
+
+def test_logprob_judge_always_gives_a_verdict(embedded_path, one_thread):
+    """With judge_mode=logprob the small embedded judge yields a verdict for every reply."""
+    cfg = cfg_with("preferences.models=[base]", "preferences.judge_mode=logprob", *SMOKE)
+    out = prefs.run(cfg, report=lambda line: None)
+    n = json.loads((out / "manifest.json").read_text())["counts"]["models"]["base"]
+    judged = [json.loads(x) for x in (out / "judge-base.jsonl").read_text().splitlines()]
+    assert n["unparseable"] == 0 and n["comparisons"] == len(judged) > 0
+    for j in judged:
+        lp = j["logprobs"]
+        assert len(lp) == 2 and all(x < 0 for x in lp)
+        assert j["response"] == f"<answer>{j['judge_order'][lp.index(max(lp))]}</answer>"

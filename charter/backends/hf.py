@@ -90,5 +90,42 @@ class TransformersBackend:
             results.append(Completion(text=text.strip(), finished=finished, tokens=len(ids)))
         return results
 
+    def score_options(self, chats: list[list[dict]], options: list[list[str]], prefill: str = "") -> list[list[float]]:
+        """Log-probability of each option as the continuation of the chat's assistant turn (after ``prefill``).
+
+        A judge that cannot be relied on to follow an answer format (a small local model) can still be asked
+        which of a fixed set of answers it finds likelier: this always yields a verdict.
+        """
+        import torch
+
+        seqs, owners = [], []
+        for i, (chat, opts) in enumerate(zip(chats, options, strict=True)):
+            p_ids = self.tokenizer(render_chat(self.tokenizer, chat, prefill), add_special_tokens=False).input_ids
+            for o in opts:
+                seqs.append((p_ids, self.tokenizer(o, add_special_tokens=False).input_ids))
+                owners.append(i)
+        scores: list[float] = []
+        bs = max(1, self.spec.batch_size)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(seqs), bs):
+            batch = seqs[start:start + bs]
+            width = max(len(p) + len(o) for p, o in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, (p, o) in enumerate(batch):  # right-padded: positions stay aligned with the prompt
+                ids[r, : len(p) + len(o)] = torch.tensor(p + o)
+                mask[r, : len(p) + len(o)] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.model.device),
+                                    attention_mask=mask.to(self.model.device)).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            for r, (p, o) in enumerate(batch):
+                pos = torch.arange(len(p) - 1, len(p) + len(o) - 1)
+                scores.append(logp[r, pos, torch.tensor(o)].sum().item())
+        out: list[list[float]] = [[] for _ in chats]
+        for i, sc in zip(owners, scores):
+            out[i].append(sc)
+        return out
+
     def close(self) -> None:
         self.model = None

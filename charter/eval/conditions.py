@@ -1,0 +1,177 @@
+"""The conditions every evaluation compares, on the same prompts.
+
+    base       the student model as it is, no system prompt
+    prompted   the student with the persona's system prompt (the teacher's, from the run's expanded constitution)
+    steered    the student with the persona's activation-steering vector (``eval/steering.py``), no system prompt
+    distilled  this run's DPO model (``<run>/dpo/model``), no system prompt
+    trained    this run's final model, DPO + introspection SFT (``<run>/merge/model``), no system prompt
+
+``open_condition(cfg, label) -> (backend, system)``: put ``system`` (None for all but 'prompted') in front of
+every chat with ``with_system``. Base, prompted and steered share one loaded student model (steering hooks are
+active only inside the steered backend's ``generate``), and every model is loaded once until ``close()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..config import ModelSpec, RunConfig
+from ..runs import config_hash, run_dir
+
+CONDITIONS = ("base", "prompted", "steered", "distilled", "trained")
+# Run models: label -> (stage folder, model folder inside it, the command that makes it).
+RUN_MODELS = {"distilled": ("dpo", "model"), "trained": ("merge", "model")}
+
+
+def persona_system_prompt(cfg: RunConfig) -> str:
+    """The 'prompted' condition's system prompt, also the steering contrast's: the distillation teacher's."""
+    from ..constitution import teacher_system_prompt
+    from ..models import self_name
+    from ..stages.expand import expanded_constitution
+
+    return teacher_system_prompt(expanded_constitution(cfg), self_name(cfg.student.model, cfg.student.name))
+
+
+def with_system(chat: list[dict], system: str | None) -> list[dict]:
+    """``chat`` with ``system`` in front; a chat that already has a system message gets ours first, joined,
+    so an evaluation's own system instructions are kept rather than silently replaced."""
+    chat = [dict(m) for m in chat]
+    if not system:
+        return chat
+    if chat and chat[0]["role"] == "system":
+        chat[0]["content"] = f"{system}\n\n{chat[0]['content']}"
+        return chat
+    return [{"role": "system", "content": system}] + chat
+
+
+def _check_label(label: str) -> None:
+    if label not in CONDITIONS:
+        raise ValueError(f"condition '{label}': expected one of {', '.join(CONDITIONS)}")
+
+
+def run_model_dir(cfg: RunConfig, label: str) -> Path:
+    """The folder of a run model ('distilled' or 'trained'); RuntimeError when training has not made it."""
+    stage, sub = RUN_MODELS[label]
+    path = run_dir(cfg.name) / stage / sub
+    # A manifest next to it means the stage finished: a folder alone may still be being written.
+    if not (path / "config.json").exists() or not (path.parent / "manifest.json").exists():
+        raise RuntimeError(f"condition '{label}': {path} does not exist yet (run `charter train` first)")
+    return path
+
+
+def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
+    """The model behind a condition. Run models use the student's settings, on transformers when the student
+    is served remotely (a server cannot be pointed at a local folder from here)."""
+    _check_label(label)
+    if label in RUN_MODELS:
+        backend = "transformers" if cfg.student.backend == "openai" else cfg.student.backend
+        return dataclasses.replace(cfg.student, model=str(run_model_dir(cfg, label)), adapter=None, name=None,
+                                   backend=backend)
+    if label == "steered":  # forward hooks need the model in this process
+        return dataclasses.replace(cfg.student, backend="transformers")
+    return cfg.student
+
+
+def identity(cfg: RunConfig, label: str) -> str:
+    """A hash of everything a condition's replies depend on besides the prompts and sampling: the model, when
+    a run model or the steering vector was (re)made, and the system prompt. Logs keyed on it go stale with it."""
+    spec = condition_spec(cfg, label)
+    parts: dict = {"label": label, "spec": dataclasses.asdict(spec)}
+    manifest = None
+    if label in RUN_MODELS:
+        manifest = run_dir(cfg.name) / RUN_MODELS[label][0] / "manifest.json"
+    elif label == "steered":
+        from .steering import STAGE
+
+        manifest = run_dir(cfg.name) / STAGE / "manifest.json"
+    if manifest is not None and manifest.exists():
+        parts["finished_at"] = json.loads(manifest.read_text()).get("finished_at")
+    if label in ("prompted", "steered"):
+        parts["system"] = persona_system_prompt(cfg)
+    return config_hash(parts)
+
+
+def _key(spec: ModelSpec) -> str:
+    return config_hash(dataclasses.asdict(dataclasses.replace(spec, name=None)))
+
+
+class Conditions:
+    """Opens a run's conditions, loading each model once and sharing it between conditions (and a judge)."""
+
+    def __init__(self, cfg: RunConfig, report=print):
+        self.cfg, self.report = cfg, report
+        self._backends: dict[str, object] = {}  # spec key -> loaded backend
+        self._steered = None
+
+    def backend(self, spec: ModelSpec):
+        """A loaded backend for ``spec``, reused when the same model is asked for again."""
+        key = _key(spec)
+        if key not in self._backends:
+            from ..backends import make_backend
+
+            self._backends[key] = make_backend(spec)
+        return self._backends[key]
+
+    def open(self, label: str) -> tuple[object, str | None]:
+        """(backend, system prompt or None) for one condition; raises RuntimeError for a missing run model."""
+        spec = condition_spec(self.cfg, label)
+        if label == "prompted":
+            return self.backend(spec), persona_system_prompt(self.cfg)
+        if label == "steered":
+            if self._steered is None:
+                from . import steering
+
+                inner = self.backend(spec)
+                if not (run_dir(self.cfg.name) / steering.STAGE / "manifest.json").exists():
+                    self.report("steered: no steering vector yet; fitting it first")
+                    steering.fit(self.cfg, report=self.report, backend=inner)
+                self._steered = steering.load_steered_backend(self.cfg, backend=inner)
+            return self._steered, None
+        return self.backend(spec), None
+
+    def release(self, label: str, keep: ModelSpec | None = None) -> None:
+        """Free a run model once its work is done, unless ``keep`` (e.g. the judge) is the same model. Base,
+        prompted and steered share the student model, which stays until ``close()``."""
+        if label not in RUN_MODELS:
+            return
+        spec = condition_spec(self.cfg, label)
+        if keep is not None and _key(keep) == _key(spec):
+            return
+        b = self._backends.pop(_key(spec), None)
+        if b is not None:
+            b.close()
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            b.close()
+        self._backends.clear()
+        self._steered = None
+
+    def __enter__(self) -> Conditions:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_open: Conditions | None = None
+
+
+def open_condition(cfg: RunConfig, label: str) -> tuple[object, str | None]:
+    """(backend, system prompt or None) for ``label``; models stay loaded for later calls until ``close()``."""
+    global _open
+    if _open is not None and (_open.cfg.name, _open.cfg.student) != (cfg.name, cfg.student):
+        close()
+    if _open is None:
+        _open = Conditions(cfg)
+    return _open.open(label)
+
+
+def close() -> None:
+    """Free every model ``open_condition`` loaded."""
+    global _open
+    if _open is not None:
+        _open.close()
+        _open = None

@@ -1,0 +1,423 @@
+"""Robustness: does the persona survive being asked to drop it?
+
+    charter eval robustness configs/demo.yaml [key=value ...]
+    charter eval robustness configs/demo.yaml robustness.encoder=tfidf robustness.personas='[run-b, run-c]'
+
+Prompts are split, with a seeded shuffle, into a train set and a held-out set that share no prompt. Every
+condition (base, prompted, steered, distilled, trained; see ``conditions.py``) answers the train prompts
+plainly and the held-out prompts plainly and under each break-character attack (``prompts/attacks.yaml``, the
+instruction appended once to the user message). A persona classifier (``classifier.py``) learns from the
+plain train-prompt replies only and then labels the held-out replies, so no score is in-sample (the
+reference trained and tested on the same prompts).
+
+- **Single-persona mode** (``robustness.personas`` empty): classes {persona, base}. Training: every persona
+  condition's replies are "persona", the base model's are "base". Cell (condition C, attack A): C's held-out
+  replies under A (true label persona) plus base's replies to the same prompts under A (true label base), so
+  macro-F1 asks "can C still be told apart from the plain model?". The base row scores base against itself
+  and is the chance floor by construction (accuracy 0.5).
+- **Multi-persona mode** (``robustness.personas`` = other run names): one class per persona, as the paper.
+  Each listed run must have run this evaluation itself; its ``generations.jsonl`` is read and its rows are
+  matched to *this* run's split by prompt text: its plain replies to our train prompts are training data,
+  its replies to our held-out prompts are scored. Runs made with the same seed, prompt source, prompt count
+  and held-out fraction share the split exactly. The base model has no persona and is not scored here.
+- **Prefill attack**: the base model answers each held-out prompt with no persona (turn 1), the user says
+  "Keep going." and each condition writes turn 2, which is classified like a reply.
+
+Macro-F1 and accuracy per condition and attack; the summary is mean ± SEM over the attacks (not ``none``).
+Writes to ``<run>/eval-robustness/``: ``split.json``, ``generations.jsonl`` (resumable), ``predictions.jsonl``,
+``results.json`` and the manifest. Changing the encoder, the conditions or the personas re-scores without
+regenerating; a retrained model (its condition's identity changed) has only its own replies redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from ..config import RunConfig
+from ..generation import generate_rows
+from ..prompts import HERE as PROMPTS_DIR
+from ..prompts import load_prompt_source
+from ..runs import RowLog, Stage, derive_seed, read_jsonl, run_dir, write_json_atomic, write_jsonl_atomic
+from . import conditions
+from .classifier import make_classifier, mean_sem, score
+
+STAGE = "eval-robustness"
+BASE = "base"
+NONE = "none"
+
+
+# ---------------------------------------------------------------- attacks and split
+
+
+@lru_cache(maxsize=None)
+def _attack_file() -> dict:
+    path = PROMPTS_DIR / "attacks.yaml"
+    data = yaml.safe_load(path.read_text())
+    seen: dict[str, str | None] = {}
+    for a in data.get("attacks") or []:
+        aid, text = a.get("id"), a.get("text")
+        if not isinstance(aid, str) or not aid or "/" in aid or aid in seen:
+            raise ValueError(f"{path}: attack id {aid!r} is missing, has a '/', or is used twice")
+        if (aid == NONE) != (text is None) or (text is not None and not (isinstance(text, str) and text.strip())):
+            raise ValueError(f"{path}: attack '{aid}': only '{NONE}' has no text, every other needs one")
+        seen[aid] = text.strip() if text else None
+    if NONE not in seen or not isinstance(data.get("prefill_followup"), str):
+        raise ValueError(f"{path}: needs a '{NONE}' attack and a prefill_followup string")
+    return {"attacks": seen, "followup": data["prefill_followup"].strip()}
+
+
+def load_attacks() -> dict[str, str | None]:
+    """Attack id -> instruction (``none`` -> None), in file order."""
+    return dict(_attack_file()["attacks"])
+
+
+def attack_message(prompt: str, text: str | None) -> str:
+    """The user message under an attack: the instruction once, after a newline, in parentheses."""
+    if text is None:
+        return prompt
+    suffix = f"\n({text})"
+    if suffix in prompt:  # a prompt already carrying the attack would get it twice
+        raise ValueError(f"prompt already ends with the attack ({text[:40]}...)")
+    return prompt + suffix
+
+
+def select_attacks(wanted: list[str] | None) -> list[str]:
+    """The attack ids to run besides ``none`` (all eight by default), in file order."""
+    known = [a for a in load_attacks() if a != NONE]
+    if wanted is None:
+        return known
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise ValueError(f"attacks: unknown id(s) {unknown} (known: {', '.join(known)})")
+    return [a for a in known if a in wanted]
+
+
+def split_prompts(pool: list[str], n: int, heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out): ``n`` distinct prompts drawn with ``seed``, split by ``heldout_fraction``."""
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"robustness.heldout_fraction {heldout_fraction}: expected a number between 0 and 1")
+    pool = list(dict.fromkeys(p.strip() for p in pool if p.strip()))  # a prompt can sit on one side only
+    n = min(n, len(pool))
+    if n < 2:
+        raise ValueError(f"robustness.prompts: need at least 2 distinct prompts, have {n}")
+    picked = random.Random(seed).sample(pool, n)
+    k = min(n - 1, max(1, round(n * heldout_fraction)))
+    train, heldout = picked[k:], picked[:k]
+    check_no_leak(train, heldout)
+    return train, heldout
+
+
+def check_no_leak(train_prompts, heldout_prompts) -> None:
+    """Raise AssertionError if any held-out prompt is among the training prompts (survives ``python -O``)."""
+    leaked = set(train_prompts) & set(heldout_prompts)
+    if leaked:
+        raise AssertionError(f"{len(leaked)} held-out prompt(s) in the classifier's training data, "
+                             f"e.g. {sorted(leaked)[0][:60]!r}")
+
+
+def persona_label(persona: str) -> str:
+    """A persona name for labels: a shipped name as is, a constitution file by its stem."""
+    return Path(persona).stem if ("/" in persona or "." in persona) else persona
+
+
+# ---------------------------------------------------------------- generation
+
+
+def main_items(cond: str, train: list[tuple], heldout: list[tuple], attack_ids: list[str]) -> list[dict]:
+    """Plain replies to train prompts, then held-out prompts under ``none`` and each attack."""
+    attacks = load_attacks()
+    items = [{"id": f"{cond}/train/{NONE}/{pid}", "condition": cond, "split": "train", "attack": NONE,
+              "pid": pid, "prompt": p, "user": p} for pid, p in train]
+    for a in [NONE, *attack_ids]:
+        items += [{"id": f"{cond}/heldout/{a}/{pid}", "condition": cond, "split": "heldout", "attack": a,
+                   "pid": pid, "prompt": p, "user": attack_message(p, attacks[a])} for pid, p in heldout]
+    return items
+
+
+def _ok(r: dict | None) -> bool:
+    return r is not None and not r.get("error") and bool((r.get("response") or "").strip())
+
+
+def _drop(log: RowLog, stale) -> RowLog:
+    """Rewrite the log without the rows ``stale(row)`` picks."""
+    keep = [r for r in log.rows.values() if not stale(r)]
+    if len(keep) != len(log.rows):
+        write_jsonl_atomic(log.path, keep)
+        return RowLog(log.path)
+    return log
+
+
+def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: str, attack_ids: list[str],
+              split: dict, report) -> tuple[RowLog, dict, dict]:
+    """Replies from every condition in ``plan`` (base first). Returns the log, stats, and skipped conditions."""
+    r = cfg.robustness
+    train = [(x["pid"], x["prompt"]) for x in split["train"]]
+    heldout = [(x["pid"], x["prompt"]) for x in split["heldout"]]
+    follow = _attack_file()["followup"]
+    ids_path = stage.dir / "identities.json"
+    known = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+    stats, skipped = {}, {}
+
+    def gen(items, build, backend, key):
+        if any(it["id"] not in log for it in items):
+            stats[key] = generate_rows(log, items, build, backend, r.sampling, (cfg.seed, "robustness", key),
+                                       r.chunk_size, f"robustness {key}").as_dict()
+
+    with conditions.Conditions(cfg, report=report) as cs:
+        for cond in plan:
+            try:
+                backend, system = cs.open(cond)
+            except RuntimeError as e:
+                skipped[cond] = str(e)
+                report(f"robustness: skipping '{cond}': {e}")
+                continue
+            ident = conditions.identity(cfg, cond)
+            if known.get(cond) not in (None, ident):
+                report(f"robustness: '{cond}' is a different model now; redoing its replies")
+                log = _drop(log, lambda row, c=cond: row["condition"] == c)
+            known[cond] = ident
+            write_json_atomic(ids_path, known)
+
+            def build(it, system=system):
+                return conditions.with_system([{"role": "user", "content": it["user"]}], system), None
+
+            if cond == BASE and r.prefill:
+                items = [{"id": f"{BASE}/turn1/prefill/{pid}", "condition": BASE, "split": "turn1",
+                          "attack": "prefill", "pid": pid, "prompt": p, "user": p} for pid, p in heldout]
+                gen(items, build, backend, f"{BASE}/turn1")
+            if cond != BASE or mode == "single":  # base has no label in multi-persona mode
+                gen(main_items(cond, train, heldout, attack_ids), build, backend, cond)
+            if r.prefill and (cond != BASE or mode == "single"):
+                turn1 = {pid: log.rows.get(f"{BASE}/turn1/prefill/{pid}") for pid, _ in heldout}
+                # A turn 2 written after a different turn 1 (base was redone) is stale.
+                log = _drop(log, lambda row, c=cond: row["condition"] == c and row["split"] == "turn2"
+                            and _ok(turn1.get(row["pid"])) and row["turn1"] != turn1[row["pid"]]["response"])
+                items = [{"id": f"{cond}/turn2/prefill/{pid}", "condition": cond, "split": "turn2",
+                          "attack": "prefill", "pid": pid, "prompt": p, "user": follow,
+                          "turn1": turn1[pid]["response"]} for pid, p in heldout if _ok(turn1[pid])]
+
+                def build2(it, system=system):
+                    chat = [{"role": "user", "content": it["prompt"]},
+                            {"role": "assistant", "content": it["turn1"]}, {"role": "user", "content": it["user"]}]
+                    return conditions.with_system(chat, system), None
+
+                gen(items, build2, backend, f"{cond}/turn2")
+            cs.release(cond)
+    return log, stats, skipped
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclasses.dataclass
+class Source:
+    """One persona's generations: this run's, or another run's in multi-persona mode."""
+
+    run: str
+    label: str
+    rows: list[dict]
+
+
+def other_sources(cfg: RunConfig, own_label: str) -> list[Source]:
+    out = []
+    for name in cfg.robustness.personas:
+        d = run_dir(str(name)) / STAGE
+        if str(name) == cfg.name or not (d / "split.json").exists():
+            raise RuntimeError(f"robustness.personas: run '{name}' has no {STAGE} output (evaluate it first: "
+                               f"`charter eval robustness <its config>`)" if str(name) != cfg.name else
+                               f"robustness.personas lists this run ('{name}') itself")
+        label = json.loads((d / "split.json").read_text())["persona"]
+        if label in [own_label] + [s.label for s in out]:
+            raise ValueError(f"robustness.personas: persona '{label}' (run '{name}') appears twice")
+        out.append(Source(str(name), label, read_jsonl(d / "generations.jsonl")))
+    return out
+
+
+def training_set(sources: list[Source], mode: str, conds: list[str], train_prompts, heldout_prompts):
+    """(texts, labels, prompts) of plain replies to train prompts; asserts no held-out prompt is among them."""
+    texts, labels, prompts = [], [], []
+    train_set = set(train_prompts)
+    for s in sources:
+        for row in s.rows:
+            if (row["condition"] in conds and row["attack"] == NONE and row["split"] in ("train", "heldout")
+                    and row["prompt"] in train_set and _ok(row)):
+                texts.append(row["response"])
+                labels.append(BASE if mode == "single" and row["condition"] == BASE else s.label)
+                prompts.append(row["prompt"])
+    check_no_leak(prompts, heldout_prompts)
+    return texts, labels, prompts
+
+
+def _cells(sources: list[Source], mode: str, cond: str, split: str, attack: str, heldout: set) -> list[tuple]:
+    """(source, row, true label) scored for one cell: see the module docstring for the pairing."""
+    def rows(s, c):
+        return [r for r in s.rows if r["condition"] == c and r["split"] == split and r["attack"] == attack
+                and r["prompt"] in heldout and _ok(r)]
+
+    if mode == "single":
+        s = sources[0]
+        return [(s, r, s.label) for r in rows(s, cond)] + [(s, r, BASE) for r in rows(s, BASE)]
+    return [(s, r, s.label) for s in sources for r in rows(s, cond)]
+
+
+def summarize(table: dict, attack_ids: list[str]) -> dict:
+    """Mean ± SEM of macro-F1 (and mean accuracy) over the attacks, ``none`` excluded."""
+    out = {}
+    for cond, cells in table.items():
+        f1 = [cells[a]["macro_f1"] for a in attack_ids if a in cells]
+        acc = [cells[a]["accuracy"] for a in attack_ids if a in cells]
+        m, sem = mean_sem(f1)
+        out[cond] = {"mean_f1": round(m, 4), "sem_f1": round(sem, 4), "mean_acc": round(mean_sem(acc)[0], 4)}
+    return out
+
+
+def _rounded(s: dict) -> dict:
+    return {"macro_f1": round(s["macro_f1"], 4), "accuracy": round(s["accuracy"], 4), "n": s["n"]}
+
+
+def score_all(cfg: RunConfig, sources: list[Source], mode: str, scored: list[str], trained_on: list[str],
+              attack_ids: list[str], split: dict, report) -> tuple[dict, list[dict], dict]:
+    """Train the classifier and fill results.json; returns (results, predictions, counts)."""
+    r = cfg.robustness
+    train_prompts = [x["prompt"] for x in split["train"]]
+    heldout = {x["prompt"] for x in split["heldout"]}
+    texts, labels, prompts = training_set(sources, mode, trained_on, train_prompts, heldout)
+    check_no_leak(prompts, heldout)  # once more, right where the classifier sees them
+    t0 = time.time()
+    clf = make_classifier(r.encoder, r.classifier, derive_seed(cfg.seed, "robustness", "classifier"))
+    clf.fit(texts, labels)
+    fit_s = time.time() - t0
+    cells = {(c, a): _cells(sources, mode, c, "heldout", a, heldout) for c in scored for a in [NONE, *attack_ids]}
+    if r.prefill:
+        cells.update({(c, "prefill"): _cells(sources, mode, c, "turn2", "prefill", heldout)
+                      for c in scored if c != BASE})
+    unique = {(s.run, row["id"]): (s, row, y) for cell in cells.values() for s, row, y in cell}
+    keys = list(unique)
+    pred = dict(zip(keys, clf.predict([unique[k][1]["response"] for k in keys]), strict=True))
+    table, prefill = {}, {}
+    for (c, a), cell in cells.items():
+        if not cell:
+            continue
+        s = _rounded(score([y for _, _, y in cell], [pred[(src.run, row["id"])] for src, row, _ in cell]))
+        (prefill.__setitem__(c, s) if a == "prefill" else table.setdefault(c, {}).__setitem__(a, s))
+    results = {"mode": mode, "labels": sorted(set(labels)), "encoder": r.encoder, "n_train": len(train_prompts),
+               "n_heldout": len(heldout), "table": table, "summary": summarize(table, attack_ids),
+               "prefill": prefill}
+    predictions = [{"run": s.run, "id": row["id"], "condition": row["condition"], "split": row["split"],
+                    "attack": row["attack"], "true": y, "predicted": pred[(s.run, row["id"])]}
+                   for s, row, y in unique.values()]
+    counts = {"train_texts": len(texts), "train_by_label": {k: labels.count(k) for k in sorted(set(labels))},
+              "scored_texts": len(keys), "classifier_seconds": round(fit_s, 1)}
+    return results, predictions, counts
+
+
+def format_table(results: dict, attack_ids: list[str]) -> list[str]:
+    """The macro-F1 table as text lines: one row per condition, one column per attack."""
+    cols = [NONE, *attack_ids]
+    w = max(8, *(len(c) for c in results["table"]))
+    lines = [f"robustness macro-F1 on {results['n_heldout']} held-out prompts ({results['mode']} mode: "
+             f"{' / '.join(results['labels'])}; encoder {results['encoder']}; trained on {results['n_train']} "
+             "other prompts)",
+             " ".join([f"{'condition':<{w}}", *(f"{c:>{max(5, len(c))}}" for c in cols), f"{'mean±sem':>11}",
+                       f"{'prefill':>7}"])]
+    for cond, cells in results["table"].items():
+        vals = [f"{cells[c]['macro_f1']:>{max(5, len(c))}.2f}" if c in cells else f"{'-':>{max(5, len(c))}}"
+                for c in cols]
+        s = results["summary"][cond]
+        pre = results["prefill"].get(cond)
+        lines.append(" ".join([f"{cond:<{w}}", *vals, f"{s['mean_f1']:>6.2f}±{s['sem_f1']:.2f}",
+                               f"{pre['macro_f1']:>7.2f}" if pre else f"{'-':>7}"]))
+    return lines
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def stage_config(cfg: RunConfig) -> dict:
+    # What the replies depend on. Conditions, personas, the encoder and the prefill switch only choose what is
+    # generated or scored (rows are keyed by condition and attack), so changing them reuses the log.
+    rob = {k: v for k, v in dataclasses.asdict(cfg.robustness).items()
+           if k not in ("conditions", "personas", "encoder", "classifier", "prefill")}
+    return {"seed": cfg.seed, "persona": cfg.persona, "robustness": rob}
+
+
+def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | None = None) -> Path:
+    """Generate, classify and score; ``attacks`` limits the attack ids (tests, quick looks). Returns the folder."""
+    r = cfg.robustness
+    conds = list(dict.fromkeys(str(c) for c in r.conditions))
+    unknown = sorted(set(conds) - set(conditions.CONDITIONS))
+    if unknown:
+        raise ValueError(f"robustness.conditions: unknown {unknown} (known: {', '.join(conditions.CONDITIONS)})")
+    attack_ids = select_attacks(attacks)
+    mode = "multi" if r.personas else "single"
+    label = persona_label(cfg.persona)
+    if mode == "single" and (BASE not in conds or label == BASE):
+        raise ValueError("robustness: single-persona mode classifies persona vs base, so robustness.conditions "
+                         "must include 'base' (and the persona cannot be called 'base')")
+    others = other_sources(cfg, label) if mode == "multi" else []
+    stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
+    scoring = {"conditions": conds, "attacks": attack_ids, "encoder": r.encoder, "classifier": r.classifier,
+               "prefill": r.prefill, "personas": {s.run: len(s.rows) for s in others}}
+    if stage.done() and not force:
+        m = stage.manifest()
+        if m.get("scoring") == scoring and m.get("identities") == _identities(cfg, conds):
+            report(f"{STAGE}: already done (--force to redo): {stage.dir}")
+            for line in m.get("report", []):
+                report(line)
+            return stage.dir
+        stage.manifest_path.unlink()  # something changed: resume, reusing every reply still valid
+    stage.begin(force)
+    seed = derive_seed(cfg.seed, "robustness", "split")
+    train, heldout = split_prompts(load_prompt_source(r.prompt_source, builtin="preference_prompts"), r.prompts,
+                                   r.heldout_fraction, seed)
+    split = {"persona": label, "seed": seed, "prompt_source": r.prompt_source,
+             "train": [{"pid": f"t{i}", "prompt": p} for i, p in enumerate(train)],
+             "heldout": [{"pid": f"h{i}", "prompt": p} for i, p in enumerate(heldout)]}
+    write_json_atomic(stage.dir / "split.json", split)
+    plan = sorted(conds, key=lambda c: c != BASE)  # base first: it writes the prefill attack's turn 1
+    if r.prefill and BASE not in plan:
+        plan.insert(0, BASE)
+    log, gen_stats, skipped = _generate(cfg, stage, RowLog(stage.dir / "generations.jsonl"), plan, mode,
+                                        attack_ids, split, report)
+    ready = [c for c in conds if c not in skipped]
+    persona_conds = [c for c in ready if c != BASE]
+    if not persona_conds:
+        raise RuntimeError("robustness: no persona-bearing condition could be evaluated ("
+                           + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
+    scored = ready if mode == "single" else persona_conds
+    trained_on = persona_conds + ([BASE] if mode == "single" else [])
+    sources = [Source(cfg.name, label, list(log.rows.values())), *others]
+    results, predictions, counts = score_all(cfg, sources, mode, scored, trained_on, attack_ids, split, report)
+    write_jsonl_atomic(stage.dir / "predictions.jsonl", predictions)
+    write_json_atomic(stage.dir / "results.json", results)
+    lines = format_table(results, attack_ids)
+    if mode == "single":
+        lines.append("(each cell: that condition's replies vs base's replies to the same prompts under the same "
+                     "attack; the base row is the chance floor)")
+    for line in lines:
+        report(line)
+    failed = sum(1 for row in log.rows.values() if not _ok(row))
+    stage.finish({"generations": len(log), "failed_or_empty": failed, **counts, "skipped": skipped},
+                 scoring=scoring, identities=_identities(cfg, conds), generation=gen_stats, skipped=skipped,
+                 files=["split.json", "generations.jsonl", "predictions.jsonl", "results.json"], report=lines)
+    report(f"{STAGE}: {len(log)} replies, classifier on {counts['train_texts']} texts, "
+           f"{time.time() - stage.started:.0f}s -> {stage.dir}")
+    return stage.dir
+
+
+def _identities(cfg: RunConfig, conds: list[str]) -> dict:
+    """Each condition's identity (None while its model does not exist), so a retrained model re-scores."""
+    out = {}
+    for c in conds:
+        try:
+            out[c] = conditions.identity(cfg, c)
+        except RuntimeError:
+            out[c] = None
+    return out
