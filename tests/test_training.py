@@ -139,3 +139,18 @@ def test_lora_regex_skips_vision_towers():
 
     rx = re.compile(target_modules_regex(M()))
     assert rx.match("language_model.q_proj") and not rx.match("vision_tower.q_proj")
+
+
+def test_long_conversations_lose_whole_early_turns_never_the_system_prompt(tok):
+    from charter.stages.introspect import fit_context
+    from charter.stages.sft import tokenize_rows
+
+    long = [CONV[0]] + [m for _ in range(6) for m in ({"role": "user", "content": "Tell me more, please. " * 8},
+                                                      {"role": "assistant", "content": "Gladly! " * 20})]
+    fitted = fit_context(long + [{"role": "user", "content": "And now?"}], tok, 200)
+    assert fitted[0] == CONV[0] and fitted[1]["role"] == "user" and fitted[-1]["content"] == "And now?"
+    assert len(tok.apply_chat_template(fitted, add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"]) <= 200
+    rows, notes = tokenize_rows([{"messages": long}], tok, 300)
+    assert notes["shortened"] > 0 and len(rows) == 1 and len(rows[0]["input_ids"]) <= 300
+    assert tok.decode(rows[0]["input_ids"]).startswith("<|im_start|>system\nYou are Pip.")

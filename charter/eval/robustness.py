@@ -306,13 +306,18 @@ def score_all(cfg: RunConfig, sources: list[Source], mode: str, scored: list[str
         if not cell:
             continue
         s = _rounded(score([y for _, _, y in cell], [pred[(src.run, row["id"])] for src, row, _ in cell]))
-        (prefill.__setitem__(c, s) if a == "prefill" else table.setdefault(c, {}).__setitem__(a, s))
+        if a == "prefill":
+            prefill[c] = s
+        else:
+            table.setdefault(c, {})[a] = s
     results = {"mode": mode, "labels": sorted(set(labels)), "encoder": r.encoder, "n_train": len(train_prompts),
                "n_heldout": len(heldout), "table": table, "summary": summarize(table, attack_ids),
                "prefill": prefill}
+    # The row's own label (the base floor cell also scores base rows as "persona", by construction).
     predictions = [{"run": s.run, "id": row["id"], "condition": row["condition"], "split": row["split"],
-                    "attack": row["attack"], "true": y, "predicted": pred[(s.run, row["id"])]}
-                   for s, row, y in unique.values()]
+                    "attack": row["attack"],
+                    "true": BASE if mode == "single" and row["condition"] == BASE else s.label,
+                    "predicted": pred[(s.run, row["id"])]} for s, row, _ in unique.values()]
     counts = {"train_texts": len(texts), "train_by_label": {k: labels.count(k) for k in sorted(set(labels))},
               "scored_texts": len(keys), "classifier_seconds": round(fit_s, 1)}
     return results, predictions, counts
@@ -321,7 +326,7 @@ def score_all(cfg: RunConfig, sources: list[Source], mode: str, scored: list[str
 def format_table(results: dict, attack_ids: list[str]) -> list[str]:
     """The macro-F1 table as text lines: one row per condition, one column per attack."""
     cols = [NONE, *attack_ids]
-    w = max(8, *(len(c) for c in results["table"]))
+    w = max([9, *(len(c) for c in results["table"])])
     lines = [f"robustness macro-F1 on {results['n_heldout']} held-out prompts ({results['mode']} mode: "
              f"{' / '.join(results['labels'])}; encoder {results['encoder']}; trained on {results['n_train']} "
              "other prompts)",
@@ -362,6 +367,11 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
         raise ValueError("robustness: single-persona mode classifies persona vs base, so robustness.conditions "
                          "must include 'base' (and the persona cannot be called 'base')")
     others = other_sources(cfg, label) if mode == "multi" else []
+    # The split is drawn before the stage folder exists, so a bad setting leaves nothing half-made. The
+    # built-in pool is the WildChat-like one: the general pool is also distillation's training data.
+    seed = derive_seed(cfg.seed, "robustness", "split")
+    train, heldout = split_prompts(load_prompt_source(r.prompt_source, builtin="preference_prompts"), r.prompts,
+                                   r.heldout_fraction, seed)
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
     scoring = {"conditions": conds, "attacks": attack_ids, "encoder": r.encoder, "classifier": r.classifier,
                "prefill": r.prefill, "personas": {s.run: len(s.rows) for s in others}}
@@ -374,9 +384,6 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
             return stage.dir
         stage.manifest_path.unlink()  # something changed: resume, reusing every reply still valid
     stage.begin(force)
-    seed = derive_seed(cfg.seed, "robustness", "split")
-    train, heldout = split_prompts(load_prompt_source(r.prompt_source, builtin="preference_prompts"), r.prompts,
-                                   r.heldout_fraction, seed)
     split = {"persona": label, "seed": seed, "prompt_source": r.prompt_source,
              "train": [{"pid": f"t{i}", "prompt": p} for i, p in enumerate(train)],
              "heldout": [{"pid": f"h{i}", "prompt": p} for i, p in enumerate(heldout)]}

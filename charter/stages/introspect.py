@@ -69,20 +69,28 @@ def view(conv: dict, turns: list[str], speaker: int, system: str | None) -> list
     return msgs
 
 
-def fit_context(msgs: list[dict], tokenizer, budget: int) -> list[dict]:
-    """Drop whole early turns (never the system prompt) until the prompt fits ``budget`` tokens; the kept
-    turns still start on a user message."""
+def drop_oldest_turn(msgs: list[dict]) -> list[dict] | None:
+    """The conversation without its oldest exchange, still starting on a user turn after the system prompt
+    (which is always kept); None when nothing more can go."""
     head = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
     body = msgs[len(head):]
-    while len(body) > 1:
-        n = len(tokenizer.apply_chat_template(head + body, tokenize=True, add_generation_prompt=True,
+    if len(body) <= 2:
+        return None
+    body = body[2:]
+    while body and body[0]["role"] != "user":
+        body = body[1:]
+    return head + body if body else None
+
+
+def fit_context(msgs: list[dict], tokenizer, budget: int) -> list[dict]:
+    """Drop whole early turns (never the system prompt) until the prompt fits ``budget`` tokens."""
+    while True:
+        n = len(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True,
                                               return_dict=True)["input_ids"])
-        if n <= budget:
-            break
-        body = body[2:] if len(body) > 2 else body[1:]
-        while body and body[0]["role"] != "user":
-            body = body[1:]
-    return head + body
+        shorter = drop_oldest_turn(msgs) if n > budget else None
+        if shorter is None:
+            return msgs
+        msgs = shorter
 
 
 def run(cfg: RunConfig, force: bool = False) -> Path:

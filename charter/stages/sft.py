@@ -32,15 +32,8 @@ def tokenize_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[di
     for r in rows:
         msgs = r["messages"]
         enc = tokenize_with_assistant_mask(tokenizer, msgs)
-        while len(enc["input_ids"]) > max_length:
-            head = msgs[:1] if msgs[0]["role"] == "system" else []
-            body = msgs[len(head):]
-            if len(body) <= 2:
-                break
-            body = body[2:]
-            while body and body[0]["role"] != "user":
-                body = body[1:]
-            msgs = head + body
+        while len(enc["input_ids"]) > max_length and (shorter := introspect.drop_oldest_turn(msgs)):
+            msgs = shorter
             notes["shortened"] += 1
             enc = tokenize_with_assistant_mask(tokenizer, msgs)
         if len(enc["input_ids"]) > max_length:
