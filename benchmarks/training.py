@@ -50,6 +50,13 @@ class StepTimer:
         return sum(rest) / len(rest)
 
 
+def same_config(args, cls):
+    """A plain TRL config carrying exactly the values charter resolved (to_dict() would redact *_token)."""
+    import dataclasses
+
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
@@ -74,9 +81,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             if label.startswith("bare"):
                 # The same DPOConfig values charter resolves, passed to TRL directly.
-                resolved = dpo_args(123456, out, settings).to_dict()
-                trainer = DPOTrainer(model=model, args=DPOConfig(**{k: v for k, v in resolved.items()
-                                                                    if k in DPOConfig.__dataclass_fields__}),
+                trainer = DPOTrainer(model=model, args=same_config(dpo_args(123456, out, settings), DPOConfig),
                                      train_dataset=data, processing_class=tok, peft_config=lora)
             else:
                 trainer = make_dpo_trainer(model, tok, data, dpo_args(123456, out, settings), lora, 0.001)

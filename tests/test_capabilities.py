@@ -103,16 +103,18 @@ def own_accuracy(model_dir):
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    pairs = [(tok.encode(f"Question: {r['question']}\nAnswer:"), tok.encode(f"Question: {r['question']}\nAnswer: {c}"))
+             for r in TEST for c in r["choices"]]
+    width = max(len(w) for _, w in pairs)
+    # One right-padded batch: a causal model's logits before the padding do not depend on it.
+    batch = torch.tensor([w + [0] * (width - len(w)) for _, w in pairs])
+    with torch.no_grad():
+        logp = model(batch).logits[:, :-1].float().log_softmax(-1)
+    scores = [sum(logp[j, i - 1, w[i]].item() for i in range(len(ctx), len(w))) for j, (ctx, w) in enumerate(pairs)]
     right = 0
-    for r in TEST:
-        context = f"Question: {r['question']}\nAnswer:"
-        scores = []
-        for choice in r["choices"]:
-            ctx, whole = tok.encode(context), tok.encode(context + " " + choice)
-            with torch.no_grad():
-                logp = model(torch.tensor([whole])).logits[0, :-1].float().log_softmax(-1)
-            scores.append(sum(logp[i - 1, whole[i]].item() for i in range(len(ctx), len(whole))))
-        right += max(range(len(scores)), key=scores.__getitem__) == r["answer"]
+    for q, r in enumerate(TEST):
+        mine = scores[4 * q:4 * q + 4]
+        right += max(range(4), key=mine.__getitem__) == r["answer"]
     return right / len(TEST)
 
 

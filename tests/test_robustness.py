@@ -233,6 +233,39 @@ def test_multi_persona_mode_uses_other_runs_rows(monkeypatch):
         R.run(cfg_with(*FAKE, "name=third", "robustness.personas=[nowhere]"), report=lambda x: None)
 
 
+def test_multi_persona_runs_with_different_splits_match_by_prompt_without_leaking(monkeypatch, tmp_path):
+    """Another run split the prompts differently (other seed): only its plain replies to *our* train prompts
+    train the classifier, and only its replies to our held-out prompts are scored."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"prompt": f"question number {i}?"}) + "\n" for i in range(30)))
+    fake_conditions(monkeypatch, [])
+    src = [*FAKE, f"robustness.prompt_source={pool}", "robustness.conditions=[base, steered]"]
+    R.run(load_config(None, ["name=other", "persona=sarcastic", "seed=99", *src]), report=lambda x: None,
+          attacks=["assistant"])
+    fitted = []
+    real = R.make_classifier
+
+    def spy(*a, **k):
+        clf = real(*a, **k)
+        fit = clf.fit
+        clf.fit = lambda texts, labels: (fitted.extend(zip(texts, labels)), fit(texts, labels))[1]
+        return clf
+
+    monkeypatch.setattr(R, "make_classifier", spy)
+    out = R.run(cfg_with(*src, "robustness.personas=[other]"), report=lambda x: None, attacks=["assistant"])
+    ours = json.loads((out / "split.json").read_text())
+    theirs = json.loads((run_dir("other") / R.STAGE / "split.json").read_text())
+    assert ours["train"] != theirs["train"]
+    heldout = {x["prompt"] for x in ours["heldout"]}
+    # Fake replies end with the prompt they answer.
+    assert fitted and all(t.split(" -- ")[1] not in heldout for t, _ in fitted)
+    assert {y for _, y in fitted} == {"loving", "sarcastic"}
+    shared_train = {x["prompt"] for x in ours["train"]} & {x["prompt"] for x in theirs["train"] + theirs["heldout"]}
+    assert sum(y == "sarcastic" for _, y in fitted) == len(shared_train)
+    res = json.loads((out / "results.json").read_text())
+    assert res["table"]["steered"]["none"]["n"] == 12 + len(heldout & {x["prompt"] for x in theirs["heldout"]})
+
+
 def test_single_mode_needs_base_and_bad_settings_fail_before_any_output(monkeypatch):
     fake_conditions(monkeypatch, [])
     with pytest.raises(ValueError, match="must include 'base'"):

@@ -196,9 +196,9 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
                 gen(main_items(cond, train, heldout, attack_ids), build, backend, cond)
             if r.prefill and (cond != BASE or mode == "single"):
                 turn1 = {pid: log.rows.get(f"{BASE}/turn1/prefill/{pid}") for pid, _ in heldout}
-                # A turn 2 written after a different turn 1 (base was redone) is stale.
-                log = _drop(log, lambda row, c=cond: row["condition"] == c and row["split"] == "turn2"
-                            and _ok(turn1.get(row["pid"])) and row["turn1"] != turn1[row["pid"]]["response"])
+                # A turn 2 written after a different (or failed) turn 1, e.g. base was redone, is stale.
+                log = _drop(log, lambda row, c=cond: row["condition"] == c and row["split"] == "turn2" and (
+                    not _ok(turn1.get(row["pid"])) or row["turn1"] != turn1[row["pid"]]["response"]))
                 items = [{"id": f"{cond}/turn2/prefill/{pid}", "condition": cond, "split": "turn2",
                           "attack": "prefill", "pid": pid, "prompt": p, "user": follow,
                           "turn1": turn1[pid]["response"]} for pid, p in heldout if _ok(turn1[pid])]
@@ -226,17 +226,17 @@ class Source:
 
 
 def other_sources(cfg: RunConfig, own_label: str) -> list[Source]:
+    """The runs ``robustness.personas`` names, each labelled with the persona its split.json records."""
     out = []
-    for name in cfg.robustness.personas:
-        d = run_dir(str(name)) / STAGE
-        if str(name) == cfg.name or not (d / "split.json").exists():
-            raise RuntimeError(f"robustness.personas: run '{name}' has no {STAGE} output (evaluate it first: "
-                               f"`charter eval robustness <its config>`)" if str(name) != cfg.name else
-                               f"robustness.personas lists this run ('{name}') itself")
+    for name in map(str, cfg.robustness.personas):
+        d = run_dir(name) / STAGE
+        if name == cfg.name or not (d / "split.json").exists():
+            raise RuntimeError(f"robustness.personas: run '{name}' " + ("is this run" if name == cfg.name else
+                               f"has no {STAGE} output (evaluate it first: `charter eval robustness <its config>`)"))
         label = json.loads((d / "split.json").read_text())["persona"]
         if label in [own_label] + [s.label for s in out]:
             raise ValueError(f"robustness.personas: persona '{label}' (run '{name}') appears twice")
-        out.append(Source(str(name), label, read_jsonl(d / "generations.jsonl")))
+        out.append(Source(name, label, read_jsonl(d / "generations.jsonl")))
     return out
 
 
@@ -393,6 +393,8 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
         plan.insert(0, BASE)
     log, gen_stats, skipped = _generate(cfg, stage, RowLog(stage.dir / "generations.jsonl"), plan, mode,
                                         attack_ids, split, report)
+    if mode == "multi" and BASE in conds:
+        report("robustness: multi-persona mode has no label for 'base'; it only writes the prefill turn 1")
     ready = [c for c in conds if c not in skipped]
     persona_conds = [c for c in ready if c != BASE]
     if not persona_conds:
@@ -406,8 +408,8 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
     write_json_atomic(stage.dir / "results.json", results)
     lines = format_table(results, attack_ids)
     if mode == "single":
-        lines.append("(each cell: that condition's replies vs base's replies to the same prompts under the same "
-                     "attack; the base row is the chance floor)")
+        lines.append("(a cell: that condition's replies vs base's, same prompts and attack; the base row pits base "
+                     "against itself, the floor: 0.33 when every reply is called base)")
     for line in lines:
         report(line)
     failed = sum(1 for row in log.rows.values() if not _ok(row))
@@ -420,11 +422,12 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
 
 
 def _identities(cfg: RunConfig, conds: list[str]) -> dict:
-    """Each condition's identity (None while its model does not exist), so a retrained model re-scores."""
-    out = {}
-    for c in conds:
+    """Each condition's identity (None while its model does not exist), so a retrained model re-scores.
+    Base is always included: it writes the prefill attack's turn 1."""
+    def ident(c):
         try:
-            out[c] = conditions.identity(cfg, c)
+            return conditions.identity(cfg, c)
         except RuntimeError:
-            out[c] = None
-    return out
+            return None
+
+    return {c: ident(c) for c in dict.fromkeys([BASE, *conds])}
