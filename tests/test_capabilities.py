@@ -118,6 +118,7 @@ def own_accuracy(model_dir):
     return right / len(TEST)
 
 
+@pytest.mark.slow
 def test_run_end_to_end_on_embedded_model(embedded_path, charter_home):
     """run(): the embedded model's harness score equals our own computation; a model not trained yet is
     skipped; benchmarks whose datasets are not here are error entries; a rerun keeps finished scores."""

@@ -202,6 +202,18 @@ def test_fake_run_scores_held_out_prompts_only(monkeypatch):
     assert {p["true"] for p in preds if p["condition"] == "base"} == {"base"}
 
 
+def test_another_encoder_also_writes_the_tfidf_baseline(monkeypatch):
+    fake_conditions(monkeypatch, [])
+    made = []
+    real = R.make_classifier
+    # Stand-in for MiniLM (covered in test_classifier.py): only the bookkeeping is under test here.
+    monkeypatch.setattr(R, "make_classifier", lambda enc, s, seed=0: (made.append(enc), real("tfidf", {}, seed))[1])
+    out = R.run(cfg_with(*FAKE, "robustness.encoder=minilm"), report=lambda x: None, attacks=["assistant"])
+    res, base = (json.loads((out / f).read_text()) for f in ("results.json", "results-tfidf.json"))
+    assert made[-2:] == ["minilm", "tfidf"] and res["encoder"] == "minilm" and base["encoder"] == "tfidf"
+    assert set(base) == RESULT_KEYS and base["table"].keys() == res["table"].keys()
+
+
 def test_a_changed_model_redoes_only_its_own_replies(monkeypatch):
     sent = []
     fake_conditions(monkeypatch, sent)
@@ -274,6 +286,8 @@ def test_single_mode_needs_base_and_bad_settings_fail_before_any_output(monkeypa
         R.run(cfg_with("robustness.conditions=[base, tuned]"), report=lambda x: None)
     with pytest.raises(ValueError, match="between 0 and 1"):
         R.run(cfg_with("robustness.heldout_fraction=0"), report=lambda x: None)
+    with pytest.raises(ValueError, match="unknown key 'epoch'"):
+        R.run(cfg_with("robustness.classifier={epoch: 2}"), report=lambda x: None)
     assert not (run_dir("rob-test") / R.STAGE).exists()
 
 

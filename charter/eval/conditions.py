@@ -93,7 +93,8 @@ def identity(cfg: RunConfig, label: str) -> str:
     return config_hash(parts)
 
 
-def _key(spec: ModelSpec) -> str:
+def model_key(spec: ModelSpec) -> str:
+    """Two specs with the same key load the same model (the self-name does not matter)."""
     return config_hash(dataclasses.asdict(dataclasses.replace(spec, name=None)))
 
 
@@ -107,7 +108,7 @@ class Conditions:
 
     def backend(self, spec: ModelSpec):
         """A loaded backend for ``spec``, reused when the same model is asked for again."""
-        key = _key(spec)
+        key = model_key(spec)
         if key not in self._backends:
             from ..backends import make_backend
 
@@ -137,9 +138,9 @@ class Conditions:
         if label not in RUN_MODELS:
             return
         spec = condition_spec(self.cfg, label)
-        if keep is not None and _key(keep) == _key(spec):
+        if keep is not None and model_key(keep) == model_key(spec):
             return
-        b = self._backends.pop(_key(spec), None)
+        b = self._backends.pop(model_key(spec), None)
         if b is not None:
             b.close()
 

@@ -25,7 +25,9 @@ reference trained and tested on the same prompts).
 
 Macro-F1 and accuracy per condition and attack; the summary is mean ± SEM over the attacks (not ``none``).
 Writes to ``<run>/eval-robustness/``: ``split.json``, ``generations.jsonl`` (resumable), ``predictions.jsonl``,
-``results.json`` and the manifest. Changing the encoder, the conditions or the personas re-scores without
+``results.json`` (plus ``results-tfidf.json``, the same scores from the TF-IDF baseline, when the encoder is
+another) and the manifest. The built-in prompt pool is ``preference_prompts`` (WildChat-like first messages),
+not ``general``, which distillation trains on. Changing the encoder, the conditions or the personas re-scores without
 regenerating; a retrained model (its condition's identity changed) has only its own replies redone.
 """
 
@@ -283,19 +285,18 @@ def _rounded(s: dict) -> dict:
 
 
 def score_all(cfg: RunConfig, sources: list[Source], mode: str, scored: list[str], trained_on: list[str],
-              attack_ids: list[str], split: dict, report) -> tuple[dict, list[dict], dict]:
+              attack_ids: list[str], split: dict, encoder: str, settings: dict) -> tuple[dict, list[dict], dict]:
     """Train the classifier and fill results.json; returns (results, predictions, counts)."""
-    r = cfg.robustness
     train_prompts = [x["prompt"] for x in split["train"]]
     heldout = {x["prompt"] for x in split["heldout"]}
     texts, labels, prompts = training_set(sources, mode, trained_on, train_prompts, heldout)
     check_no_leak(prompts, heldout)  # once more, right where the classifier sees them
     t0 = time.time()
-    clf = make_classifier(r.encoder, r.classifier, derive_seed(cfg.seed, "robustness", "classifier"))
+    clf = make_classifier(encoder, settings, derive_seed(cfg.seed, "robustness", "classifier"))
     clf.fit(texts, labels)
     fit_s = time.time() - t0
     cells = {(c, a): _cells(sources, mode, c, "heldout", a, heldout) for c in scored for a in [NONE, *attack_ids]}
-    if r.prefill:
+    if cfg.robustness.prefill:
         cells.update({(c, "prefill"): _cells(sources, mode, c, "turn2", "prefill", heldout)
                       for c in scored if c != BASE})
     unique = {(s.run, row["id"]): (s, row, y) for cell in cells.values() for s, row, y in cell}
@@ -310,7 +311,7 @@ def score_all(cfg: RunConfig, sources: list[Source], mode: str, scored: list[str
             prefill[c] = s
         else:
             table.setdefault(c, {})[a] = s
-    results = {"mode": mode, "labels": sorted(set(labels)), "encoder": r.encoder, "n_train": len(train_prompts),
+    results = {"mode": mode, "labels": sorted(set(labels)), "encoder": encoder, "n_train": len(train_prompts),
                "n_heldout": len(heldout), "table": table, "summary": summarize(table, attack_ids),
                "prefill": prefill}
     # The row's own label (the base floor cell also scores base rows as "persona", by construction).
@@ -361,14 +362,14 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
     if unknown:
         raise ValueError(f"robustness.conditions: unknown {unknown} (known: {', '.join(conditions.CONDITIONS)})")
     attack_ids = select_attacks(attacks)
+    make_classifier(r.encoder, r.classifier)  # a bad encoder or setting fails before any generation
     mode = "multi" if r.personas else "single"
     label = persona_label(cfg.persona)
     if mode == "single" and (BASE not in conds or label == BASE):
         raise ValueError("robustness: single-persona mode classifies persona vs base, so robustness.conditions "
                          "must include 'base' (and the persona cannot be called 'base')")
     others = other_sources(cfg, label) if mode == "multi" else []
-    # The split is drawn before the stage folder exists, so a bad setting leaves nothing half-made. The
-    # built-in pool is the WildChat-like one: the general pool is also distillation's training data.
+    # Drawn before the stage folder exists, so a bad setting leaves nothing half-made.
     seed = derive_seed(cfg.seed, "robustness", "split")
     train, heldout = split_prompts(load_prompt_source(r.prompt_source, builtin="preference_prompts"), r.prompts,
                                    r.heldout_fraction, seed)
@@ -403,19 +404,27 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
     scored = ready if mode == "single" else persona_conds
     trained_on = persona_conds + ([BASE] if mode == "single" else [])
     sources = [Source(cfg.name, label, list(log.rows.values())), *others]
-    results, predictions, counts = score_all(cfg, sources, mode, scored, trained_on, attack_ids, split, report)
+    args = (cfg, sources, mode, scored, trained_on, attack_ids, split)
+    results, predictions, counts = score_all(*args, r.encoder, r.classifier)
     write_jsonl_atomic(stage.dir / "predictions.jsonl", predictions)
     write_json_atomic(stage.dir / "results.json", results)
+    files = ["split.json", "generations.jsonl", "predictions.jsonl", "results.json"]
     lines = format_table(results, attack_ids)
     if mode == "single":
         lines.append("(a cell: that condition's replies vs base's, same prompts and attack; the base row pits base "
                      "against itself, the floor: 0.33 when every reply is called base)")
+    if r.encoder != "tfidf":  # the word-count baseline costs seconds and says whether the encoder adds anything
+        baseline = score_all(*args, "tfidf", {})[0]
+        write_json_atomic(stage.dir / "results-tfidf.json", baseline)
+        files.append("results-tfidf.json")
+        lines.append("tf-idf baseline, mean macro-F1 over attacks: " + ", ".join(
+            f"{c} {v['mean_f1']:.2f}" for c, v in baseline["summary"].items()))
     for line in lines:
         report(line)
     failed = sum(1 for row in log.rows.values() if not _ok(row))
     stage.finish({"generations": len(log), "failed_or_empty": failed, **counts, "skipped": skipped},
                  scoring=scoring, identities=_identities(cfg, conds), generation=gen_stats, skipped=skipped,
-                 files=["split.json", "generations.jsonl", "predictions.jsonl", "results.json"], report=lines)
+                 files=files, report=lines)
     report(f"{STAGE}: {len(log)} replies, classifier on {counts['train_texts']} texts, "
            f"{time.time() - stage.started:.0f}s -> {stage.dir}")
     return stage.dir

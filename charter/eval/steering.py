@@ -54,6 +54,7 @@ STEMS_FILE = Path(__file__).resolve().parent.parent / "prompts" / "steering_stem
 LOGPROB_TOLERANCE = 1.0  # nats per token: about the gap between a fluent on-topic reply and a loose one
 REPETITION_TOLERANCE = 0.15
 EMPTY_TOLERANCE = 0.25
+MAX_HALVINGS = 8
 # Where decoder blocks live: Llama/Qwen/Gemma/Mistral, multimodal wrappers (Gemma-3), GPT-2, GPT-NeoX, OPT.
 LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.layers",
                "model.language_model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
@@ -99,6 +100,10 @@ def _encode(tokenizer, texts: list[str], device):
     return enc.to(device)
 
 
+class _Stop(Exception):
+    pass
+
+
 def contrast_states(model, tokenizer, system_prompt: str, stems: list[str], layers: list[int],
                     batch_size: int = 16):
     """Last-token outputs of ``layers`` for each stem, with and without the persona system prompt.
@@ -124,12 +129,17 @@ def contrast_states(model, tokenizer, system_prompt: str, stems: list[str], laye
             seen[i] = h[:, -1, :].detach().float().cpu()
         return hook
 
+    def stop(module, args, output):
+        raise _Stop  # nothing past the last chosen layer is needed (saves the later layers and the lm head)
+
     handles = [blocks[i].register_forward_hook(grab(i)) for i in layers]
+    handles.append(blocks[max(layers)].register_forward_hook(stop))
     try:
         with torch.inference_mode():
             for side, side_texts in texts.items():
                 for batch in _batches(side_texts, batch_size):
-                    model(**_encode(tokenizer, batch, model.device), use_cache=False)
+                    with contextlib.suppress(_Stop):
+                        model(**_encode(tokenizer, batch, model.device), use_cache=False)
                     for i in layers:
                         out[side][i].append(seen[i])
     finally:
@@ -241,6 +251,12 @@ class SteeredBackend:
 
 # --- coherence of steered replies, and the sweep rule -----------------------------------------------------
 
+def normalise(text: str) -> str:
+    """Whitespace collapsed (unicode included): a steered model may pad replies with runs of odd spaces,
+    which would otherwise look like likely, non-repeating text."""
+    return " ".join(text.split())
+
+
 def repetition(text: str) -> float:
     """Share of word 3-grams that repeat an earlier one (0 for fewer than 4 words)."""
     words = re.findall(r"\w+", text.lower())
@@ -342,29 +358,37 @@ def _sweep(stage: Stage, cfg: RunConfig, backend, vector, norms, report) -> tupl
     prompts = [pool[i] for i in rng.sample(range(len(pool)), min(s.sweep_prompts, len(pool)))]
     sampling = Sampling(max_tokens=s.max_tokens)  # the reference's steered generation settings
     replies = RowLog(stage.dir / "sweep.jsonl")
-    coefs = [0.0] + sorted({float(c) for c in s.coefficients if c}, key=abs)
-    scored, table = [], []
-    for c in coefs:
+    scored: list[dict] = []
+
+    def score(c: float) -> dict:
         items = [{"id": f"{c:g}/p{j}", "coefficient": c, "prompt": p} for j, p in enumerate(prompts)]
         b = backend if c == 0 else SteeredBackend(backend, vector, c, norms)
         # Same seed for every coefficient: the replies differ by the steering, not by the sampling.
         generate_rows(replies, items, lambda it: ([{"role": "user", "content": it["prompt"]}], None), b, sampling,
                       (cfg.seed, "steering", "sweep"), len(items) or 1, f"sweep {c:g}")
         rows = replies.ordered([it["id"] for it in items])
-        lps = reply_logprobs(backend.model, backend.tokenizer, [[{"role": "user", "content": r["prompt"]}]
-                                                                for r in rows], [r["response"] for r in rows])
-        here = [{"id": r["id"], "coefficient": c, "logprob": lp, "repetition": repetition(r["response"])}
-                for r, lp in zip(rows, lps, strict=True)]
-        scored += here
-        table.append(summarise(c, here))
-        t = table[-1]
-        report(f"steering sweep {c:g}: logprob {t['logprob'] if t['logprob'] is None else round(t['logprob'], 3)}"
-               f", repetition {t['repetition']:.2f}, empty {t['empty']:.2f}")
+        texts = [normalise(r["response"]) for r in rows]
+        lps = reply_logprobs(backend.model, backend.tokenizer,
+                             [[{"role": "user", "content": r["prompt"]}] for r in rows], texts)
+        here = [{"id": r["id"], "coefficient": c, "logprob": lp, "repetition": repetition(t)}
+                for r, t, lp in zip(rows, texts, lps, strict=True)]
+        scored.extend(here)
+        t = summarise(c, here)
+        report(f"steering sweep {c:g}: logprob {'n/a' if t['logprob'] is None else round(t['logprob'], 3)}, "
+               f"repetition {t['repetition']:.2f}, empty {t['empty']:.2f}")
+        return t
+
+    base = score(0.0)
+    table = [score(c) for c in sorted({float(c) for c in s.coefficients if c}, key=abs)]
+    # A sweep scaled for another model may fail everywhere: halve the weakest until one setting passes.
+    for _ in range(MAX_HALVINGS if table else 0):
+        if pick_coefficient(table, base)[1]:
+            break
+        table.append(score(min((r["coefficient"] for r in table), key=abs) / 2))
     write_jsonl_atomic(stage.dir / "sweep-scores.jsonl", scored)
-    base = table[0]
     for t in table:
         t["within_tolerance"] = within_tolerance(t, base)
-    return table[1:], base
+    return sorted(table, key=lambda r: abs(r["coefficient"])), base
 
 
 def fit(cfg: RunConfig, force: bool = False, report=print, backend=None) -> Path:

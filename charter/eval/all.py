@@ -1,0 +1,53 @@
+"""Every evaluation of a run, then the report.
+
+    charter eval all configs/demo.yaml [key=value ...]
+
+Order: steering (the steered condition needs its direction), preferences, robustness (with the prefill
+attack), coherence, capabilities, then ``charter report``. Each evaluation is resumable on its own, so a
+rerun redoes only what is missing. One that is not installed or fails is reported in one line and the rest
+still run: a report with one section marked "not run" is more use than none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+from ..config import RunConfig
+from ..runs import run_dir
+
+STEPS = [("steering", "charter.eval.steering", "fit"), ("preferences", "charter.eval.preferences", "run"),
+         ("robustness", "charter.eval.robustness", "run"), ("coherence", "charter.eval.coherence", "run"),
+         ("capabilities", "charter.eval.capabilities", "run")]
+
+
+def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
+    """Run every evaluation in order, then build the report; returns the report's path."""
+    started, failed = time.time(), []
+    for name, module, func in STEPS:
+        t0 = time.time()
+        try:
+            fn = getattr(importlib.import_module(module), func)
+        except ImportError as e:
+            failed.append(name)
+            why = f"{module} is missing" if getattr(e, "name", None) == module else f"{type(e).__name__}: {e}"
+            report(f"eval all: {name} not available ({why}); skipped")
+            continue
+        try:
+            fn(cfg, force=force, report=report)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed evaluation must not stop the others
+            failed.append(name)
+            report(f"eval all: {name} FAILED after {time.time() - t0:.0f}s: {type(e).__name__}: {e}")
+            continue
+        report(f"eval all: {name} done in {time.time() - t0:.0f}s")
+    from .report import build
+
+    run_dir(cfg.name).mkdir(parents=True, exist_ok=True)  # a report even when every evaluation failed
+    out = build(run_dir(cfg.name))
+    report(f"eval all: {len(STEPS) - len(failed)}/{len(STEPS)} evaluations ran"
+           + (f" (failed or missing: {', '.join(failed)})" if failed else "")
+           + f" in {time.time() - started:.0f}s; report -> {out}")
+    return out

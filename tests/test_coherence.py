@@ -1,0 +1,177 @@
+"""Conditions and the coherence judge: resolution, verdict parsing, consistency counting, one real run."""
+
+import json
+import time
+
+import pytest
+
+from charter.config import load_config
+from charter.eval import coherence as coh
+from charter.eval import conditions as cond
+from charter.runs import read_jsonl, run_dir
+
+
+def cfg_with(*overrides):
+    return load_config(None, ["name=coh-test", *overrides])
+
+
+def fake_run_model(cfg, label, source):
+    """Point a run's model folder at an existing model and mark its stage finished."""
+    stage, sub = cond.RUN_MODELS[label]
+    d = run_dir(cfg.name) / stage
+    d.mkdir(parents=True, exist_ok=True)
+    (d / sub).symlink_to(source, target_is_directory=True)
+    (d / "manifest.json").write_text(json.dumps({"finished_at": "today"}))
+    return d / sub
+
+
+# --- conditions -------------------------------------------------------------------------------------------
+
+def test_with_system():
+    chat = [{"role": "user", "content": "hi"}]
+    assert cond.with_system(chat, None) == chat
+    assert cond.with_system(chat, "Be kind.") == [{"role": "system", "content": "Be kind."}, *chat]
+    both = cond.with_system([{"role": "system", "content": "Answer in French."}, *chat], "Be kind.")
+    assert both[0] == {"role": "system", "content": "Be kind.\n\nAnswer in French."} and len(both) == 2
+    assert chat == [{"role": "user", "content": "hi"}]  # the caller's chat is not modified
+
+
+def test_missing_run_models_raise_clearly(embedded_path):
+    cfg = cfg_with()
+    with pytest.raises(RuntimeError, match=r"'trained'.*merge/model does not exist yet \(run `charter train` first\)"):
+        cond.condition_spec(cfg, "trained")
+    with pytest.raises(RuntimeError, match=r"'distilled'.*dpo/model.*charter train"):
+        cond.open_condition(cfg, "distilled")
+    with pytest.raises(ValueError, match="expected one of base, prompted"):
+        cond.condition_spec(cfg, "finetuned")
+    (run_dir(cfg.name) / "merge" / "model").mkdir(parents=True)
+    (run_dir(cfg.name) / "merge" / "model" / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="charter train"):  # no manifest: the stage may still be writing
+        cond.condition_spec(cfg, "trained")
+
+
+def test_conditions_resolve_and_share_the_student(embedded_path):
+    cfg = cfg_with("steering.coefficient=0.05", "steering.stems=2")
+    path = fake_run_model(cfg, "trained", embedded_path)
+    assert cond.condition_spec(cfg, "trained").model == str(path)
+    assert cond.condition_spec(cfg, "base") == cfg.student
+    try:
+        base, s0 = cond.open_condition(cfg, "base")
+        prompted, system = cond.open_condition(cfg, "prompted")
+        steered, s2 = cond.open_condition(cfg, "steered")  # fits the vector first: none exists yet
+        trained, s3 = cond.open_condition(cfg, "trained")
+        assert s0 is None and s2 is None and s3 is None
+        assert system.startswith("You are SmolLM") and "traits" in system
+        assert prompted is base and steered.inner is base  # one student model, loaded once
+        assert trained is not base and steered.coefficient == 0.05
+        assert (run_dir(cfg.name) / "eval-steering" / "manifest.json").exists()
+        assert cond.open_condition(cfg, "base")[0] is base
+    finally:
+        cond.close()
+    assert cond._open is None and base.model is None
+    # The identity of a condition changes when its model is remade.
+    before = cond.identity(cfg, "trained")
+    (run_dir(cfg.name) / "merge" / "manifest.json").write_text(json.dumps({"finished_at": "tomorrow"}))
+    assert cond.identity(cfg, "trained") != before
+
+
+# --- parsing and counting ---------------------------------------------------------------------------------
+
+JUDGE_REPLIES = [
+    ("<answer>2</answer>", 2),
+    ("Response 1 drifts away from the question halfway through, while Response 2 answers it directly and "
+     "stays consistent.\n\n<answer>2</answer>", 2),
+    ("<think>Response 1 seems fine... maybe <answer>1</answer>? No, it repeats itself.</think>\nResponse 2 is "
+     "clearer.\n<answer>2</answer>", 2),
+    ("Both are fluent, but the second one contradicts itself about the date.\n\nAnswer: 1", 1),
+    ("**Response 1**", 1),
+    ("Response 2 is more coherent than Response 1 because it stays on topic.", 2),
+    ("Looking at both replies, I would choose Response 1.", 1),
+    ("The first response is more coherent; the second one loops.", 1),
+    ("Final verdict: Response 1 is better.", 1),
+    ("Response 1 explains the idea step by step. <answer>Response 1", 1),  # cut off before the closing tag
+    ("<answer>Response 2 (it answers the question, unlike response 1)</answer>", 2),
+    ("Both responses are equally coherent and on topic.", None),
+    ("<answer>1 or 2</answer>", None),
+    ("Response 1: talks about cats. Response 2: talks about dogs.", None),
+    ("", None),
+    ("<think>Response 1 is better, I think. Let me check the second one again", None),  # never answered
+]
+
+
+@pytest.mark.parametrize("text,expected", JUDGE_REPLIES)
+def test_parse_choice(text, expected):
+    assert coh.parse_choice(text) == expected
+
+
+def test_consistency_filtering_counts_each_outcome():
+    # (verdict when trained is Response 1, verdict when trained is Response 2) -> outcome
+    table = {(1, 2): "trained", (2, 1): "other", (1, 1): "inconsistent", (2, 2): "inconsistent",
+             (None, 2): "unparseable", (1, None): "unparseable", (None, None): "unparseable"}
+    for (a, b), outcome in table.items():
+        assert coh.pair_outcome(a, b) == outcome, (a, b)
+    verdicts = [(1, 2), (1, 2), (1, 2), (2, 1), (1, 1), (2, 2), (None, 1)]
+    r = coh.tally([coh.pair_outcome(a, b) for a, b in verdicts])
+    assert {k: r[k] for k in ("n_pairs", "n_counted", "n_inconsistent", "n_unparseable")} == \
+        {"n_pairs": 7, "n_counted": 4, "n_inconsistent": 2, "n_unparseable": 1}
+    assert r["win_rate"] == 0.75 and r["ci"][0] < 0.75 < r["ci"][1]
+    assert coh.tally(["inconsistent"]) == {"win_rate": None, "ci": None, "n_pairs": 1, "n_counted": 0,
+                                           "n_inconsistent": 1, "n_unparseable": 0}
+
+
+def test_wilson_interval():
+    assert coh.wilson(0, 0) is None
+    assert coh.wilson(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)
+    lo, hi = coh.wilson(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-4)
+
+
+def test_judge_prompt_asks_about_coherence_only():
+    chat = coh.judge_chat("What is 2+2?", "Four.", "")
+    assert "coherent" in chat[0]["content"] and "Personality" in chat[0]["content"]
+    assert "Response 1:\n\"\"\"\nFour.\n\"\"\"" in chat[1]["content"] and coh.EMPTY in chat[1]["content"]
+
+
+def test_prompts_are_seeded_and_avoid_distillation_prompts():
+    cfg = cfg_with("coherence.prompts=30", "distill.general_prompts=50")
+    items, overlap = coh.make_items(cfg)
+    assert items == coh.make_items(cfg)[0] and len(items) == 30 and overlap == 0
+    assert [i["prompt"] for i in items] != [i["prompt"] for i in coh.make_items(cfg_with(
+        "coherence.prompts=30", "distill.general_prompts=50", "seed=1"))[0]]
+    # Distillation uses the whole pool by default: nothing is held out, and the overlap is reported.
+    assert coh.make_items(cfg_with("coherence.prompts=10"))[1] == 10
+
+
+def test_trained_model_is_required_and_against_is_checked():
+    with pytest.raises(RuntimeError, match="charter train"):
+        coh.run(cfg_with(), report=lambda line: None)
+    with pytest.raises(ValueError, match="coherence.against"):
+        coh.run(cfg_with("coherence.against=[trained]"), report=lambda line: None)
+
+
+# --- end to end -------------------------------------------------------------------------------------------
+
+def test_coherence_end_to_end_on_the_embedded_model(embedded_path):
+    cfg = cfg_with("coherence.prompts=3", "coherence.against=[base, prompted, steered, distilled]",
+                   "robustness.sampling.max_tokens=24", "coherence.judge_sampling.max_tokens=24",
+                   "steering.coefficient=0.05", "steering.stems=2", "student.batch_size=8")
+    fake_run_model(cfg, "trained", embedded_path)
+    lines = []
+    t0 = time.perf_counter()
+    out = coh.run(cfg, report=lines.append)
+    seconds = time.perf_counter() - t0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["against"]) == {"base", "prompted", "steered"}  # no distilled model: skipped
+    assert "distilled" in results["skipped"] and any("skipping 'distilled'" in x for x in lines)
+    assert results["judge"] == "embedded" and results["prompts"] == 3
+    for r in results["against"].values():
+        assert r["n_pairs"] == 3
+        assert r["n_counted"] + r["n_inconsistent"] + r["n_unparseable"] == 3
+        assert (r["win_rate"] is None) == (r["n_counted"] == 0) == (r["ci"] is None)
+    rows = read_jsonl(out / "judgements.jsonl")
+    assert len(rows) == 9 and {r["outcome"] for r in rows} <= {"trained", "other", "inconsistent", "unparseable"}
+    assert len(read_jsonl(out / "judge-base.jsonl")) == 6  # both orders of every pair
+    assert (out / "manifest.json").exists() and seconds < 90, seconds
+    # A second run finds everything done; a new condition reuses the other logs.
+    coh.run(cfg, report=lines.append)
+    assert "already done" in lines[-1]
