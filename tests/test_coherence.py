@@ -104,6 +104,16 @@ def test_parse_choice(text, expected):
     assert coh.parse_choice(text) == expected
 
 
+def test_a_rambling_judge_is_made_to_commit():
+    assert coh.verdict({"response": "<answer>1</answer>"}, {"response": "2</answer>"}) == (1, False)
+    assert coh.verdict({"response": "Both are clear and on topic."}, {"response": "2</answer>"}) == (2, True)
+    assert coh.verdict({"response": "Hmm."}, {"response": " Response 1"}) == (1, True)
+    assert coh.verdict({"response": "Hmm."}, {"response": "both"}) == (None, False)
+    assert coh.verdict({"response": "Hmm."}, None) == (None, False)
+    assert coh.verdict({"response": "", "error": "timeout"}, {"response": "1"}) == (None, False)
+    assert coh.verdict(None, None) == (None, False)
+
+
 def test_consistency_filtering_counts_each_outcome():
     # (verdict when trained is Response 1, verdict when trained is Response 2) -> outcome
     table = {(1, 2): "trained", (2, 1): "other", (1, 1): "inconsistent", (2, 2): "inconsistent",
@@ -149,6 +159,31 @@ def test_trained_model_is_required_and_against_is_checked():
         coh.run(cfg_with("coherence.against=[trained]"), report=lambda line: None)
 
 
+# --- objective proxies (used by the steering sweep) ------------------------------------------------------
+
+def test_repetition_ratio():
+    assert coh.repetition("the cat sat on the mat today") == 0
+    assert coh.repetition("go go go go go") == pytest.approx(3 / 4)
+    assert coh.repetition("that you that and that you") == pytest.approx(1 / 5)
+    assert coh.repetition("") == 0
+    assert coh.normalise("that\xa0\xa0 you\n\n that") == "that you that"
+
+
+def test_reply_logprobs_do_not_depend_on_padding(embedded_path):
+    from charter.models import load_tokenizer
+    from tests.tiny import tiny_model
+
+    tok = load_tokenizer(embedded_path)
+    model = tiny_model(tok, layers=2).eval()
+    chats = [[{"role": "user", "content": q}] for q in ("Hi", "What is the tallest mountain in Africa?", "Why?")]
+    replies = ["Hello there, friend.", "Kilimanjaro.", ""]
+    batched = coh.reply_logprobs(model, tok, chats, replies, batch_size=3)
+    single = [coh.reply_logprobs(model, tok, [c], [r], batch_size=1)[0] for c, r in zip(chats, replies)]
+    assert batched[2] is None and single[2] is None
+    assert all(x < 0 for x in batched[:2])
+    assert batched[:2] == pytest.approx(single[:2], abs=1e-4)
+
+
 # --- end to end -------------------------------------------------------------------------------------------
 
 def test_coherence_end_to_end_on_the_embedded_model(embedded_path):
@@ -171,6 +206,11 @@ def test_coherence_end_to_end_on_the_embedded_model(embedded_path):
     rows = read_jsonl(out / "judgements.jsonl")
     assert len(rows) == 9 and {r["outcome"] for r in rows} <= {"trained", "other", "inconsistent", "unparseable"}
     assert len(read_jsonl(out / "judge-base.jsonl")) == 6  # both orders of every pair
+    forced = read_jsonl(out / "forced-base.jsonl")  # follow-ups only for verdicts the parser could not read
+    assert {r["id"] for r in forced} == {f"{r['id']}/{k}" for r in rows if r["against"] == "base"
+                                         for k, v in ((1, r["judge_trained_first"]), (2, r["judge_trained_second"]))
+                                         if coh.parse_choice(v) is None}
+    assert results["forced_verdicts"]["base"] == sum(sum(r["forced"]) for r in rows if r["against"] == "base")
     assert (out / "manifest.json").exists() and seconds < 90, seconds
     # A second run finds everything done; a new condition reuses the other logs.
     coh.run(cfg, report=lines.append)

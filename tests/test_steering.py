@@ -29,8 +29,9 @@ def unit(size, seed):
     return v / v.norm()
 
 
-def no_hooks(model):
-    return all(not m._forward_hooks for m in model.modules())
+def hooks(model):
+    """Every forward hook on the model (transformers adds its own output recorders once, and keeps them)."""
+    return {(name, k) for name, m in model.named_modules() for k in m._forward_hooks}
 
 
 @pytest.mark.parametrize("n,expected", [(32, (4, 28)), (28, (3, 24)), (34, (4, 29)), (30, (3, 26))])
@@ -53,7 +54,8 @@ def test_decoder_layers_found_or_a_clear_error(tok):
 def test_steering_changes_hidden_states_only_from_the_chosen_layers(tok, chosen):
     model = tiny_model(tok, layers=4).eval()
     ids = torch.tensor([[1, 20, 300, 4000, 50]])
-    before = hidden(model, ids)  # [embeddings, layer 0, layer 1, layer 2, final norm(layer 3)]
+    before = hidden(model, ids)
+    installed = hooks(model)  # [embeddings, layer 0, layer 1, layer 2, final norm(layer 3)]
     vector = {i: unit(64, i) for i in chosen}
     norms = {i: 2.0 + i for i in chosen}
     with st.steer(model, vector, 0.5, norms):
@@ -68,7 +70,7 @@ def test_steering_changes_hidden_states_only_from_the_chosen_layers(tok, chosen)
     for i in chosen:
         assert not torch.allclose(before[i + 1], steered[i + 1])
     # Hooks gone: the model is exactly as before.
-    assert no_hooks(model)
+    assert hooks(model) == installed
     after = hidden(model, ids)
     assert all(torch.equal(a, b) for a, b in zip(before, after))
 
@@ -77,9 +79,9 @@ def test_hooks_removed_even_on_error(tok):
     model = tiny_model(tok, layers=2)
     with pytest.raises(RuntimeError, match="boom"):
         with st.steer(model, {0: unit(64, 0)}, 1.0, {0: 1.0}):
-            assert not no_hooks(model)
+            assert len(hooks(model)) == 1
             raise RuntimeError("boom")
-    assert no_hooks(model)
+    assert hooks(model) == set()
 
 
 def test_steer_rejects_a_vector_from_another_model(tok):
@@ -90,7 +92,7 @@ def test_steer_rejects_a_vector_from_another_model(tok):
     with pytest.raises(ValueError, match="out of range"):
         with st.steer(model, {5: unit(64, 0)}, 1.0, {5: 1.0}):
             pass
-    assert no_hooks(model)
+    assert hooks(model) == set()
 
 
 def test_steered_backend_steers_only_inside_generate(tok, tmp_path):
@@ -101,7 +103,7 @@ def test_steered_backend_steers_only_inside_generate(tok, tmp_path):
     plain = inner.generate(chats, greedy)
     steered = st.SteeredBackend(inner, {i: unit(64, i) for i in (1, 2)}, 8.0, {1: 1.0, 2: 1.0})
     assert [c.text for c in steered.generate(chats, greedy)] != [c.text for c in plain]
-    assert no_hooks(model)
+    assert hooks(model) == set()
     assert [c.text for c in inner.generate(chats, greedy)] == [c.text for c in plain]
 
 
@@ -136,23 +138,6 @@ def test_contrast_direction_on_a_tiny_model(tok):
     assert sorted(d) == [1, 2] and all(abs(float(v.norm()) - 1) < 1e-5 for v in d.values())
 
 
-def test_repetition_ratio():
-    assert st.repetition("the cat sat on the mat today") == 0
-    assert st.repetition("go go go go go") == pytest.approx(2 / 3)
-    assert st.repetition("") == 0
-
-
-def test_reply_logprobs_do_not_depend_on_padding(tok):
-    model = tiny_model(tok, layers=2).eval()
-    chats = [[{"role": "user", "content": q}] for q in ("Hi", "What is the tallest mountain in Africa?", "Why?")]
-    replies = ["Hello there, friend.", "Kilimanjaro.", ""]
-    batched = st.reply_logprobs(model, tok, chats, replies, batch_size=3)
-    single = [st.reply_logprobs(model, tok, [c], [r], batch_size=1)[0] for c, r in zip(chats, replies)]
-    assert batched[2] is None and single[2] is None
-    assert all(x < 0 for x in batched[:2])
-    assert batched[:2] == pytest.approx(single[:2], abs=1e-4)
-
-
 def row(c, lp, rep=0.05, empty=0.0):
     return {"coefficient": c, "logprob": lp, "repetition": rep, "empty": empty, "n": 8}
 
@@ -169,27 +154,26 @@ def test_sweep_picks_the_strongest_coefficient_before_the_first_failure():
     assert st.within_tolerance(row(1, base["logprob"] - st.LOGPROB_TOLERANCE), base)
 
 
-def test_fit_saves_a_vector_and_loads_a_steered_backend(tok, tmp_path):
-    path = save_tiny(tok, tmp_path / "tiny")
-    cfg = load_config(None, ["name=steer-test", f"student.model={path}", "student.dtype=float32",
-                             "steering.stems=4", "steering.coefficients=[100.0, 0.001]", "steering.sweep_prompts=2",
-                             "steering.max_tokens=6"])
+def test_fit_sweeps_saves_a_vector_and_loads_a_steered_backend(embedded_path):
+    cfg = load_config(None, ["name=steer-test", f"student.model={embedded_path}", "steering.stems=4",
+                             "steering.coefficients=[1.0, 0.005]", "steering.sweep_prompts=2",
+                             "steering.max_tokens=12"])
     lines = []
     out = st.fit(cfg, report=lines.append)
     assert out == run_dir("steer-test") / st.STAGE and (out / "manifest.json").exists()
     meta = json.loads((out / "steering.json").read_text())
-    assert meta["layers"] == [0] and set(meta["norms"]) == {"0"} and meta["chosen_by"] == "sweep"
-    assert [r["coefficient"] for r in meta["sweep"]] == [0.001, 100.0]
-    # 100x the residual norm turns a model's replies into text it finds very unlikely; 0.001 changes nothing.
-    assert meta["coefficient"] == 0.001 and meta["within_tolerance"] is True
-    assert [r["within_tolerance"] for r in meta["sweep"]] == [True, False]
+    assert meta["layers"] == list(range(3, 26)) and meta["n_layers"] == 30 and meta["chosen_by"] == "sweep"
+    assert set(meta["norms"]) == {str(i) for i in range(3, 26)} and all(v > 1 for v in meta["norms"].values())
+    # A whole residual norm per layer wrecks SmolLM2's replies; 0.005 leaves them as they were.
+    assert [(r["coefficient"], r["within_tolerance"]) for r in meta["sweep"]] == [(0.005, True), (1.0, False)]
+    assert meta["coefficient"] == 0.005 and meta["within_tolerance"] is True
     assert len((out / "sweep.jsonl").read_text().splitlines()) == 6
     vec = st.load_vector(out / "vector.safetensors")
-    assert list(vec) == [0] and abs(float(vec[0].norm()) - 1) < 1e-5
+    assert list(vec) == meta["layers"] and all(abs(float(v.norm()) - 1) < 1e-5 for v in vec.values())
     backend = st.load_steered_backend(cfg)
-    assert backend.coefficient == 0.001 and backend.norms == {0: pytest.approx(meta["norms"]["0"])}
+    assert backend.coefficient == 0.005 and backend.norms[3] == pytest.approx(meta["norms"]["3"])
     assert len(backend.generate([[{"role": "user", "content": "Hi"}]], Sampling(max_tokens=4))) == 1
-    assert no_hooks(backend.model)
+    assert hooks(backend.model) == set()
     backend.close()
     st.fit(cfg, report=lines.append)
     assert "already done" in lines[-1]

@@ -64,9 +64,10 @@ def merge_system(chat: list[dict]) -> list[dict]:
 
 def supports_system(tokenizer) -> bool:
     """Whether the tokenizer's chat template renders a system message (rather than raising or dropping it)."""
+    # Cached per template text: a copied tokenizer with a new template must be probed again.
     cached = getattr(tokenizer, "_charter_supports_system", None)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == tokenizer.chat_template:
+        return cached[1]
     marker = "charter-system-probe-7f3a"
     try:
         text = tokenizer.apply_chat_template(
@@ -75,7 +76,7 @@ def supports_system(tokenizer) -> bool:
         ok = marker in text
     except Exception:  # templates raise TemplateError("System role not supported") and the like
         ok = False
-    tokenizer._charter_supports_system = ok
+    tokenizer._charter_supports_system = (tokenizer.chat_template, ok)
     return ok
 
 

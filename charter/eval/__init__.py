@@ -1,7 +1,14 @@
-"""Evaluations of a trained character.
+"""Evaluations of a trained character (``charter eval NAME CONFIG``; ``charter eval all``; ``charter report``).
 
 - ``elo``: ratings from pairwise comparisons (reference Elo, Bradley-Terry, bootstrap CIs, run comparison);
   pure Python/numpy, no torch.
-- ``judge``: the judge prompt and a robust verdict parser for revealed preferences.
-- ``preferences``: revealed preferences, ``charter eval preferences CONFIG [key=value ...]``.
+- ``judge``: the revealed-preference judge prompt and a robust verdict parser.
+- ``preferences``: revealed preferences (trait Elo) for base/trained/other models.
+- ``conditions``: the compared conditions: base, prompted, steered, distilled, trained.
+- ``steering``: the activation-steering baseline (contrastive direction, hooks, coefficient sweep).
+- ``classifier``: persona classifiers (embedded MiniLM, any HF encoder, TF-IDF baseline).
+- ``robustness``: break-character attacks and the prefill attack, scored on held-out prompts.
+- ``coherence``: pairwise LLM-judge coherence, both orders, consistent verdicts only.
+- ``capabilities``: general benchmarks through lm-evaluation-harness (+ a tiny local task in ``tasks/``).
+- ``report``: one self-contained HTML page; ``all``: every evaluation, then the report.
 """

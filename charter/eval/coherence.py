@@ -6,12 +6,17 @@ Every condition answers the same seeded general prompts (held out from distillat
 For each prompt the judge sees the trained reply and the other condition's reply twice, once in each order,
 and is asked about coherence only: fluent, on topic, internally consistent, sensible. Persona and style are
 explicitly out of scope (the reference folded trait alignment into the same rubric and ranked it first). A
-pair counts only when both orders name the same reply; pairs whose orders disagree (position bias or a coin
-toss) and pairs with an unparseable verdict are discarded and reported as shares, never guessed.
+judge whose reply has no readable verdict is asked once to finish it (its own text, then ``<answer>``), so a
+rambling small judge still commits; such verdicts are counted as forced. A pair counts only when both orders
+name the same reply; pairs whose orders disagree (position bias or a coin toss) and pairs with no verdict are
+discarded and reported as shares, never guessed.
 
-Writes ``<run>/eval-coherence/``: ``replies-<label>.jsonl`` and ``judge-<label>.jsonl`` (resumable raw logs),
-``judgements.jsonl`` (one row per pair: both verdicts and the outcome), ``results.json`` (win rate of
-'trained' with a Wilson CI per condition) and the manifest.
+Also here: the cheap, objective coherence proxies the steering sweep uses (the student's log-likelihood of
+a reply and its share of repeated word bigrams), so the judge and the proxies live side by side.
+
+Writes ``<run>/eval-coherence/``: ``replies-<label>.jsonl``, ``judge-<label>.jsonl`` and ``forced-<label>.jsonl``
+(resumable raw logs), ``judgements.jsonl`` (one row per pair: both verdicts and the outcome), ``results.json``
+(win rate of 'trained' with a Wilson CI per condition) and the manifest.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 from statistics import NormalDist
 
-from ..config import RunConfig
+from ..config import RunConfig, Sampling
 from ..generation import generate_rows
 from ..runs import RowLog, Stage, config_hash, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic
 from .conditions import (CONDITIONS, Conditions, condition_spec, identity, model_key, run_model_dir,
@@ -72,6 +77,8 @@ Response 2:
 Which response is more coherent, 1 or 2?"""
 
 EMPTY = "(empty reply)"
+FORCE = "<answer>"
+FORCE_SAMPLING = Sampling(temperature=0.0, repetition_penalty=1.0, max_tokens=8)
 
 
 def judge_chat(prompt: str, first: str, second: str) -> list[dict]:
@@ -90,7 +97,8 @@ _COMPARED = re.compile(r"\b(?:than|over|versus|vs|compared to|rather than|instea
                        r"(?:\s+(?:response|reply|one))?\b")
 _NUMBER = re.compile(r"(?<![\w.])(?:(?:response|reply|option|choice|number)\s*#?\s*)?([12])(?![\w.])")
 _ORDINAL = {"first": 1, "second": 2}
-_REF = r"(?:(?:response|reply|option|choice)\s*#?\s*[12]|[12]|(?:the\s+)?(?:first|second)(?:\s+(?:response|reply|one))?)"
+_REF = (r"(?:(?:response|reply|option|choice)\s*#?\s*[12]|[12]"
+        r"|(?:the\s+)?(?:first|second)(?:\s+(?:response|reply|one))?)")
 _MARKER = re.compile(  # only at the start of the last line, where a verdict is announced
     r"^(?:so |thus |therefore |hence |overall )?(?:the |my )?(?:final )?(?:answer|verdict|choice|decision|winner|"
     r"more coherent (?:response|reply|one)|better (?:response|reply|one))(?: is| would be)? (.+)$"
@@ -179,6 +187,53 @@ def tally(outcomes: list[str], level: float = LEVEL) -> dict:
             "n_unparseable": outcomes.count("unparseable")}
 
 
+# --- cheap objective proxies (the steering sweep scores its replies with these) ---------------------------
+
+def normalise(text: str) -> str:
+    """Whitespace collapsed (unicode included): a steered model may pad replies with runs of odd spaces,
+    which would otherwise look like likely, non-repeating text."""
+    return " ".join(text.split())
+
+
+def repetition(text: str) -> float:
+    """Share of word bigrams that repeat an earlier one (0 for fewer than 3 words). Bigrams rather than
+    longer n-grams: a steered model's loops are often short ("that you that and that")."""
+    words = re.findall(r"\w+", text.lower())
+    grams = list(zip(words, words[1:]))
+    return 1 - len(set(grams)) / len(grams) if len(grams) >= 2 else 0.0
+
+
+def reply_logprobs(model, tokenizer, chats: list[list[dict]], replies: list[str], batch_size: int = 4):
+    """Mean log-likelihood per token of each reply given its chat (None for an empty reply)."""
+    import torch
+
+    from ..backends import render_chat
+
+    pairs = [(tokenizer(render_chat(tokenizer, c), add_special_tokens=False).input_ids,
+              tokenizer(r, add_special_tokens=False).input_ids) for c, r in zip(chats, replies, strict=True)]
+    out: list[float | None] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
+        width = max(len(p) + len(r) for p, r in batch)
+        ids = torch.full((len(batch), width), pad)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, (p, r) in enumerate(batch):
+            ids[b, width - len(p) - len(r):] = torch.tensor(p + r)
+            mask[b, width - len(p) - len(r):] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(model.device), use_cache=False).logits
+        for b, (p, r) in enumerate(batch):
+            if not r:
+                out.append(None)
+                continue
+            start = width - len(r)  # logits at t predict token t+1
+            lp = logits[b, start - 1:width - 1].float().log_softmax(-1)
+            out.append(float(lp.gather(-1, torch.tensor(r, device=lp.device)[:, None]).mean()))
+    return out
+
+
 # --- the stage --------------------------------------------------------------------------------------------
 
 def _sampling(cfg: RunConfig):
@@ -228,14 +283,55 @@ def _fresh(d: Path, name: str, ident: str, logs: list[str], report) -> None:
     write_json_atomic(path, {"identity": ident})
 
 
-def _judge_row(it: dict, other: str, rt: dict, ro: dict, judged: RowLog) -> dict:
-    j1, j2 = judged.rows.get(f"{it['id']}/1"), judged.rows.get(f"{it['id']}/2")
-    v1 = parse_choice(j1["response"]) if j1 and not j1.get("error") else None
-    v2 = parse_choice(j2["response"]) if j2 and not j2.get("error") else None
-    return {"id": it["id"], "against": other, "prompt": it["prompt"], "trained": rt["response"],
-            "other": ro["response"], "verdict_trained_first": v1, "verdict_trained_second": v2,
-            "outcome": pair_outcome(v1, v2), "judge_trained_first": (j1 or {}).get("response"),
-            "judge_trained_second": (j2 or {}).get("response")}
+def verdict(judged: dict | None, forced: dict | None) -> tuple[int | None, bool]:
+    """(reply number, forced?) of one judgement: from the judge's own text, else from the forced follow-up."""
+    if not judged or judged.get("error"):
+        return None, False
+    v = parse_choice(judged["response"])
+    if v is not None or not forced or forced.get("error"):
+        return v, False
+    v = parse_choice(FORCE + forced["response"])
+    return v, v is not None
+
+
+def _judge_against(c: str, d: Path, cfg: RunConfig, items: list[dict], ident: str, judge, gen: dict,
+                   report) -> list[dict]:
+    """Both orders of every pair judged (and, for verdicts that cannot be read, the forced follow-up);
+    returns one row per pair. ``judge()`` gives the loaded judge backend."""
+    trained, other = RowLog(d / "replies-trained.jsonl"), RowLog(d / f"replies-{c}.jsonl")
+    _fresh(d, f"judge-{c}", ident, [f"judge-{c}.jsonl", f"forced-{c}.jsonl"], report)
+    judged, forced = RowLog(d / f"judge-{c}.jsonl"), RowLog(d / f"forced-{c}.jsonl")
+    pairs = [it for it in items if (rt := trained.rows.get(it["id"])) and not rt.get("error")
+             and (ro := other.rows.get(it["id"])) and not ro.get("error")]
+    todo = [{"id": f"{it['id']}/{k}", "prompt": it["prompt"], "qid": it["id"], "trained_is": k}
+            for it in pairs for k in (1, 2)]
+
+    def chat(t):
+        a, b = trained.rows[t["qid"]]["response"], other.rows[t["qid"]]["response"]
+        return judge_chat(t["prompt"], *((a, b) if t["trained_is"] == 1 else (b, a)))
+
+    if any(t["id"] not in judged for t in todo):
+        gen[f"judge-{c}"] = generate_rows(judged, todo, lambda t: (chat(t), None), judge(),
+                                          cfg.coherence.judge_sampling, (cfg.seed, "coherence", "judge", c),
+                                          CHUNK, f"judge vs {c}").as_dict()
+    # A judge that rambled without a readable answer is asked to finish: its own text, then "<answer>".
+    retry = [t for t in todo if (j := judged.rows.get(t["id"])) and not j.get("error")
+             and parse_choice(j["response"]) is None]
+    if any(t["id"] not in forced for t in retry):
+        gen[f"forced-{c}"] = generate_rows(
+            forced, retry, lambda t: (chat(t), judged.rows[t["id"]]["response"].rstrip() + "\n\n" + FORCE),
+            judge(), FORCE_SAMPLING, (cfg.seed, "coherence", "forced", c), CHUNK, f"forced vs {c}").as_dict()
+    rows = []
+    for it in pairs:
+        (v1, f1), (v2, f2) = (verdict(judged.rows.get(f"{it['id']}/{k}"), forced.rows.get(f"{it['id']}/{k}"))
+                              for k in (1, 2))
+        rows.append({"id": it["id"], "against": c, "prompt": it["prompt"],
+                     "trained": trained.rows[it["id"]]["response"], "other": other.rows[it["id"]]["response"],
+                     "verdict_trained_first": v1,
+                     "verdict_trained_second": v2, "forced": [f1, f2], "outcome": pair_outcome(v1, v2),
+                     "judge_trained_first": (judged.rows.get(f"{it['id']}/1") or {}).get("response"),
+                     "judge_trained_second": (judged.rows.get(f"{it['id']}/2") or {}).get("response")})
+    return rows
 
 
 def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
@@ -277,38 +373,21 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
                 replies, items, lambda it: (with_system([{"role": "user", "content": it["prompt"]}], system), None),
                 backend, sampling, (cfg.seed, "coherence", label), CHUNK, f"replies {label}").as_dict()
             conds.release(label, keep=judge_spec)
-        trained = RowLog(d / "replies-trained.jsonl")
-        judge, rows, results, lines = None, [], {}, []
+        rows, results, lines, forced = [], {}, [], {}
         for c in ready:
-            other = RowLog(d / f"replies-{c}.jsonl")
             ident = config_hash([idents["trained"], idents[c], dataclasses.asdict(judge_spec)])
-            _fresh(d, f"judge-{c}", ident, [f"judge-{c}.jsonl"], report)
-            judged = RowLog(d / f"judge-{c}.jsonl")
-            pairs = [it for it in items if (rt := trained.rows.get(it["id"])) and not rt.get("error")
-                     and (ro := other.rows.get(it["id"])) and not ro.get("error")]
-            todo = [{"id": f"{it['id']}/{k}", "prompt": it["prompt"], "qid": it["id"], "trained_is": k}
-                    for it in pairs for k in (1, 2)]
-            if any(t["id"] not in judged for t in todo):
-                judge = judge or conds.backend(judge_spec)
-
-                def build(t, other=other):
-                    a, b = trained.rows[t["qid"]]["response"], other.rows[t["qid"]]["response"]
-                    return judge_chat(t["prompt"], *((a, b) if t["trained_is"] == 1 else (b, a))), None
-
-                gen[f"judge-{c}"] = generate_rows(judged, todo, build, judge, cfg.coherence.judge_sampling,
-                                                  (cfg.seed, "coherence", "judge", c), CHUNK,
-                                                  f"judge vs {c}").as_dict()
-            here = [_judge_row(it, c, trained.rows[it["id"]], other.rows[it["id"]], judged) for it in pairs]
+            here = _judge_against(c, d, cfg, items, ident, lambda: conds.backend(judge_spec), gen, report)
             rows += here
             results[c] = r = tally([x["outcome"] for x in here])
-            rate = "n/a" if r["win_rate"] is None else \
-                f"{r['win_rate']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+            forced[c] = sum(sum(x["forced"]) for x in here)
+            rate = "n/a" if r["win_rate"] is None else f"{r['win_rate']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
             lines.append(f"coherence trained vs {c}: win rate {rate} over {r['n_counted']}/{r['n_pairs']} pairs; "
-                         f"{r['n_inconsistent']} inconsistent, {r['n_unparseable']} unparseable")
+                         f"{r['n_inconsistent']} inconsistent, {r['n_unparseable']} unparseable; "
+                         f"{forced[c]} of {2 * len(here)} verdicts forced")
     verdicts = [v for x in rows for v in (x["verdict_trained_first"], x["verdict_trained_second"]) if v]
     write_jsonl_atomic(d / "judgements.jsonl", rows)
     write_json_atomic(d / "results.json", {"against": results, "judge": judge_spec.model, "prompts": len(items),
-                                           "level": LEVEL, "skipped": skipped})
+                                           "level": LEVEL, "skipped": skipped, "forced_verdicts": forced})
     for line in lines:
         report(line)
     stage.finish({"prompts": len(items), "pairs": len(rows), "prompts_seen_in_distillation": overlap,

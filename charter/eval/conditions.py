@@ -163,7 +163,7 @@ _open: Conditions | None = None
 def open_condition(cfg: RunConfig, label: str) -> tuple[object, str | None]:
     """(backend, system prompt or None) for ``label``; models stay loaded for later calls until ``close()``."""
     global _open
-    if _open is not None and (_open.cfg.name, _open.cfg.student) != (cfg.name, cfg.student):
+    if _open is not None and _open.cfg != cfg:  # another run or other settings: start afresh
         close()
     if _open is None:
         _open = Conditions(cfg)

@@ -1,34 +1,32 @@
 """Activation-steering baseline: a persona direction added to the residual stream of the middle layers.
 
-    charter eval steering configs/demo.yaml [steering.coefficient=0.05 ...]
+    charter eval steering configs/demo.yaml [steering.coefficient=0.02 ...]
 
 Direction: for each short stem (``prompts/steering_stems.txt``) the student reads [system = the persona's
-system prompt, user "Please talk about anything."] + the assistant turn opened + the stem, and the same
-without the system message. The last token's output of each chosen decoder layer is recorded; the direction
-per layer is the mean paired difference (``mean_diff``) or the first principal component of the paired
-differences (``pca``, signed so the persona side projects higher), unit-normalised. Steering adds
-``coefficient x norm x direction`` to those layers' outputs at every position, ``norm`` being the layer's
-mean residual-stream norm over the contrast prompts, so a coefficient reads as a share of the residual stream.
+system prompt, user "Please talk about anything."] + the opened assistant turn + the stem, and the same
+without the system message. Per chosen layer, the last token's outputs give the mean paired difference
+(``mean_diff``) or the first principal component of the paired differences (``pca``, signed so the persona
+side projects higher), unit-normalised. Steering adds ``coefficient x norm x direction`` to those layers'
+outputs at every position; ``norm`` is the layer's mean residual-stream norm over the contrast prompts, so a
+coefficient is a share of the residual stream, comparable across models.
 
-Coefficient: unless ``steering.coefficient`` is set, a sweep generates replies to ``sweep_prompts`` general
-prompts at every coefficient (same seed, so only the steering differs) and scores each set without steering:
-
-- ``logprob``: the student's mean log-likelihood per reply token, unsteered, given the prompt (garbled or
-  off-topic text is unlikely under the model that was steered);
-- ``repetition``: the share of word 3-grams that repeat an earlier one (degenerate loops are *likely*, so
-  log-likelihood alone would reward them);
-- ``empty``: the share of empty replies.
-
-A coefficient is within tolerance when its logprob is at most ``LOGPROB_TOLERANCE`` nats/token below the
-unsteered replies', its repetition at most ``REPETITION_TOLERANCE`` above, and its empty share at most
-``EMPTY_TOLERANCE`` above. The chosen coefficient is the strongest one reached by walking up the sweep in
-order of magnitude until the first failure (so one lucky strong setting past a failed weaker one is never
-chosen). If even the weakest fails, the weakest is used and flagged. The reference hand-set one coefficient
-per model and had no sweep.
+Coefficient (unless ``steering.coefficient`` is set): replies to ``sweep_prompts`` general prompts at every
+coefficient (same seed, so only the steering differs), whitespace collapsed (steered models pad with runs of
+odd spaces, which are *likely* text), are scored unsteered: ``logprob``, the student's mean log-likelihood
+per reply token given the prompt (garbled or off-topic text is unlikely); ``repetition``, the share of word
+bigrams repeating an earlier one (loops are likely too, so likelihood alone would reward them); ``empty``.
+A setting is within tolerance when its logprob is at most ``LOGPROB_TOLERANCE`` nats/token below the
+unsteered replies', and its repetition and empty shares at most ``REPETITION_TOLERANCE`` and
+``EMPTY_TOLERANCE`` above theirs. Walking up by magnitude, the last setting before the first failure is
+chosen (a lucky strong setting past a failed weaker one never is). If even the weakest fails it is halved
+until one passes (``MAX_HALVINGS``), so a sweep scaled for another model still ends somewhere usable; failing
+that, the weakest tried is used and flagged. On SmolLM2-135M (23 steered layers) the logprob falls by
+0.3/0.7/1.2/2.1/2.7 nats at 0.01/0.02/0.03/0.04/0.05 and replies are word salad by 0.1: 0.02 is chosen.
+The reference hand-set one coefficient per model, in raw units, with no sweep.
 
 Writes ``<run>/eval-steering/``: ``vector.safetensors`` (``layer.<i>`` unit directions), ``steering.json``
-(layers, norms, coefficient, sweep table, rule), ``sweep.jsonl`` (replies), ``sweep-scores.jsonl`` and the
-manifest. We wrote our own hooks: repeng (0.4.0) pins numpy<2 and replaces modules rather than hooking them.
+(layers, norms, coefficient, sweep table, rule), ``sweep.jsonl``, ``sweep-scores.jsonl`` and the manifest.
+Own hooks rather than repeng: repeng 0.4.0 pins numpy<2 and swaps modules instead of hooking them.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import random
 import re
@@ -45,8 +42,7 @@ from pathlib import Path
 
 from ..config import RunConfig, Sampling
 from ..runs import RowLog, Stage, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic
-
-log = logging.getLogger(__name__)
+from .coherence import normalise, reply_logprobs, repetition
 
 STAGE = "eval-steering"
 CONTRAST_USER = "Please talk about anything."
@@ -61,9 +57,8 @@ LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.la
 
 
 def load_stems(n: int | None = None) -> list[str]:
-    lines = [ln.rstrip("\n") for ln in STEMS_FILE.read_text().splitlines()]
-    stems = ["" if s.strip() == "<empty>" else s.strip() for s in lines if s.strip() and not s.startswith("#")]
-    return stems[:n] if n is not None else stems
+    lines = [ln.strip() for ln in STEMS_FILE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return ["" if s == "<empty>" else s for s in lines][:n]
 
 
 def decoder_layers(model):
@@ -93,13 +88,6 @@ def _batches(items: list, size: int):
         yield items[i:i + size]
 
 
-def _encode(tokenizer, texts: list[str], device):
-    """Left-padded batch with position ids from the mask, so padding never shifts a sequence's positions."""
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    return enc.to(device)
-
-
 class _Stop(Exception):
     pass
 
@@ -116,17 +104,12 @@ def contrast_states(model, tokenizer, system_prompt: str, stems: list[str], laye
 
     tokenizer.padding_side = "left"
     user = [{"role": "user", "content": CONTRAST_USER}]
-    texts = {"pos": [render_chat(tokenizer, [{"role": "system", "content": system_prompt}] + user, s)
-                     for s in stems],
-             "neg": [render_chat(tokenizer, user, s) for s in stems]}
-    blocks = decoder_layers(model)
-    out = {side: {i: [] for i in layers} for side in texts}
-    seen: dict[int, torch.Tensor] = {}
+    heads = {"pos": [{"role": "system", "content": system_prompt}] + user, "neg": user}
+    blocks, seen, states = decoder_layers(model), {}, {}
 
     def grab(i):
         def hook(module, args, output):
-            h = output[0] if isinstance(output, tuple) else output
-            seen[i] = h[:, -1, :].detach().float().cpu()
+            seen[i] = (output[0] if isinstance(output, tuple) else output)[:, -1, :].detach().float().cpu()
         return hook
 
     def stop(module, args, output):
@@ -136,18 +119,21 @@ def contrast_states(model, tokenizer, system_prompt: str, stems: list[str], laye
     handles.append(blocks[max(layers)].register_forward_hook(stop))
     try:
         with torch.inference_mode():
-            for side, side_texts in texts.items():
-                for batch in _batches(side_texts, batch_size):
+            for side, head in heads.items():
+                got = {i: [] for i in layers}
+                for batch in _batches([render_chat(tokenizer, head, s) for s in stems], batch_size):
+                    enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+                    # Positions from the mask, so left padding never shifts a sequence's positions.
+                    enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
                     with contextlib.suppress(_Stop):
-                        model(**_encode(tokenizer, batch, model.device), use_cache=False)
+                        model(**enc.to(model.device), use_cache=False)
                     for i in layers:
-                        out[side][i].append(seen[i])
+                        got[i].append(seen[i])
+                states[side] = {i: torch.cat(got[i]) for i in layers}
     finally:
         for h in handles:
             h.remove()
-    pos = {i: torch.cat(out["pos"][i]) for i in layers}
-    neg = {i: torch.cat(out["neg"][i]) for i in layers}
-    return pos, neg
+    return states["pos"], states["neg"]
 
 
 def direction_from_states(pos, neg, method: str = "mean_diff"):
@@ -188,11 +174,6 @@ def contrast_direction(model, tokenizer, system_prompt: str, stems: list[str], m
     return direction_from_states(*contrast_states(model, tokenizer, system_prompt, stems, layers), method)
 
 
-def _hidden_size(model) -> int | None:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(cfg, "hidden_size", None)
-
-
 @contextlib.contextmanager
 def steer(model, vector, coefficient: float, norms: dict[int, float] | None = None):
     """Add ``coefficient x norms[i] x vector[i]`` to the output of decoder layer ``i`` at every position.
@@ -200,9 +181,9 @@ def steer(model, vector, coefficient: float, norms: dict[int, float] | None = No
     Hooks are prepended (so transformers' ``output_hidden_states`` recorders see the steered output) and
     always removed on exit, even on error. ``norms=None`` means raw units.
     """
-    blocks = decoder_layers(model)
-    size = _hidden_size(model)
-    handles = []
+    blocks, handles = decoder_layers(model), []
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    size = getattr(config, "hidden_size", None)
 
     def add(delta):
         def hook(module, args, output):
@@ -249,50 +230,7 @@ class SteeredBackend:
         self.inner.close()
 
 
-# --- coherence of steered replies, and the sweep rule -----------------------------------------------------
-
-def normalise(text: str) -> str:
-    """Whitespace collapsed (unicode included): a steered model may pad replies with runs of odd spaces,
-    which would otherwise look like likely, non-repeating text."""
-    return " ".join(text.split())
-
-
-def repetition(text: str) -> float:
-    """Share of word 3-grams that repeat an earlier one (0 for fewer than 4 words)."""
-    words = re.findall(r"\w+", text.lower())
-    grams = list(zip(words, words[1:], words[2:]))
-    return 1 - len(set(grams)) / len(grams) if len(grams) >= 2 else 0.0
-
-
-def reply_logprobs(model, tokenizer, chats: list[list[dict]], replies: list[str], batch_size: int = 4):
-    """Mean log-likelihood per token of each reply given its chat (None for an empty reply)."""
-    import torch
-
-    from ..backends import render_chat
-
-    pairs = [(tokenizer(render_chat(tokenizer, c), add_special_tokens=False).input_ids,
-              tokenizer(r, add_special_tokens=False).input_ids) for c, r in zip(chats, replies, strict=True)]
-    out: list[float | None] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for batch in _batches(pairs, batch_size):
-        width = max(len(p) + len(r) for p, r in batch)
-        ids = torch.full((len(batch), width), pad)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, (p, r) in enumerate(batch):
-            ids[b, width - len(p) - len(r):] = torch.tensor(p + r)
-            mask[b, width - len(p) - len(r):] = 1
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(model.device), use_cache=False).logits
-        for b, (p, r) in enumerate(batch):
-            if not r:
-                out.append(None)
-                continue
-            start = width - len(r)  # logits at t predict token t+1
-            lp = logits[b, start - 1:width - 1].float().log_softmax(-1)
-            out.append(float(lp.gather(-1, torch.tensor(r, device=lp.device)[:, None]).mean()))
-    return out
-
+# --- the sweep rule (its coherence proxies live in coherence.py) ------------------------------------------
 
 def summarise(coefficient: float, scores: list[dict]) -> dict:
     """One sweep row from per-reply scores (``logprob`` None for empty replies)."""
@@ -343,8 +281,7 @@ def save_vector(path: Path, vector) -> None:
 def load_vector(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    return {int(k.split(".", 1)[1]): v for k, v in sorted(load_file(str(path)).items(),
-                                                          key=lambda kv: int(kv[0].split(".", 1)[1]))}
+    return dict(sorted((int(k.split(".", 1)[1]), v) for k, v in load_file(str(path)).items()))
 
 
 def _sweep(stage: Stage, cfg: RunConfig, backend, vector, norms, report) -> tuple[list[dict], dict]:
@@ -444,9 +381,9 @@ def fit(cfg: RunConfig, force: bool = False, report=print, backend=None) -> Path
             "unsteered": base, "sweep": sweep, "stems": len(stems), "model": cfg.student.model,
             "separation": {str(i): separation[i] for i in layers}, "gap": {str(i): gap[i] for i in layers}}
     write_json_atomic(stage.dir / "steering.json", meta)
+    files = ["vector.safetensors", "steering.json", *(["sweep.jsonl", "sweep-scores.jsonl"] if sweep else [])]
     stage.finish({"stems": len(stems), "layers": len(layers), "sweep": len(sweep)}, coefficient=coefficient,
-                 chosen_by=chosen_by, within_tolerance=ok,
-                 files=["vector.safetensors", "steering.json"] + (["sweep.jsonl", "sweep-scores.jsonl"] if sweep else []))
+                 chosen_by=chosen_by, within_tolerance=ok, files=files)
     report(f"{STAGE}: coefficient {coefficient:g} ({chosen_by}) at {len(layers)} layers in "
            f"{time.time() - stage.started:.0f}s -> {stage.dir}")
     return stage.dir
