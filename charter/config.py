@@ -141,7 +141,7 @@ class SteeringConfig:
     layers: list = field(default_factory=lambda: [0.125, 0.875],
                          metadata={"help": "[start, end) as fractions of the layer count (middle ~75%)"})
     stems: int = field(default=64, metadata={"help": "contrast stems (with vs without the constitution prompt)"})
-    coefficients: list = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0],
+    coefficients: list = field(default_factory=lambda: [0.01, 0.02, 0.04, 0.08, 0.16],
                                metadata={"help": "sweep, in units of the mean residual-stream norm"})
     coefficient: float | None = field(default=None, metadata={"help": "fixed coefficient; skips the sweep"})
     sweep_prompts: int = 8
@@ -173,6 +173,7 @@ class CoherenceConfig:
     judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
     against: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"])
     prompts: int = 100
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256), metadata={"help": "replies"})
     judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, repetition_penalty=1.0,
                                                                       max_tokens=256))
 

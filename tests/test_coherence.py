@@ -11,6 +11,17 @@ from charter.eval import conditions as cond
 from charter.runs import read_jsonl, run_dir
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 shared cores, two threads per process thrash against other jobs (10-20x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def cfg_with(*overrides):
     return load_config(None, ["name=coh-test", *overrides])
 
@@ -69,6 +80,10 @@ def test_conditions_resolve_and_share_the_student(embedded_path):
     finally:
         cond.close()
     assert cond._open is None and base.model is None
+    # A vector fitted with other steering settings is refused, not silently reused.
+    other = load_config(None, ["name=coh-test", "steering.coefficient=0.1", "steering.stems=2"])
+    with pytest.raises(RuntimeError, match="different config"), cond.Conditions(other) as cs:
+        cs.open("steered")
     # The identity of a condition changes when its model is remade.
     before = cond.identity(cfg, "trained")
     (run_dir(cfg.name) / "merge" / "manifest.json").write_text(json.dumps({"finished_at": "tomorrow"}))

@@ -12,6 +12,17 @@ from charter.runs import run_dir
 from tests.tiny import save_tiny, tiny_model
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 shared cores, two threads per process thrash against other jobs (10-20x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def tok(embedded_path):
     from charter.models import load_tokenizer

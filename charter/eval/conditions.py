@@ -125,9 +125,11 @@ class Conditions:
                 from . import steering
 
                 inner = self.backend(spec)
-                if not (run_dir(self.cfg.name) / steering.STAGE / "manifest.json").exists():
+                fitted = (run_dir(self.cfg.name) / steering.STAGE / "manifest.json").exists()
+                if not fitted:
                     self.report("steered: no steering vector yet; fitting it first")
-                    steering.fit(self.cfg, report=self.report, backend=inner)
+                # Called even when fitted: a vector made with other steering settings is an error, not reused.
+                steering.fit(self.cfg, report=(lambda line: None) if fitted else self.report, backend=inner)
                 self._steered = steering.load_steered_backend(self.cfg, backend=inner)
             return self._steered, None
         return self.backend(spec), None

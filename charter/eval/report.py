@@ -264,7 +264,7 @@ def steering(d: Path) -> str:
                      num(r.get("repetition"), 2), num(r.get("empty"), 2), coherent(r)])
     if rows:
         out += "<p>Sweep (replies scored by the unsteered model):</p>" + table(
-            ["coefficient", "replies", "log-prob / token", "repeated 3-grams", "empty", "coherent"], rows)
+            ["coefficient", "replies", "log-prob / token", "repeated word bigrams", "empty", "coherent"], rows)
     return out
 
 

@@ -267,7 +267,8 @@ def stage_config(cfg: RunConfig) -> dict:
 
     return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student), "steering": dataclasses.asdict(cfg.steering),
             "system_prompt": persona_system_prompt(cfg),
-            "rule": {"logprob": LOGPROB_TOLERANCE, "repetition": REPETITION_TOLERANCE, "empty": EMPTY_TOLERANCE}}
+            "rule": {"logprob": LOGPROB_TOLERANCE, "repetition": REPETITION_TOLERANCE, "empty": EMPTY_TOLERANCE,
+                     "halvings": MAX_HALVINGS}}
 
 
 def save_vector(path: Path, vector) -> None:
