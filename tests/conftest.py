@@ -44,3 +44,15 @@ def embedded_path():
             os.environ.pop("CHARTER_HOME", None)
         else:
             os.environ["CHARTER_HOME"] = old
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on 2 cores shared with other jobs, two OpenMP threads per process spin against each
+    other (measured 10-20x slower generation than one thread). Used by the model-heavy evaluation tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

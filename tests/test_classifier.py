@@ -40,15 +40,8 @@ def unrelated_labels(true: list[str], seed: int) -> list[str]:
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On 2 shared cores, two torch threads made MiniLM steps 2-10x slower than one in our measurements.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One torch thread for these tests (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MINILM = {"epochs": 2, "batch_size": 16, "max_length": 64}  # 4 steps on 32 short texts: enough for this toy

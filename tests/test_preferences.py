@@ -119,16 +119,6 @@ def test_build_choices_counts_every_outcome(tmp_path):
     assert set(ratings["traits"]) == {"kind", "rude"} and ratings["comparisons"] == 2
 
 
-@pytest.fixture
-def one_thread():
-    # The 2 cores are shared with other jobs: OpenMP threads spinning against them made generation ~10x
-    # slower than one thread in our measurements, so the end-to-end test runs single-threaded.
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 SMOKE = ["preferences.prompts=10", "preferences.sampling.max_tokens=32", "preferences.judge_sampling.max_tokens=32",
          "preferences.judge_sampling.temperature=0.1", "preferences.bootstrap=50", "student.batch_size=16"]

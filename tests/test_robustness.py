@@ -294,17 +294,6 @@ def test_single_mode_needs_base_and_bad_settings_fail_before_any_output(monkeypa
 # ------------------------------------------------------------------------------------------ embedded model
 
 
-@pytest.fixture
-def one_thread():
-    # On 2 shared cores one torch thread generated faster than two in our measurements.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_end_to_end_on_embedded_model(embedded_path, one_thread):
     cfg = cfg_with("robustness.prompts=8", "robustness.conditions=[base, prompted]", "robustness.encoder=tfidf",
                    "robustness.sampling.max_tokens=24", "student.batch_size=16")

@@ -13,15 +13,8 @@ from tests.tiny import save_tiny, tiny_model
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on 2 shared cores, two threads per process thrash against other jobs (10-20x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread for these tests (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tok(embedded_path):
