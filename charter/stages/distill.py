@@ -80,6 +80,21 @@ def stage_config(cfg: RunConfig) -> dict:
             "distill": dataclasses.asdict(cfg.distill), "expand_enabled": cfg.expand.enabled}
 
 
+def usable(side: str, text: str, finished: bool, truncated: str, counts: Counter) -> str | None:
+    """The answer to train on, or None with the reason counted: a cut-off answer is dropped, or trimmed to
+    its last whole sentence when ``truncated == 'trim'``; an empty one is dropped."""
+    if not finished:
+        text = trim_to_sentence(text) if truncated == "trim" else ""
+        if not text:
+            counts[f"{side}_truncated"] += 1
+            return None
+        counts[f"{side}_trimmed_kept"] += 1
+    if not text:
+        counts[f"{side}_empty"] += 1
+        return None
+    return text
+
+
 def build_pairs(rows_t: list[dict], rows_s: dict[str, dict], cfg: RunConfig, tokenizer,
                 teacher_name: str, student_name: str) -> tuple[list[dict], Counter]:
     d = cfg.distill
@@ -97,27 +112,14 @@ def build_pairs(rows_t: list[dict], rows_s: dict[str, dict], cfg: RunConfig, tok
         if chosen is None:
             dropped["teacher_reasoning_unclosed"] += 1
             continue
-        if not t["finished"]:
-            chosen = trim_to_sentence(chosen) if d.truncated == "trim" else ""
-            if not chosen:
-                dropped["teacher_truncated"] += 1
-                continue
-            dropped["teacher_trimmed_kept"] += 1
-        if not chosen:
-            dropped["teacher_empty"] += 1
+        chosen = usable("teacher", chosen, t["finished"], d.truncated, dropped)
+        if chosen is None:
             continue
         if s.get("error"):
             dropped["student_failed"] += 1
             continue
-        rejected = s["response"].strip()
-        if not s["finished"]:
-            rejected = trim_to_sentence(rejected) if d.truncated == "trim" else ""
-            if not rejected:
-                dropped["student_truncated"] += 1
-                continue
-            dropped["student_trimmed_kept"] += 1
-        if not rejected:
-            dropped["student_empty"] += 1
+        rejected = usable("student", s["response"].strip(), s["finished"], d.truncated, dropped)
+        if rejected is None:
             continue
         chosen = replace_name(chosen, teacher_name, student_name)
         prompt = [{"role": "user", "content": t["prompt"]}]
