@@ -237,8 +237,7 @@ def reply_logprobs(model, tokenizer, chats: list[list[dict]], replies: list[str]
 # --- the stage --------------------------------------------------------------------------------------------
 
 def _sampling(cfg: RunConfig):
-    # Replies are sampled as in the robustness evaluation unless coherence gets its own settings.
-    return getattr(cfg.coherence, "sampling", None) or cfg.robustness.sampling
+    return cfg.coherence.sampling
 
 
 def stage_config(cfg: RunConfig) -> dict:
