@@ -1,7 +1,6 @@
 """Conditions and the coherence judge: resolution, verdict parsing, consistency counting, one real run."""
 
 import json
-import time
 
 import pytest
 
@@ -200,9 +199,7 @@ def test_coherence_end_to_end_on_the_embedded_model(embedded_path):
                    "steering.coefficient=0.05", "steering.stems=2", "student.batch_size=8")
     fake_run_model(cfg, "trained", embedded_path)
     lines = []
-    t0 = time.perf_counter()
     out = coh.run(cfg, report=lines.append)
-    seconds = time.perf_counter() - t0
     results = json.loads((out / "results.json").read_text())
     assert set(results["against"]) == {"base", "prompted", "steered"}  # no distilled model: skipped
     assert "distilled" in results["skipped"] and any("skipping 'distilled'" in x for x in lines)
@@ -219,7 +216,7 @@ def test_coherence_end_to_end_on_the_embedded_model(embedded_path):
                                          for k, v in ((1, r["judge_trained_first"]), (2, r["judge_trained_second"]))
                                          if coh.parse_choice(v) is None}
     assert results["forced_verdicts"]["base"] == sum(sum(r["forced"]) for r in rows if r["against"] == "base")
-    assert (out / "manifest.json").exists() and seconds < 90, seconds
+    assert (out / "manifest.json").exists()
     # A second run finds everything done; a new condition reuses the other logs.
     coh.run(cfg, report=lines.append)
     assert "already done" in lines[-1]

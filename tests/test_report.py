@@ -2,7 +2,6 @@
 figures embedded, "not run" for what is absent; and ``eval all`` keeps going past failed evaluations."""
 
 import base64
-import json
 import random
 import re
 import sys

@@ -2,7 +2,6 @@
 
 import json
 import math
-import time
 
 import pytest
 
@@ -297,7 +296,6 @@ def test_single_mode_needs_base_and_bad_settings_fail_before_any_output(monkeypa
 def test_end_to_end_on_embedded_model(embedded_path, one_thread):
     cfg = cfg_with("robustness.prompts=8", "robustness.conditions=[base, prompted]", "robustness.encoder=tfidf",
                    "robustness.sampling.max_tokens=24", "student.batch_size=16")
-    t0 = time.time()
     lines = []
     out = R.run(cfg, report=lines.append, attacks=["real-self", "assistant"])
     assert out == run_dir("rob-test") / "eval-robustness"
@@ -311,4 +309,3 @@ def test_end_to_end_on_embedded_model(embedded_path, one_thread):
     # base and prompted: 4 train + 4 held-out x 3; turn 1 (4, base); turn 2 (4 each).
     assert len(rows) == 2 * (4 + 12) + 4 + 8
     assert any(line.startswith("robustness macro-F1") for line in lines)
-    assert time.time() - t0 < 240  # ~60 s on 2 idle cores; generous for shared machines

@@ -36,7 +36,6 @@ import dataclasses
 import json
 import os
 import random
-import re
 import time
 from pathlib import Path
 
