@@ -27,11 +27,10 @@ def stage_config(cfg: RunConfig) -> dict:
 
 
 def fold(base: str, adapter: str, out: Path, dtype: str) -> Path:
-    from ..models import load_causal_lm, load_tokenizer
+    from ..models import load_causal_lm, load_tokenizer, torch_dtype
 
+    # Fold in fp32 so the adapter is added without bf16 rounding, then store in the requested dtype.
     model = load_causal_lm(base, adapter=adapter, dtype="float32", device="cpu", merge_adapter=True)
-    from ..models import torch_dtype
-
     model.to(torch_dtype(dtype))
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +108,7 @@ def blend(a: str, b: str, weight: float, output: str) -> str:
             if v.is_floating_point():
                 v.lerp_(sb[k].to(v.dtype), weight)
     out = Path(output)
-    ma.to(mb.dtype if mb.dtype != torch.float32 else torch.bfloat16)
+    ma.to(torch.bfloat16)  # interpolated in fp32, saved in bf16 like the folded models
     ma.save_pretrained(out)
     load_tokenizer(a).save_pretrained(out)
     ma.generation_config.save_pretrained(out)
