@@ -62,8 +62,9 @@ def make_run(name="rep") -> object:
         "chosen_by": "sweep", "within_tolerance": True, "units": "x mean residual norm", "stems": 64,
         "rule": {"logprob_tolerance": 0.5, "repetition_tolerance": 0.1, "empty_tolerance": 0.1},
         "unsteered": {"coefficient": 0.0, "n": 8, "logprob": -1.9, "repetition": 0.02, "empty": 0.0},
-        "sweep": [{"coefficient": c, "n": 8, "logprob": lp, "repetition": rep, "empty": 0.0}
-                  for c, lp, rep in ((1.0, -2.0, 0.03), (2.0, -2.3, 0.05), (4.0, -3.5, 0.4))]})
+        "sweep": [{"coefficient": c, "n": 8, "logprob": lp, "repetition": rep, "empty": 0.0, "within_tolerance": ok}
+                  for c, lp, rep, ok in ((1.0, -2.0, 0.03, True), (2.0, -2.3, 0.05, True),
+                                         (4.0, -3.5, 0.4, False))]})
 
     attacks = ["none", "real-self", "no-roleplay", "no-style", "most-like-you", "assistant", "neutral-tone",
                "ignore-style", "very-neutral"]

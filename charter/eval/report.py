@@ -246,16 +246,12 @@ def steering(d: Path) -> str:
            f"Coefficient <b>{esc(s.get('coefficient'))}</b> (chosen by {esc(s.get('chosen_by'))}"
            + ("" if s.get("within_tolerance") is not False else ", <b>no setting stayed coherent</b>")
            + f"); unit: {esc(s.get('units', ''))}.</p>")
-    rule, base = s.get("rule") or {}, s.get("unsteered")
+    base = s.get("unsteered")
 
-    def coherent(r):  # steering.py's tolerance rule, recomputed from the numbers it stored
-        if base is None or r is base:
+    def coherent(r):  # steering.py stores its own verdict per sweep row; the report does not re-decide it
+        if r is base or r.get("within_tolerance") is None:
             return "–"
-        ok = r.get("logprob") is not None and (
-            base.get("logprob") is None or r["logprob"] >= base["logprob"] - rule.get("logprob_tolerance", 0)) \
-            and r["repetition"] <= base["repetition"] + rule.get("repetition_tolerance", 0) \
-            and r["empty"] <= base["empty"] + rule.get("empty_tolerance", 0)
-        return "yes" if ok else "no"
+        return "yes" if r["within_tolerance"] else "no"
 
     rows = []
     for r in ([base] if base else []) + list(s.get("sweep") or []):
