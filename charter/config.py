@@ -41,10 +41,15 @@ class ModelSpec:
     base_url: str | None = field(default=None, metadata={"help": "openai backend: server URL, e.g. http://127.0.0.1:8000/v1"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the API key"})
     batch_size: int = field(default=32, metadata={"help": "transformers: prompts per generate() call"})
+    prefix_cache: bool = field(default=True, metadata={
+        "help": "transformers: prefill a prompt prefix shared by a whole batch (a system prompt) once and reuse "
+                "its KV cache; vllm: enable_prefix_caching"})
     max_concurrency: int = field(default=8, metadata={"help": "openai: requests in flight"})
     max_retries: int = 5
     timeout: float = 300.0
-    dtype: str = "bfloat16"
+    dtype: str = field(default="auto", metadata={
+        "help": "auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), float32 elsewhere; "
+                "or bfloat16 | float16 | float32"})
     device: str = "auto"
     trust_remote_code: bool = False
     extra: dict = field(default_factory=dict, metadata={"help": "backend-specific keyword arguments"})
@@ -109,7 +114,9 @@ class SFTStageConfig:
 
 @dataclass
 class MergeConfig:
-    dtype: str = "bfloat16"
+    dtype: str = field(default="auto", metadata={
+        "help": "dtype of saved folded models; auto: the training dtype (float32 on CPUs without native bf16, "
+                "where bf16 rounding could erase a small LoRA update)"})
 
 
 @dataclass

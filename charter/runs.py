@@ -114,6 +114,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def machine_info() -> dict:
+    """Device, CPU and the dtype ``auto`` resolved to, when a model ran in this process (torch is loaded);
+    a stage that ran no model does not import torch just to say so."""
+    if "torch" not in sys.modules:
+        return {}
+    from .hardware import machine
+
+    return machine()
+
+
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -164,6 +174,7 @@ class Stage:
             "counts": counts,
             "seconds": round(time.time() - self.started, 2),
             "versions": package_versions(),
+            "machine": machine_info(),
             "argv": sys.argv,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **extra,

@@ -84,3 +84,56 @@ def test_score_options_matches_a_direct_computation(backend):
         logp = torch.log_softmax(model(input_ids=torch.tensor([p + o])).logits.float(), -1)[0]
     direct = sum(logp[len(p) - 1 + k, t].item() for k, t in enumerate(o))
     assert abs(direct - scores[1][0]) < 1e-3
+
+
+# --- shared-prefix reuse, per-row progress, dtype choice ----------------------------------------------
+
+def test_shared_prefix_len_leaves_every_row_a_token():
+    from charter.backends.hf import shared_prefix_len
+
+    assert shared_prefix_len([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows: the last token stays each row's own
+    assert shared_prefix_len([[7], [7, 8]]) == 0
+    assert shared_prefix_len([[1, 2], [3, 2]]) == 0
+
+
+def test_prefix_reuse_gives_the_same_greedy_text(embedded_path, backend):
+    from charter import constitution as const
+
+    system = const.teacher_system_prompt(const.load("sarcastic"), "SmolLM")
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": q}]
+             for q in ("What is 2 + 2?", "Can you recommend a book for a long train ride?", "Hi!")]
+    reuse = TransformersBackend(ModelSpec(model=embedded_path, batch_size=4, dtype="float32", prefix_cache=True),
+                                model=backend.model, tokenizer=backend.tokenizer)
+    plain = TransformersBackend(ModelSpec(model=embedded_path, batch_size=4, dtype="float32", prefix_cache=False),
+                                model=backend.model, tokenizer=backend.tokenizer)
+    ids = reuse.tokenizer(reuse.prompts(chats), add_special_tokens=False).input_ids
+    from charter.backends.hf import MIN_SHARED_PREFIX, shared_prefix_len
+
+    assert shared_prefix_len(ids) > 400 > MIN_SHARED_PREFIX  # the constitution really is the shared part
+    a, b = reuse.generate(chats, GREEDY), plain.generate(chats, GREEDY)
+    assert [x.text for x in a] == [y.text for y in b] and all(x.text for x in a)
+    assert [x.finished for x in a] == [y.finished for y in b]
+
+
+def test_progress_moves_per_row_and_counts_every_row_once(backend):
+    calls = []
+    chats = [[{"role": "user", "content": q}] for q in ("Say yes.", "Write a long poem about the sea.",
+                                                        "Say no.", "Name a colour.")]
+    backend.generate(chats, Sampling(temperature=0.0, max_tokens=24, repetition_penalty=1.0),
+                     progress=calls.append)
+    assert sum(calls) == 4
+    assert len(calls) > 1  # short answers are reported when they end, before the long one finishes
+
+
+def test_auto_dtype_follows_the_hardware_and_explicit_values_win():
+    import torch
+
+    from charter.hardware import native_bf16, resolve_dtype, torch_dtype
+
+    native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    assert native_bf16("cpu") == native
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert resolve_dtype("bf16") == "bfloat16" and torch_dtype("fp32") is torch.float32
+    with pytest.raises(ValueError, match="dtype 'float8'"):
+        resolve_dtype("float8")

@@ -1,6 +1,12 @@
-"""transformers backend: batched, left-padded generation on CPU (bf16) or one GPU, with LoRA adapters.
+"""transformers backend: batched, left-padded generation on CPU or one GPU, with LoRA adapters.
 
 Batching matters on CPU: SmolLM2 at batch 32-64 runs ~10x faster than one prompt at a time on 2 cores.
+
+Shared-prefix reuse: a batch whose prompts start with the same tokens (the teacher's ~500-token constitution
+system prompt, a chat template's default system prompt) prefills that prefix once, at batch size 1, and
+generates the rest from a copy of its KV cache. The row layout becomes [prefix | padding | own tokens]; the
+attention mask hides the padding and generate() derives positions from the mask, so every row sees exactly the
+tokens it would see alone. This is what vLLM's prefix caching does for its users.
 """
 
 from __future__ import annotations
@@ -11,6 +17,49 @@ from ..config import ModelSpec, Sampling
 from . import Completion, render_chat
 
 log = logging.getLogger(__name__)
+
+# Below this many shared tokens the extra prefill call costs more than it saves.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_len(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (the cached path needs a
+    non-empty input to continue from)."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(n, 0)):
+        t = first[i]
+        if any(r[i] != t for r in rows):
+            return i
+    return max(n, 0)
+
+
+class RowsDone:
+    """A stopping criterion that never stops anything: it reports rows to ``progress`` as each emits an
+    end-of-sequence token, so a progress bar moves per row instead of per batch."""
+
+    def __init__(self, eos_ids: list[int], rows: int, progress=None):
+        self.eos = eos_ids
+        self.rows = rows
+        self.done: set[int] = set()
+        self.progress = progress
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if self.progress is not None:
+            ended = torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=input_ids.device))
+            new = [i for i in ended.nonzero().flatten().tolist() if i not in self.done]
+            if new:
+                self.done.update(new)
+                self.progress(len(new))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def finish(self) -> None:
+        """Count the rows that ran to max_tokens without ending."""
+        if self.progress is not None and len(self.done) < self.rows:
+            self.progress(self.rows - len(self.done))
+        self.done = set(range(self.rows))
 
 
 class TransformersBackend:
@@ -27,6 +76,7 @@ class TransformersBackend:
             trust_remote_code=spec.trust_remote_code,
         )
         self.eos_ids = self._eos_ids()
+        self.dtype = str(self.model.dtype).removeprefix("torch.")
 
     def _eos_ids(self) -> list[int]:
         ids = set()
@@ -53,9 +103,7 @@ class TransformersBackend:
             batch = texts[start:start + bs]
             # Seed per batch so a batch's samples do not depend on what ran before it (resume-safe).
             torch.manual_seed(seed * 1_000_003 + b)
-            out.extend(self.generate_texts(batch, sampling))
-            if progress is not None:
-                progress(len(batch))
+            out.extend(self.generate_texts(batch, sampling, progress))
         return out
 
     @staticmethod
@@ -68,27 +116,63 @@ class TransformersBackend:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
 
-    def generate_texts(self, texts: list[str], sampling: Sampling) -> list[Completion]:
-        """Generate for already-templated prompt strings (one batch)."""
+    def generate_texts(self, texts: list[str], sampling: Sampling, progress=None) -> list[Completion]:
+        """Generate for already-templated prompt strings (one batch). ``progress(n)`` is called as rows end."""
         import torch
 
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(self.model.device)
+        ids = self.tokenizer(texts, add_special_tokens=False).input_ids
+        shared = shared_prefix_len(ids) if self.spec.prefix_cache and len(ids) > 1 else 0
+        inputs = self._prefix_inputs(ids, shared) if shared >= MIN_SHARED_PREFIX else self._left_padded(ids)
+        watch = RowsDone(self.eos_ids, len(ids), progress)
         with torch.inference_mode():
             seqs = self.model.generate(
-                **enc, **self.generation_kwargs(sampling), pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.eos_ids,
+                **inputs, **self.generation_kwargs(sampling), pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.eos_ids, stopping_criteria=[watch],
             )
-        gen = seqs[:, enc["input_ids"].shape[1]:].tolist()
+        watch.finish()
+        gen = seqs[:, inputs["input_ids"].shape[1]:].tolist()
         eos = set(self.eos_ids)
         results = []
-        for ids in gen:
-            cut = next((i for i, t in enumerate(ids) if t in eos), None)
+        for row in gen:
+            cut = next((i for i, t in enumerate(row) if t in eos), None)
             finished = cut is not None
-            ids = ids[:cut] if finished else ids
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            results.append(Completion(text=text.strip(), finished=finished, tokens=len(ids)))
+            row = row[:cut] if finished else row
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            results.append(Completion(text=text.strip(), finished=finished, tokens=len(row)))
         return results
+
+    def _left_padded(self, ids: list[list[int]]) -> dict:
+        import torch
+
+        width, pad = max(map(len, ids)), self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
+        return {"input_ids": input_ids.to(self.model.device), "attention_mask": mask.to(self.model.device)}
+
+    def _prefix_inputs(self, ids: list[list[int]], shared: int) -> dict:
+        """Rows laid out as [shared prefix | padding | own tokens] plus the prefix's KV cache for every row."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        prefix = torch.tensor([ids[0][:shared]], device=self.model.device)
+        with torch.inference_mode():
+            self.model(input_ids=prefix, **{self._cache_kw: cache}, use_cache=True)
+        cache.batch_repeat_interleave(len(ids))
+        tails = [r[shared:] for r in ids]
+        width, pad = max(map(len, tails)), self.tokenizer.pad_token_id
+        head = ids[0][:shared]
+        input_ids = torch.tensor([head + [pad] * (width - len(t)) + t for t in tails])
+        mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails])
+        return {"input_ids": input_ids.to(self.model.device), "attention_mask": mask.to(self.model.device),
+                self._cache_kw: cache}
+
+    @property
+    def _cache_kw(self) -> str:
+        """transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns, then goes away)."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def score_options(self, chats: list[list[dict]], options: list[list[str]], prefill: str = "") -> list[list[float]]:
         """Log-probability of each option as the continuation of the chat's assistant turn (after ``prefill``).

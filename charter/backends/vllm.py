@@ -33,7 +33,9 @@ class VLLMBackend:
 
         self.spec = spec
         kwargs = dict(model=resolve(spec.model), dtype=DTYPES.get(spec.dtype, spec.dtype),
-                      enable_lora=bool(spec.adapter), max_lora_rank=64, trust_remote_code=spec.trust_remote_code)
+                      enable_lora=bool(spec.adapter), max_lora_rank=64, trust_remote_code=spec.trust_remote_code,
+                      # Every teacher prompt starts with the same constitution: prefill it once.
+                      enable_prefix_caching=spec.prefix_cache)
         kwargs.update(spec.extra)
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()

@@ -183,12 +183,13 @@ def load_lm(spec, batch_size: int):
     """The harness's HF model for a ModelSpec (base weights plus an optional LoRA adapter)."""
     from lm_eval.models.huggingface import HFLM
 
+    from ..hardware import resolve_dtype
     from ..models import pick_device, resolve
 
     if spec.backend not in ("transformers", "hf"):
         raise RuntimeError(f"capabilities run models in-process; backend '{spec.backend}' is not supported "
                            "(use a local or hub model with backend: transformers)")
-    return HFLM(pretrained=resolve(spec.model), peft=spec.adapter, dtype=spec.dtype, batch_size=batch_size,
+    return HFLM(pretrained=resolve(spec.model), peft=spec.adapter, dtype=resolve_dtype(spec.dtype), batch_size=batch_size,
                 device=pick_device(spec.device), trust_remote_code=spec.trust_remote_code)
 
 
