@@ -150,7 +150,8 @@ class SteeringConfig:
 
 @dataclass
 class RobustnessConfig:
-    """Break-character attacks scored by a persona classifier trained and tested on disjoint prompts."""
+    """Break-character attacks: the share of replies a persona detector, learned from reference texts and
+    never from a scored reply, still judges in persona (multi-persona mode: the paper's classifier F1)."""
 
     conditions: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"])
     prompts: int = field(default=500, metadata={"help": "prompts drawn from prompt_source, split train/held-out"})
@@ -164,6 +165,12 @@ class RobustnessConfig:
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
     prefill: bool = field(default=True, metadata={"help": "also run the prefill ('keep going') attack"})
     chunk_size: int = 64
+    reference: str = field(default="prompted", metadata={
+        "help": "single-persona mode: the texts the detector learns the persona from, none of them a scored "
+                "reply. prompted: the base model with the persona's system prompt vs the plain base model, both "
+                "answering the train prompts; pairs: the distillation pairs' chosen vs rejected replies "
+                "(<run>/distill/pairs.jsonl)"})
+    bootstrap: int = field(default=1000, metadata={"help": "resamples of the held-out prompts for the 95% CIs"})
 
 
 @dataclass
