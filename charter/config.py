@@ -180,6 +180,9 @@ class CoherenceConfig:
     judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
     against: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"])
     prompts: int = 100
+    prompt_source: str = field(default="builtin", metadata={
+        "help": "'builtin' (the preference_prompts pool: first user messages no training stage uses), a JSONL "
+                "path or an HF dataset; every prompt a training stage used is removed from it first"})
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256), metadata={"help": "replies"})
     judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, repetition_penalty=1.0,
                                                                       max_tokens=256))
