@@ -210,6 +210,18 @@ def test_an_unreadable_distillation_source_is_an_error_not_an_empty_set(tmp_path
         coh.make_items(cfg)
 
 
+def test_an_old_output_that_judged_training_prompts_is_not_reported_done(embedded_path):
+    cfg = cfg_with("coherence.against=[base]")
+    fake_run_model(cfg, "trained", embedded_path)
+    d = run_dir(cfg.name) / coh.STAGE
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"hash": "older", "config": {}}))
+    (d / "manifest.json").write_text(json.dumps({"identities": {c: cond.identity(cfg, c) for c in ("trained", "base")},
+                                                 "counts": {"prompts": 100, "prompts_seen_in_distillation": 100}}))
+    with pytest.raises(RuntimeError, match="different config; rerun with --force"):
+        coh.run(cfg, report=lambda line: None)
+
+
 def test_trained_model_is_required_and_against_is_checked():
     with pytest.raises(RuntimeError, match="charter train"):
         coh.run(cfg_with(), report=lambda line: None)
