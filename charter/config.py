@@ -131,6 +131,13 @@ class PreferencesConfig:
                                                                       max_tokens=256))
     bootstrap: int = 1000
     chunk_size: int = 64
+    traits: str = field(default="builtin", metadata={
+        "help": "the trait list: builtin (ours, 144 words), reference (the paper's 144 words, so ratings compare "
+                "with its figures) or a text file with one lower-case word a line"})
+    persona_traits: list = field(default_factory=list, metadata={
+        "help": "the persona's own traits, words of that list, whose mean rating change (trained - base) is "
+                "reported; empty = the hand-made map in prompts/persona_traits.yaml (shipped personas, shipped "
+                "lists)"})
 
 
 @dataclass
