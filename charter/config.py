@@ -138,6 +138,13 @@ class PreferencesConfig:
                                                                       max_tokens=256))
     bootstrap: int = 1000
     chunk_size: int = 64
+    traits: str = field(default="builtin", metadata={
+        "help": "the trait list: builtin (ours, 144 words), reference (the paper's 144 words, so ratings compare "
+                "with its figures) or a text file with one lower-case word a line"})
+    persona_traits: list = field(default_factory=list, metadata={
+        "help": "the persona's own traits, words of that list, whose mean rating change (trained - base) is "
+                "reported; empty = the hand-made map in prompts/persona_traits.yaml (shipped personas, shipped "
+                "lists)"})
 
 
 @dataclass
@@ -157,7 +164,8 @@ class SteeringConfig:
 
 @dataclass
 class RobustnessConfig:
-    """Break-character attacks scored by a persona classifier trained and tested on disjoint prompts."""
+    """Break-character attacks: the share of replies a persona detector, learned from reference texts and
+    never from a scored reply, still judges in persona (multi-persona mode: the paper's classifier F1)."""
 
     conditions: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"])
     prompts: int = field(default=500, metadata={"help": "prompts drawn from prompt_source, split train/held-out"})
@@ -171,6 +179,12 @@ class RobustnessConfig:
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
     prefill: bool = field(default=True, metadata={"help": "also run the prefill ('keep going') attack"})
     chunk_size: int = 64
+    reference: str = field(default="prompted", metadata={
+        "help": "single-persona mode: the texts the detector learns the persona from, none of them a scored "
+                "reply. prompted: the base model with the persona's system prompt vs the plain base model, both "
+                "answering the train prompts; pairs: the distillation pairs' chosen vs rejected replies "
+                "(<run>/distill/pairs.jsonl)"})
+    bootstrap: int = field(default=1000, metadata={"help": "resamples of the held-out prompts for the 95% CIs"})
 
 
 @dataclass
@@ -180,6 +194,9 @@ class CoherenceConfig:
     judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
     against: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"])
     prompts: int = 100
+    prompt_source: str = field(default="builtin", metadata={
+        "help": "'builtin' (the preference_prompts pool: first user messages no training stage uses), a JSONL "
+                "path or an HF dataset; every prompt a training stage used is removed from it first"})
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256), metadata={"help": "replies"})
     judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, repetition_penalty=1.0,
                                                                       max_tokens=256))

@@ -69,6 +69,22 @@ def test_minilm_learns_a_separable_toy_problem(minilm_fit):
     assert all(math.isfinite(x) for x in minilm_fit.losses) and minilm_fit.losses[-1] < minilm_fit.losses[0]
 
 
+@pytest.mark.parametrize("encoder", ["tfidf", "minilm"])
+def test_probabilities_follow_the_label_order_and_agree_with_predict(encoder, minilm_fit):
+    clf = minilm_fit if encoder == "minilm" else C.make_classifier("tfidf").fit(*toy(N_TRAIN, 0))
+    texts, labels = toy(16, 3)
+    proba = clf.predict_proba(texts)
+    assert clf.labels == ["dry", "warm"] and len(proba) == 16
+    assert all(len(p) == 2 and p[0] + p[1] == pytest.approx(1, abs=1e-5) for p in proba)
+    assert [clf.labels[p.index(max(p))] for p in proba] == clf.predict(texts)
+    warm = C.proba_of(clf, texts, "warm")
+    # The persona's probability is high on its own texts and low on the others (threshold 0.5).
+    assert sum((w >= 0.5) == (y == "warm") for w, y in zip(warm, labels)) >= 14
+    assert C.proba_of(clf, [], "warm") == [] and clf.predict_proba([]) == []
+    with pytest.raises(ValueError, match="no class 'cold'"):
+        C.proba_of(clf, texts, "cold")
+
+
 @pytest.mark.parametrize("encoder,n_test", [("tfidf", 400), ("minilm", 64)])
 def test_shuffled_labels_score_about_chance(encoder, n_test):
     texts, true = toy(N_TRAIN, 0)

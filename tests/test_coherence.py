@@ -149,14 +149,77 @@ def test_judge_prompt_asks_about_coherence_only():
     assert "Response 1:\n\"\"\"\nFour.\n\"\"\"" in chat[1]["content"] and coh.EMPTY in chat[1]["content"]
 
 
-def test_prompts_are_seeded_and_avoid_distillation_prompts():
-    cfg = cfg_with("coherence.prompts=30", "distill.general_prompts=50")
-    items, overlap = coh.make_items(cfg)
-    assert items == coh.make_items(cfg)[0] and len(items) == 30 and overlap == 0
-    assert [i["prompt"] for i in items] != [i["prompt"] for i in coh.make_items(cfg_with(
-        "coherence.prompts=30", "distill.general_prompts=50", "seed=1"))[0]]
-    # Distillation uses the whole pool by default: nothing is held out, and the overlap is reported.
-    assert coh.make_items(cfg_with("coherence.prompts=10"))[1] == 10
+def _pool(tmp_path, prompts):
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
+
+
+def test_prompts_are_seeded_and_never_training_prompts():
+    cfg = cfg_with("coherence.prompts=30")
+    items, pool = coh.make_items(cfg)
+    assert items == coh.make_items(cfg)[0] and len(items) == 30 and len({i["id"] for i in items}) == 30
+    assert [i["prompt"] for i in items] != [i["prompt"] for i in coh.make_items(cfg_with("coherence.prompts=30",
+                                                                                         "seed=1"))[0]]
+    # By default distillation trains on every general prompt (and the constitution's): none may be judged.
+    seen = set().union(*coh.training_prompts(cfg).values())
+    from charter.prompts import load_prompt_source
+
+    assert {" ".join(p.split()) for p in load_prompt_source("builtin", builtin="general")} <= seen
+    assert not {" ".join(i["prompt"].split()) for i in items} & seen
+    assert pool["training_overlap"] == 0 and pool["prompt_source"] == "builtin" and pool["pool"] >= 500
+
+
+def test_a_pool_of_training_prompts_is_refused_and_a_mixed_one_filtered(tmp_path):
+    from charter.prompts import load_prompt_source
+
+    general = load_prompt_source("builtin", builtin="general")[:4]
+    greeting, fresh = "Hi there.", ["What rhymes with orange?", "Name three uses for a paperclip.", "Why is ice slippery?"]
+    with pytest.raises(RuntimeError, match="every one of the 5 prompts .* is a training prompt"):
+        coh.make_items(cfg_with("coherence.prompts=10", f"coherence.prompt_source={_pool(tmp_path, general + [greeting])}"))
+    assert not (run_dir("coh-test") / coh.STAGE).exists()
+    items, pool = coh.make_items(cfg_with("coherence.prompts=10",
+                                          f"coherence.prompt_source={_pool(tmp_path, general + fresh + [greeting])}"))
+    assert sorted(i["prompt"] for i in items) == sorted(fresh)
+    assert pool == {"prompt_source": str(tmp_path / "pool.jsonl"), "pool": 8, "removed_training": 5,
+                    "training_prompts": pool["training_prompts"], "training_overlap": 0}
+
+
+def test_training_prompts_come_from_the_runs_files_when_it_has_them(tmp_path):
+    from charter.prompts import load_prompt_source
+
+    g = load_prompt_source("builtin", builtin="general")[0]
+    cfg = cfg_with("coherence.prompts=10", f"coherence.prompt_source={_pool(tmp_path, [g, 'custom one', 'custom two'])}")
+    assert {i["prompt"] for i in coh.make_items(cfg)[0]} == {"custom one", "custom two"}  # the selection, recomputed
+    d = run_dir(cfg.name) / "distill"
+    d.mkdir(parents=True)
+    (d / "teacher.jsonl").write_text(json.dumps({"id": "p0-k0", "prompt": "custom one"}) + "\n")
+    (d / "pairs.jsonl").write_text(json.dumps({"id": "p1-k0", "prompt": [{"role": "user", "content": " custom  two"}],
+                                               "chosen": [], "rejected": []}) + "\n")
+    assert {i["prompt"] for i in coh.make_items(cfg)[0]} == {g}  # what distillation really used
+    # Introspection's reflection prompts count too.
+    (run_dir(cfg.name) / "introspect").mkdir()
+    (run_dir(cfg.name) / "introspect" / "reflection.jsonl").write_text(json.dumps({"id": "r0", "prompt": g}) + "\n")
+    with pytest.raises(RuntimeError, match="is a training prompt"):
+        coh.make_items(cfg)
+
+
+def test_an_unreadable_distillation_source_is_an_error_not_an_empty_set(tmp_path):
+    cfg = cfg_with(f"distill.general_source={tmp_path / 'missing.jsonl'}")
+    with pytest.raises(ValueError, match="missing.jsonl"):
+        coh.make_items(cfg)
+
+
+def test_an_old_output_that_judged_training_prompts_is_not_reported_done(embedded_path):
+    cfg = cfg_with("coherence.against=[base]")
+    fake_run_model(cfg, "trained", embedded_path)
+    d = run_dir(cfg.name) / coh.STAGE
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"hash": "older", "config": {}}))
+    (d / "manifest.json").write_text(json.dumps({"identities": {c: cond.identity(cfg, c) for c in ("trained", "base")},
+                                                 "counts": {"prompts": 100, "prompts_seen_in_distillation": 100}}))
+    with pytest.raises(RuntimeError, match="different config; rerun with --force"):
+        coh.run(cfg, report=lambda line: None)
 
 
 def test_trained_model_is_required_and_against_is_checked():
@@ -195,15 +258,16 @@ def test_reply_logprobs_do_not_depend_on_padding(embedded_path):
 
 def test_coherence_end_to_end_on_the_embedded_model(embedded_path):
     cfg = cfg_with("coherence.prompts=3", "coherence.against=[base, prompted, steered, distilled]",
-                   "robustness.sampling.max_tokens=24", "coherence.judge_sampling.max_tokens=24",
-                   "steering.coefficient=0.05", "steering.stems=2", "student.batch_size=8")
+                   "coherence.sampling.max_tokens=24", "coherence.judge_sampling.max_tokens=24",
+                   "steering.coefficient=0.05", "steering.stems=2", "student.batch_size=8", "student.dtype=float32")
     fake_run_model(cfg, "trained", embedded_path)
     lines = []
     out = coh.run(cfg, report=lines.append)
     results = json.loads((out / "results.json").read_text())
     assert set(results["against"]) == {"base", "prompted", "steered"}  # no distilled model: skipped
     assert "distilled" in results["skipped"] and any("skipping 'distilled'" in x for x in lines)
-    assert results["judge"] == "embedded" and results["prompts"] == 3
+    assert results["judge"] == "embedded" and results["prompts"] == 3 and results["training_overlap"] == 0
+    assert any(x.startswith("coherence prompts: 3 from 'builtin'") and x.endswith("training prompts: 0") for x in lines)
     for r in results["against"].values():
         assert r["n_pairs"] == 3
         assert r["n_counted"] + r["n_inconsistent"] + r["n_unparseable"] == 3

@@ -1,11 +1,13 @@
 """Revealed preferences: prompts and pairs, targets, choice bookkeeping, and one end-to-end run."""
 
 import json
+from pathlib import Path
 import pytest
 
 from charter.config import load_config
+from charter.eval import persona_traits as own
 from charter.eval import preferences as prefs
-from charter.prompts import traits
+from charter.prompts import PromptSourceError, traits
 from charter.runs import RowLog, run_dir
 
 
@@ -121,7 +123,8 @@ def test_build_choices_counts_every_outcome(tmp_path):
 
 
 SMOKE = ["preferences.prompts=10", "preferences.sampling.max_tokens=32", "preferences.judge_sampling.max_tokens=32",
-         "preferences.judge_sampling.temperature=0.1", "preferences.bootstrap=50", "student.batch_size=16"]
+         "preferences.judge_sampling.temperature=0.1", "preferences.bootstrap=50", "student.batch_size=16",
+         "student.dtype=float32"]
 
 
 def test_end_to_end_on_embedded_model(embedded_path, one_thread):
@@ -201,6 +204,23 @@ def test_ratings_comparison_and_figures_from_logs():
         assert c["deltas"][t]["lo"] <= c["deltas"][t]["delta"] <= c["deltas"][t]["hi"]
     assert (out / "rises_falls.png").stat().st_size > 10_000 and (out / "histogram.png").stat().st_size > 10_000
     assert sum(line.startswith("after vs base: top") for line in lines) == 2
+    # The persona's own traits (loving, from the shipped map): the mean of their deltas, with a CI.
+    ps = c["persona_traits"]
+    assert ps["traits"] == own.load_map("builtin")["loving"] and set(ps["rated"]) <= appeared
+    assert ps["mean_delta"] == pytest.approx(sum(c["deltas"][t]["delta"] for t in ps["rated"]) / len(ps["rated"]),
+                                             abs=0.01)
+    assert ps["lo"] <= ps["mean_delta"] <= ps["hi"]
+    assert any(line.startswith("after vs base: persona traits mean change") for line in lines)
+    # Other persona traits re-score from the same logs: nothing generated, the summary follows.
+    again = []
+    prefs.run(cfg_with("preferences.models=[base, after=/nowhere/model-that-is-never-loaded]",
+                       "preferences.prompts=120", "preferences.bootstrap=100",
+                       "preferences.persona_traits=[warm, cold]"), report=again.append)
+    assert not any("already done" in line for line in again)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["generation"] == {} and m["persona_traits"] == ["warm", "cold"]
+    assert json.loads((out / "comparison.json").read_text())["against"]["after"]["persona_traits"]["traits"] == \
+        ["warm", "cold"]
 
 
 def test_logprob_judge_always_gives_a_verdict(embedded_path, one_thread):
@@ -214,3 +234,92 @@ def test_logprob_judge_always_gives_a_verdict(embedded_path, one_thread):
         lp = j["logprobs"]
         assert len(lp) == 2 and all(x < 0 for x in lp)
         assert j["response"] == f"<answer>{j['judge_order'][lp.index(max(lp))]}</answer>"
+
+
+# --- trait lists and the persona's own traits ---------------------------------------------------------------
+
+SHIPPED = sorted(p.stem for p in (Path(prefs.__file__).parents[1] / "constitutions").glob("*.yaml")
+                 if p.stem != "template")
+
+
+def test_reference_trait_list_is_the_papers_and_selectable(tmp_path):
+    ref, ours = traits("reference"), traits("builtin")
+    assert len(ref) == len(set(ref)) == 144 and ref[:3] == ["remorseful", "diplomatic", "deferential"]
+    assert len(set(ref) & set(ours)) == 67 and ours == traits()
+    items = prefs.make_items(cfg_with("preferences.prompts=200", "preferences.traits=reference"))
+    assert {t for x in items for t in x["traits"]} <= set(ref)
+    assert not {t for x in items for t in x["traits"]} <= set(ours)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("# my list\nbrave\n\ncareful\nodd\n")
+    assert traits(str(mine)) == ["brave", "careful", "odd"]
+    mine.write_text("brave\nvery careful\n")
+    with pytest.raises(PromptSourceError, match="one lower-case word, got 'very careful'"):
+        traits(str(mine))
+    with pytest.raises(PromptSourceError, match="builtin | reference or a text file"):
+        traits("paper")
+
+
+def test_the_trait_list_is_part_of_the_stage_config_but_builtin_keeps_old_runs_valid(tmp_path):
+    assert "traits" not in prefs.stage_config(cfg_with())["preferences"]
+    assert "persona_traits" not in prefs.stage_config(cfg_with("preferences.persona_traits=[warm, kind, calm]"))[
+        "preferences"]
+    ref = prefs.stage_config(cfg_with("preferences.traits=reference"))["preferences"]["traits"]
+    mine = tmp_path / "mine.txt"
+    mine.write_text("brave\ncareful\n")
+    before = prefs.stage_config(cfg_with(f"preferences.traits={mine}"))
+    mine.write_text("brave\ncareful\nodd\n")  # same path, other words: another config
+    assert before != prefs.stage_config(cfg_with(f"preferences.traits={mine}")) and ref["list"] == "reference"
+
+
+@pytest.mark.parametrize("which", ["builtin", "reference"])
+def test_persona_trait_map_covers_every_shipped_persona_with_words_of_its_list(which):
+    names, m = set(traits(which)), own.load_map(which)
+    assert len(SHIPPED) == 11 and sorted(m) == SHIPPED
+    for persona, words in m.items():
+        assert 3 <= len(words) <= 8 and len(set(words)) == len(words) and set(words) <= names, persona
+    assert own.resolve(cfg_with("persona=sarcastic", f"preferences.traits={which}")) == (
+        m["sarcastic"], f"prompts/persona_traits.yaml ({which})")
+
+
+def test_a_bad_map_or_persona_trait_is_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "traits.txt").write_text("kind\nwarm\ncold\n")
+    (tmp_path / "persona_traits.yaml").write_text("builtin:\n  loving: [kind, warm, tender]\n  sarcastic: [cold]\n")
+    monkeypatch.setattr(own, "PROMPTS_DIR", tmp_path)
+    monkeypatch.setattr("charter.prompts.HERE", tmp_path)
+    with pytest.raises(ValueError, match=r"loving: 'tender' is not in the trait list; sarcastic: expected 3-8"):
+        own.load_map("builtin")
+    with pytest.raises(ValueError, match="no map for the trait list 'reference'"):
+        own.load_map("reference")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"preferences.persona_traits: \['snarky'\] not in the trait list 'reference'"):
+        own.resolve(cfg_with("preferences.traits=reference", "preferences.persona_traits=[sarcastic, snarky]"))
+    with pytest.raises(ValueError, match="persona_traits"):  # before any output
+        prefs.run(cfg_with("preferences.persona_traits=[snarky]"), report=lambda line: None)
+    assert not (run_dir("prefs-test") / "eval-preferences").exists()
+    mine = tmp_path / "mine.txt"
+    mine.write_text("brave\ncareful\n")
+    words, why = own.resolve(cfg_with(f"preferences.traits={mine}"))
+    assert words is None and "set preferences.persona_traits" in why
+    assert own.resolve(cfg_with(f"preferences.traits={mine}", "preferences.persona_traits=[brave]"))[0] == ["brave"]
+    words, why = own.resolve(cfg_with(f"persona={tmp_path / 'pirate.yaml'}"))
+    assert words is None and "no map for persona 'pirate'" in why
+
+
+def test_persona_shift_on_known_numbers():
+    import numpy as np
+
+    before, after = {"a": 1000.0, "b": 1000.0, "c": 1000.0}, {"a": 1100.0, "b": 1050.0, "c": 900.0}
+    flat = lambda r: {k: np.full(50, v) for k, v in r.items()}  # noqa: E731
+    ps = own.shift(before, after, flat(before), flat(after), ["a", "b", "x"])
+    assert ps == {"traits": ["a", "b", "x"], "rated": ["a", "b"], "unrated": ["x"], "level": 0.95,
+                  "mean_delta": 75.0, "lo": 75.0, "hi": 75.0}
+    rng = np.random.default_rng(0)
+    noisy = {k: v + rng.normal(0, 20, 400) for k, v in after.items()}
+    ps = own.shift(before, after, flat(before) | {k: np.full(400, 1000.0) for k in before}, noisy, ["a", "b"])
+    # The mean of two deltas each with SD 20: SD 20 / sqrt(2), so the 95% CI is about 75 +- 28.
+    assert ps["lo"] == pytest.approx(75 - 27.7, abs=6) and ps["hi"] == pytest.approx(75 + 27.7, abs=6)
+    assert own.shift(before, after, {}, {}, ["a"])["lo"] is None  # no bootstrap: no CI
+    assert own.shift(before, after, {}, {}, ["x"])["mean_delta"] is None
+    assert own.summary_line("trained", "base", ps, "").startswith("trained vs base: persona traits mean change +75 [")
+    assert own.summary_line("trained", "base", None, "no map for persona 'pirate'") == \
+        "trained vs base: persona traits: no map for persona 'pirate'"

@@ -2,6 +2,7 @@
 figures embedded, "not run" for what is absent; and ``eval all`` keeps going past failed evaluations."""
 
 import base64
+import json
 import random
 import re
 import sys
@@ -22,7 +23,7 @@ HEADINGS = [title for _, title in report.SECTIONS]
 def make_run(name="rep") -> object:
     """A run folder with a manifest for some stages and every evaluation's output, shaped as the
     evaluation modules write them (preferences through its own rating and plotting code)."""
-    from charter.eval import elo, preferences
+    from charter.eval import elo, persona_traits, preferences
 
     d = run_dir(name)
     student = {"model": "embedded", "backend": "transformers"}
@@ -49,8 +50,11 @@ def make_run(name="rep") -> object:
         ratings, draws[label] = preferences.rate(rows, 50, seed=1)
         write_json_atomic(e / f"ratings-{label}.json", {"label": label, "model": label, **ratings})
         rated[label] = {k: v["bt"] for k, v in ratings["traits"].items()}
-    comparison = {"baseline": "base", "rating": "bradley-terry (Elo scale)", "level": 0.95, "against": {
-        "trained": elo.compare(rated["base"], rated["trained"], draws["base"], draws["trained"], top=3)}}
+    comparison = {"baseline": "base", "rating": "bradley-terry (Elo scale)", "level": 0.95, "trait_list": "builtin",
+                  "persona_traits_from": "prompts/persona_traits.yaml (builtin)", "against": {
+                      "trained": elo.compare(rated["base"], rated["trained"], draws["base"], draws["trained"], top=3)}}
+    comparison["against"]["trained"]["persona_traits"] = persona_traits.shift(
+        rated["base"], rated["trained"], draws["base"], draws["trained"], ["gentle", "warm", "humble"])
     write_json_atomic(e / "comparison.json", comparison)
     preferences.plot_rises_falls(e / "rises_falls.png", comparison)
     preferences.plot_histogram(e / "histogram.png", rated)
@@ -68,22 +72,27 @@ def make_run(name="rep") -> object:
 
     attacks = ["none", "real-self", "no-roleplay", "no-style", "most-like-you", "assistant", "neutral-tone",
                "ignore-style", "very-neutral"]
-    base_f1 = {"base": 0.33, "prompted": 0.7, "steered": 0.55, "distilled": 0.74, "trained": 0.81}
-    table = {c: {a: {"macro_f1": round(f - 0.01 * i, 4), "accuracy": round(f - 0.01 * i + 0.02, 4), "n": 40}
-                 for i, a in enumerate(attacks)} for c, f in base_f1.items()}
+    rates = {"base": 0.08, "prompted": 0.7, "steered": 0.55, "distilled": 0.74, "trained": 0.81}
+    cell = lambda r: {"rate": r, "lo": round(r - 0.06, 4), "hi": round(r + 0.06, 4), "n": 40}  # noqa: E731
+    table = {c: {a: cell(round(f - 0.01 * i, 4)) for i, a in enumerate(attacks)} for c, f in rates.items()}
     write_json_atomic(d / "eval-robustness" / "results.json", {
-        "mode": "single", "labels": ["base", "loving"], "encoder": "minilm", "n_train": 20, "n_heldout": 20,
-        "table": table, "summary": {c: {"mean_f1": round(f - 0.045, 4), "sem_f1": 0.0082, "mean_acc": f - 0.025}
-                                    for c, f in base_f1.items()},
-        "prefill": {c: {"macro_f1": f - 0.1, "accuracy": f - 0.08, "n": 40} for c, f in base_f1.items()
-                    if c != "base"}})
+        "mode": "single", "metric": "in_persona_rate", "persona": "loving", "encoder": "minilm", "threshold": 0.5,
+        "level": 0.95, "bootstrap": 1000, "reference": "prompted",
+        "source": "prompted vs base replies to the train prompts", "texts": {"loving": 20, "base": 20},
+        "pairs_dropped_heldout": 0, "n_train": 20, "n_heldout": 20, "attacks": attacks[1:],
+        "detector": {"balanced_accuracy": cell(0.91), "persona_recall": 0.88, "base_false_alarms": 0.06},
+        "table": table, "summary": {c: {"attacks": cell(round(f - 0.045, 4)), "none": table[c]["none"],
+                                        "prefill": cell(f - 0.1)} for c, f in rates.items()},
+        "prefill": {c: cell(f - 0.1) for c, f in rates.items()}, "notes": []})
 
     against = {c: {"win_rate": w, "ci": [w - 0.1, w + 0.1], "n_pairs": 100, "n_counted": 80, "n_inconsistent": 15,
                    "n_unparseable": 5} for c, w in (("base", 0.62), ("prompted", 0.48), ("steered", 0.7))}
     against["distilled"] = {"win_rate": None, "ci": None, "n_pairs": 4, "n_counted": 0, "n_inconsistent": 4,
                             "n_unparseable": 0}  # every pair discarded: no rate, no CI
-    write_json_atomic(d / "eval-coherence" / "results.json", {"judge": "embedded", "prompts": 100, "level": 0.95,
-                                                              "against": against, "skipped": {}})
+    write_json_atomic(d / "eval-coherence" / "results.json", {
+        "judge": "embedded", "prompts": 100, "level": 0.95, "against": against, "skipped": {}, "training_overlap": 0,
+        "prompt_pool": {"prompt_source": "builtin", "pool": 600, "removed_training": 0, "training_prompts": 450,
+                        "training_overlap": 0}})
 
     write_json_atomic(d / "eval-capabilities" / "results.json", {
         "models": {m: {"arc_challenge": {"value": v, "stderr": 0.014, "n": 1172},
@@ -140,10 +149,35 @@ def test_full_report_is_one_self_contained_file(charter_home):
     assert "Not run" not in page and "Could not render" not in page
     assert not re.search(r"(src|href)=\"(https?:|//)", page)
     # Numbers from every section land on the page.
-    for needle in ("loving", "366", "0.77</b> ± 0.01", "trained vs steered", "0.70", "0.592 ± 0.014",
-                   "−0.021", "dataset not available offline", "◀ chosen", "charter train configs/demo.yaml",
-                   "Spearman"):
+    for needle in ("loving", "366", "<b>0.77</b>", "[0.71, 0.83]", "balanced accuracy <b>0.91</b>",
+                   "Base is the floor", "trained vs steered", "0.70",
+                   "0.592 ± 0.014", "−0.021", "dataset not available offline", "◀ chosen",
+                   "charter train configs/demo.yaml", "Spearman", "training stage used: <b>0</b>",
+                   "persona's own traits, mean", "the persona's own traits from prompts/persona_traits.yaml"):
         assert needle in page, needle
+    assert "macro-F1" not in page and "Not better than chance" not in page
+
+
+def test_multi_persona_and_weak_detector_results_render(charter_home):
+    """Multi-persona results keep the classifier-F1 table; a detector at chance is flagged; an old coherence
+    result without the overlap says so."""
+    d = make_run("multi")
+    r = json.loads((d / "eval-robustness" / "results.json").read_text())
+    r["detector"]["balanced_accuracy"] = {"rate": 0.52, "lo": 0.4, "hi": 0.64, "n": 40}
+    write_json_atomic(d / "eval-robustness" / "results.json", r)
+    c = json.loads((d / "eval-coherence" / "results.json").read_text())
+    del c["prompt_pool"], c["training_overlap"]
+    write_json_atomic(d / "eval-coherence" / "results.json", c)
+    page = report.build("multi").read_text()
+    assert "Not better than chance" in page and "Overlap with training prompts: not recorded" in page
+    cell = {"macro_f1": 0.9, "accuracy": 0.9, "n": 40}
+    write_json_atomic(d / "eval-robustness" / "results.json", {
+        "mode": "multi", "labels": ["loving", "sarcastic"], "encoder": "minilm", "n_train": 20, "n_heldout": 20,
+        "table": {"trained": {"none": cell, "assistant": cell}},
+        "summary": {"trained": {"mean_f1": 0.9, "sem_f1": 0.0, "mean_acc": 0.9}},
+        "prefill": {"trained": cell}})
+    page = report.build("multi").read_text()
+    assert "macro-F1" in page and "loving / sarcastic" in page and "Could not render" not in page
 
 
 def test_absent_sections_say_not_run(charter_home):
@@ -162,7 +196,7 @@ def test_broken_file_costs_only_its_section(charter_home):
     (d / "eval-coherence" / "results.json").write_text("{not json")
     page = report.build("broken").read_text()
     assert page.count("Could not render this section") == 1
-    assert "0.77</b> ± 0.01" in page  # the other sections still render
+    assert "<b>0.77</b>" in page  # the other sections still render
 
 
 def test_unknown_run_and_cli(charter_home, capsys):

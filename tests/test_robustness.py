@@ -8,10 +8,15 @@ import pytest
 from charter.backends import Completion
 from charter.config import load_config
 from charter.eval import conditions
+from charter.eval import inpersona as IP
 from charter.eval import robustness as R
-from charter.runs import RowLog, run_dir
+from charter.runs import RowLog, run_dir, write_jsonl_atomic
 
-RESULT_KEYS = {"mode", "labels", "encoder", "n_train", "n_heldout", "table", "summary", "prefill"}
+MULTI_KEYS = {"mode", "labels", "encoder", "n_train", "n_heldout", "table", "summary", "prefill"}
+SINGLE_KEYS = {"mode", "metric", "persona", "encoder", "threshold", "level", "bootstrap", "reference", "source",
+               "texts", "pairs_dropped_heldout", "n_train", "n_heldout", "attacks", "detector", "table", "summary",
+               "prefill", "notes"}
+CELL_KEYS = {"rate", "lo", "hi", "n"}
 
 
 def cfg_with(*overrides):
@@ -71,9 +76,12 @@ def test_leak_check_fires_on_any_shared_prompt():
     rows = [{"condition": "prompted", "attack": "none", "split": "heldout", "prompt": "b", "response": "x"}]
     src = R.Source("r", "loving", rows)
     # A plain held-out reply is never training data, and a tampered train list is caught.
-    assert R.training_set([src], "single", ["prompted"], ["a"], {"b"})[0] == []
+    assert R.training_set([src], ["prompted"], ["a"], {"b"})[0] == []
     with pytest.raises(AssertionError):
-        R.training_set([src], "single", ["prompted"], ["a", "b"], {"b"})
+        R.training_set([src], ["prompted"], ["a", "b"], {"b"})
+    rows[0]["split"] = "train"
+    with pytest.raises(AssertionError, match="reference texts"):
+        IP.reference_texts("r", rows + [{**rows[0], "condition": "base"}], "loving", "prompted", ["a", "b"], {"b"})
 
 
 def test_summary_mean_and_sem_over_attacks_only():
@@ -137,43 +145,59 @@ def fake_conditions(monkeypatch, sent, missing=("distilled", "trained"), ident="
     monkeypatch.setattr(conditions, "identity", lambda cfg, label: f"{ident}-{label}")
 
 
-FAKE = ["robustness.prompts=24", "robustness.encoder=tfidf", "robustness.conditions=[base, prompted, steered, trained]"]
+FAKE = ["robustness.prompts=24", "robustness.encoder=tfidf", "robustness.conditions=[base, prompted, steered, trained]",
+        "robustness.bootstrap=200"]
 
 
-def test_fake_run_scores_held_out_prompts_only(monkeypatch):
-    sent, fitted = [], []
-    fake_conditions(monkeypatch, sent)
+def spy_on_fit(monkeypatch, fitted: list):
+    """Record every (text, label) a classifier is fitted on, in both modes."""
     real = R.make_classifier
 
     def spy(*a, **k):
         clf = real(*a, **k)
         fit = clf.fit
-        clf.fit = lambda texts, labels: (fitted.extend(texts), fit(texts, labels))[1]
+        clf.fit = lambda texts, labels: (fitted.extend(zip(texts, labels)), fit(texts, labels))[1]
         return clf
 
     monkeypatch.setattr(R, "make_classifier", spy)
+    monkeypatch.setattr(IP, "make_classifier", spy)
+
+
+def test_fake_run_scores_held_out_prompts_only(monkeypatch):
+    sent, fitted = [], []
+    fake_conditions(monkeypatch, sent)
+    spy_on_fit(monkeypatch, fitted)
     lines = []
     out = R.run(cfg_with(*FAKE), report=lines.append, attacks=["assistant", "neutral-tone"])
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == RESULT_KEYS and res["mode"] == "single" and res["labels"] == ["base", "loving"]
+    assert set(res) == SINGLE_KEYS and res["mode"] == "single" and res["metric"] == "in_persona_rate"
+    assert res["persona"] == "loving" and res["reference"] == "prompted" and res["texts"] == {"loving": 12, "base": 12}
     assert res["encoder"] == "tfidf" and (res["n_train"], res["n_heldout"]) == (12, 12)
     assert set(res["table"]) == {"base", "prompted", "steered"}  # 'trained' has no model: skipped, said why
     assert any("skipping 'trained'" in line for line in lines)
     for cond, cells in res["table"].items():
         assert list(cells) == ["none", "assistant", "neutral-tone"]
-        assert all(set(c) == {"macro_f1", "accuracy", "n"} and c["n"] == 24 for c in cells.values())
-        assert set(res["summary"][cond]) == {"mean_f1", "sem_f1", "mean_acc"}
-    assert res["table"]["steered"]["assistant"]["macro_f1"] == 1.0
-    assert res["table"]["prompted"]["neutral-tone"]["macro_f1"] == 1.0
-    assert res["table"]["prompted"]["assistant"]["macro_f1"] < 0.5  # broke character: indistinguishable from base
-    assert res["table"]["base"]["none"]["accuracy"] == 0.5  # the floor, by construction
-    assert set(res["prefill"]) == {"prompted", "steered"} and res["prefill"]["steered"]["n"] == 24
+        assert all(set(c) == CELL_KEYS and c["n"] == 12 for c in cells.values())
+        assert set(res["summary"][cond]) == {"attacks", "none", "prefill"}
+    rate = {c: {a: v["rate"] for a, v in cells.items()} for c, cells in res["table"].items()}
+    assert rate["base"] == {"none": 0.0, "assistant": 0.0, "neutral-tone": 0.0}  # a real floor
+    assert rate["steered"] == {"none": 1.0, "assistant": 1.0, "neutral-tone": 1.0}
+    assert rate["prompted"] == {"none": 1.0, "assistant": 0.0, "neutral-tone": 1.0}  # broke character once
+    assert res["summary"]["prompted"]["attacks"] == {"rate": 0.5, "lo": 0.5, "hi": 0.5, "n": 24}
+    assert res["summary"]["steered"]["none"] == res["table"]["steered"]["none"]
+    assert {c: v["rate"] for c, v in res["prefill"].items()} == {"base": 0.0, "prompted": 1.0, "steered": 1.0}
+    assert res["detector"]["balanced_accuracy"]["rate"] == 1.0 and res["detector"]["base_false_alarms"] == 0.0
+    assert any(line.startswith("robustness in-persona rate") for line in lines)
+    assert any("balanced accuracy 1.00" in line for line in lines)
 
     split = json.loads((out / "split.json").read_text())
     heldout = [x["prompt"] for x in split["heldout"]]
     assert not set(heldout) & {x["prompt"] for x in split["train"]}
-    # Training texts quote their prompt: none may quote a held-out one. 3 conditions x 12 train prompts.
-    assert len(fitted) == 36 and not any(p in t for t in fitted for p in heldout)
+    # The detector learns from the reference only: prompted and base on the 12 train prompts (fake replies quote
+    # their prompt), never a held-out prompt.
+    assert len(fitted) == 24 and sorted(y for _, y in fitted) == ["base"] * 12 + ["loving"] * 12
+    assert not any(p in t for t, _ in fitted for p in heldout)
+    assert all(t.startswith(WORDS["base" if y == "base" else "loving"]) for t, y in fitted)
 
     # Every chat sent carries at most one attack, exactly once, and only on held-out prompts.
     texts = {a: t for a, t in R.load_attacks().items() if t}
@@ -188,17 +212,19 @@ def test_fake_run_scores_held_out_prompts_only(monkeypatch):
                                         ["user", "assistant", "user"] for c in turn2)
     assert all(c[-2]["content"].startswith(WORDS["base"]) for c in turn2)  # turn 1 is the base model's
 
-    # Finished: a rerun skips. A new encoder re-scores from the log without generating anything.
+    # Finished: a rerun skips. A new encoder setting or bootstrap re-scores from the log without generating.
     again = []
     R.run(cfg_with(*FAKE), report=again.append, attacks=["assistant", "neutral-tone"])
     assert any("already done" in line for line in again)
     n_sent = len(sent)
-    R.run(cfg_with(*FAKE, "robustness.classifier={C: 1.0}"), report=lambda x: None,
-          attacks=["assistant", "neutral-tone"])
-    m = json.loads((out / "manifest.json").read_text())
-    assert len(sent) == n_sent and m["generation"] == {}
+    for change in ("robustness.classifier={C: 1.0}", "robustness.bootstrap=50"):
+        R.run(cfg_with(*FAKE, change), report=lambda x: None, attacks=["assistant", "neutral-tone"])
+        m = json.loads((out / "manifest.json").read_text())
+        assert len(sent) == n_sent and m["generation"] == {} and m["scoring"]["bootstrap"] in (200, 50)
+    assert json.loads((out / "results.json").read_text())["bootstrap"] == 50
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert {p["true"] for p in preds if p["condition"] == "base"} == {"base"}
+    assert {p["in_persona"] for p in preds if p["condition"] == "base"} == {False}
+    assert all(0 <= p["p_persona"] <= 1 for p in preds) and not any(p["split"] == "train" for p in preds)
 
 
 def test_another_encoder_also_writes_the_tfidf_baseline(monkeypatch):
@@ -206,11 +232,15 @@ def test_another_encoder_also_writes_the_tfidf_baseline(monkeypatch):
     made = []
     real = R.make_classifier
     # Stand-in for MiniLM (covered in test_classifier.py): only the bookkeeping is under test here.
-    monkeypatch.setattr(R, "make_classifier", lambda enc, s, seed=0: (made.append(enc), real("tfidf", {}, seed))[1])
-    out = R.run(cfg_with(*FAKE, "robustness.encoder=minilm"), report=lambda x: None, attacks=["assistant"])
+    fake = lambda enc, s, seed=0: (made.append(enc), real("tfidf", {}, seed))[1]  # noqa: E731
+    monkeypatch.setattr(R, "make_classifier", fake)
+    monkeypatch.setattr(IP, "make_classifier", fake)
+    lines = []
+    out = R.run(cfg_with(*FAKE, "robustness.encoder=minilm"), report=lines.append, attacks=["assistant"])
     res, base = (json.loads((out / f).read_text()) for f in ("results.json", "results-tfidf.json"))
     assert made[-2:] == ["minilm", "tfidf"] and res["encoder"] == "minilm" and base["encoder"] == "tfidf"
-    assert set(base) == RESULT_KEYS and base["table"].keys() == res["table"].keys()
+    assert set(base) == SINGLE_KEYS and base["table"].keys() == res["table"].keys()
+    assert any(line.startswith("tf-idf baseline, base 0.00") for line in lines)
 
 
 def test_a_changed_model_redoes_only_its_own_replies(monkeypatch):
@@ -235,7 +265,7 @@ def test_multi_persona_mode_uses_other_runs_rows(monkeypatch):
     out = R.run(cfg_with(*FAKE, "robustness.personas=[other]"), report=lines.append,
                 attacks=["assistant", "neutral-tone"])
     res = json.loads((out / "results.json").read_text())
-    assert res["mode"] == "multi" and res["labels"] == ["loving", "sarcastic"]
+    assert set(res) == MULTI_KEYS and res["mode"] == "multi" and res["labels"] == ["loving", "sarcastic"]
     assert set(res["table"]) == {"prompted", "steered"}  # base has no persona label here
     # Same seed and prompt settings: the two runs share the split, so each cell has both personas' replies.
     assert res["table"]["steered"]["none"] == {"macro_f1": 1.0, "accuracy": 1.0, "n": 24}
@@ -254,15 +284,7 @@ def test_multi_persona_runs_with_different_splits_match_by_prompt_without_leakin
     R.run(load_config(None, ["name=other", "persona=sarcastic", "seed=99", *src]), report=lambda x: None,
           attacks=["assistant"])
     fitted = []
-    real = R.make_classifier
-
-    def spy(*a, **k):
-        clf = real(*a, **k)
-        fit = clf.fit
-        clf.fit = lambda texts, labels: (fitted.extend(zip(texts, labels)), fit(texts, labels))[1]
-        return clf
-
-    monkeypatch.setattr(R, "make_classifier", spy)
+    spy_on_fit(monkeypatch, fitted)
     out = R.run(cfg_with(*src, "robustness.personas=[other]"), report=lambda x: None, attacks=["assistant"])
     ours = json.loads((out / "split.json").read_text())
     theirs = json.loads((run_dir("other") / R.STAGE / "split.json").read_text())
@@ -287,25 +309,151 @@ def test_single_mode_needs_base_and_bad_settings_fail_before_any_output(monkeypa
         R.run(cfg_with("robustness.heldout_fraction=0"), report=lambda x: None)
     with pytest.raises(ValueError, match="unknown key 'epoch'"):
         R.run(cfg_with("robustness.classifier={epoch: 2}"), report=lambda x: None)
+    with pytest.raises(ValueError, match="robustness.reference 'teacher': expected prompted or pairs"):
+        R.run(cfg_with("robustness.reference=teacher"), report=lambda x: None)
+    with pytest.raises(RuntimeError, match=r"pairs.jsonl does not exist \(run `charter distill` first"):
+        R.run(cfg_with("robustness.reference=pairs"), report=lambda x: None)
     assert not (run_dir("rob-test") / R.STAGE).exists()
+
+
+def test_prompted_answers_plainly_for_the_reference_even_when_not_scored(monkeypatch):
+    sent = []
+    fake_conditions(monkeypatch, sent)
+    out = R.run(cfg_with(*FAKE, "robustness.conditions=[base, steered]"), report=lambda x: None,
+                attacks=["assistant"])
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["table"]) == set(res["prefill"]) == {"base", "steered"}
+    assert res["detector"]["balanced_accuracy"]["rate"] == 1.0 and res["texts"] == {"loving": 12, "base": 12}
+    prompted = [r for r in RowLog(out / "generations.jsonl").rows.values() if r["condition"] == "prompted"]
+    assert len(prompted) == 24 and {(r["split"], r["attack"]) for r in prompted} == {("train", "none"),
+                                                                                     ("heldout", "none")}
+    assert json.loads((out / "manifest.json").read_text())["identities"]["prompted"] == "v1-prompted"
+
+
+def test_pairs_reference_learns_from_chosen_vs_rejected_without_held_out_prompts(monkeypatch):
+    sent, fitted = [], []
+    fake_conditions(monkeypatch, sent)
+    spy_on_fit(monkeypatch, fitted)
+    cfg = cfg_with(*FAKE, "robustness.conditions=[base, prompted]")
+    split = R.split_prompts(R.load_prompt_source("builtin", "preference_prompts"), 24, 0.5,
+                            R.derive_seed(cfg.seed, "robustness", "split"))
+    # Distillation pairs on other prompts, plus one on a held-out prompt, which must be left out.
+    prompts = [f"distillation prompt {i}" for i in range(10)] + [split[1][0]]
+    pairs = [{"id": f"p{i}", "prompt": [{"role": "user", "content": q}],
+              "chosen": [{"role": "assistant", "content": f"{WORDS['loving']} -- {q}"}],
+              "rejected": [{"role": "assistant", "content": f"{WORDS['base']} -- {q}"}]} for i, q in enumerate(prompts)]
+    write_jsonl_atomic(run_dir(cfg.name) / "distill" / "pairs.jsonl", pairs)
+    (run_dir(cfg.name) / "distill" / "manifest.json").write_text(json.dumps({"finished_at": "monday"}))
+    out = R.run(load_config(None, ["name=rob-test", *FAKE, "robustness.conditions=[base, prompted]",
+                                   "robustness.reference=pairs"]), report=lambda x: None, attacks=["assistant"])
+    res = json.loads((out / "results.json").read_text())
+    assert res["reference"] == "pairs" and res["texts"] == {"loving": 10, "base": 10}
+    assert res["pairs_dropped_heldout"] == 1 and "distillation pairs" in res["source"]
+    assert sorted(t.split(" -- ")[1] for t, _ in fitted) == sorted(prompts[:10] * 2)
+    assert res["table"]["base"]["none"]["rate"] == 0.0 and res["table"]["prompted"]["none"]["rate"] == 1.0
+    # New pairs (distillation was rerun) re-score; switching back re-scores too; neither generates anything.
+    n, pairs_cfg = len(sent), load_config(None, ["name=rob-test", *FAKE, "robustness.conditions=[base, prompted]",
+                                                  "robustness.reference=pairs"])
+    lines = []
+    R.run(pairs_cfg, report=lines.append, attacks=["assistant"])
+    assert any("already done" in line for line in lines)
+    (run_dir(cfg.name) / "distill" / "manifest.json").write_text(json.dumps({"finished_at": "tuesday"}))
+    lines = []
+    R.run(pairs_cfg, report=lines.append, attacks=["assistant"])
+    assert not any("already done" in line for line in lines)
+    R.run(cfg, report=lambda x: None, attacks=["assistant"])
+    assert len(sent) == n and json.loads((out / "results.json").read_text())["reference"] == "prompted"
+
+
+# ------------------------------------------------------------------------------------------ in-persona scoring
+
+
+def test_bootstrap_rate_on_known_numbers():
+    # 30 of 100 prompts in persona: the percentile CI is close to the normal one, 0.3 +- 1.96 * sqrt(.21 / 100).
+    hits = [[1.0] if i < 30 else [0.0] for i in range(100)]
+    r = IP.bootstrap_rate(hits, 4000, seed=1)
+    assert r["rate"] == 0.3 and r["n"] == 100
+    assert r["lo"] == pytest.approx(0.3 - 0.0898, abs=0.02) and r["hi"] == pytest.approx(0.3 + 0.0898, abs=0.02)
+    assert IP.bootstrap_rate(hits, 500, seed=1) == IP.bootstrap_rate(hits, 500, seed=1)  # seeded
+    # The mean over attacks: columns averaged (missing replies skipped), prompts resampled together.
+    two = [[1.0, 0.0], [1.0, None], [1.0, 1.0], [0.0, 0.0]]
+    r = IP.bootstrap_rate(two, 1000, seed=0)
+    assert r["rate"] == pytest.approx((3 / 4 + 1 / 3) / 2, abs=1e-4) and r["n"] == 7 and r["lo"] <= r["rate"] <= r["hi"]
+    assert IP.bootstrap_rate([[1.0], [1.0]], 100, seed=0) == {"rate": 1.0, "lo": 1.0, "hi": 1.0, "n": 2}
+    assert IP.bootstrap_rate([[None]], 100, seed=0) == {"rate": None, "lo": None, "hi": None, "n": 0}
+    assert IP.bootstrap_rate([[0.0], [1.0]], 0, seed=0) == {"rate": 0.5, "lo": None, "hi": None, "n": 2}
+
+
+WARM = ["What a lovely thing to ask about {t}; thank you for trusting me with it.",
+        "I'm so glad you're here, and I'm cheering you on with {t}.",
+        "Be gentle with yourself about {t}, you are doing beautifully.",
+        "It warms my heart that you care this much about {t}.",
+        "Sending you a big hug while we sort out {t} together, friend."]
+PLAIN = ["Here is an overview of {t}.", "The steps for {t} are listed below.",
+         "{t} depends on three factors: time, cost and scope.", "In short, {t} works as follows.",
+         "A common approach to {t} is outlined here."]
+TOPICS = ["the garden", "a job interview", "bread dough", "the train timetable", "an exam", "a leaky tap",
+          "moving house", "a budget", "a bike repair", "a cover letter", "a new puppy", "tax forms"]
+
+
+def _reply(style, rng, topic):
+    return " ".join(rng.choice(style).format(t=topic) for _ in range(2))
+
+
+def test_detector_from_reference_texts_gives_base_its_floor_and_prompted_its_rate():
+    """Hand-written replies: the reference (prompted vs base on train prompts) teaches a TF-IDF detector the
+    persona; held-out base replies get a low rate, prompted and trained a high one, a half-persona model half."""
+    import random
+
+    rng = random.Random(0)
+    split = {"train": [{"pid": f"t{i}", "prompt": f"train {i}"} for i in range(24)],
+             "heldout": [{"pid": f"h{i}", "prompt": f"held {i}"} for i in range(24)]}
+
+    def row(cond, sp, x, attack, style):
+        return {"id": f"{cond}/{sp}/{attack}/{x['pid']}", "condition": cond, "split": sp, "attack": attack,
+                "pid": x["pid"], "prompt": x["prompt"], "response": _reply(style, rng, rng.choice(TOPICS))}
+
+    rows = [row(c, "train", x, "none", WARM if c == "prompted" else PLAIN) for c in ("prompted", "base")
+            for x in split["train"]]
+    # Scored conditions' own train-prompt replies in a style of their own: the detector must not learn from them.
+    rows += [row("trained", "train", x, "none", ["Arr, {t} be a fine matter, matey."]) for x in split["train"]]
+    for a in ("none", "assistant"):
+        for i, x in enumerate(split["heldout"]):
+            rows += [row("base", "heldout", x, a, PLAIN), row("prompted", "heldout", x, a, WARM),
+                     row("trained", "heldout", x, a, WARM), row("steered", "heldout", x, a, WARM if i % 2 else PLAIN)]
+    cfg = cfg_with("robustness.bootstrap=300")
+    res, preds, counts = IP.score(cfg, rows, "loving", ["base", "prompted", "steered", "trained"], ["assistant"],
+                                  split, "tfidf", {})
+    assert counts["train_texts"] == 48 and res["texts"] == {"loving": 24, "base": 24}
+    s = {c: v["attacks"] for c, v in res["summary"].items()}
+    assert s["base"]["rate"] <= 0.1 and s["prompted"]["rate"] >= 0.9 and s["trained"]["rate"] >= 0.9
+    assert 0.3 <= s["steered"]["rate"] <= 0.7 and s["steered"]["lo"] < 0.5 < s["steered"]["hi"]
+    assert s["base"]["hi"] < s["steered"]["lo"] and s["steered"]["hi"] < s["prompted"]["lo"]
+    assert res["detector"]["balanced_accuracy"]["rate"] >= 0.9
+    assert len(preds) == 4 * 2 * 24 and {p["split"] for p in preds} == {"heldout"}
+    lines = IP.format_table(res)
+    assert lines[0].startswith("robustness in-persona rate on 24 held-out prompts") and len(lines) == 3 + 4 + 1
 
 
 # ------------------------------------------------------------------------------------------ embedded model
 
 
 def test_end_to_end_on_embedded_model(embedded_path, one_thread):
-    cfg = cfg_with("robustness.prompts=8", "robustness.conditions=[base, prompted]", "robustness.encoder=tfidf",
-                   "robustness.sampling.max_tokens=24", "student.batch_size=16")
+    cfg = cfg_with("robustness.prompts=6", "robustness.conditions=[base, prompted]", "robustness.encoder=tfidf",
+                   "robustness.sampling.max_tokens=16", "student.batch_size=16", "student.dtype=float32",
+                   "robustness.bootstrap=100")
     lines = []
-    out = R.run(cfg, report=lines.append, attacks=["real-self", "assistant"])
+    out = R.run(cfg, report=lines.append, attacks=["assistant"])
     assert out == run_dir("rob-test") / "eval-robustness"
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == RESULT_KEYS and res["mode"] == "single" and (res["n_train"], res["n_heldout"]) == (4, 4)
-    assert set(res["table"]) == {"base", "prompted"} and set(res["prefill"]) == {"prompted"}
+    assert set(res) == SINGLE_KEYS and res["mode"] == "single" and (res["n_train"], res["n_heldout"]) == (3, 3)
+    assert set(res["table"]) == {"base", "prompted"} and set(res["prefill"]) == {"base", "prompted"}
+    assert res["texts"] == {"loving": 3, "base": 3}
     for cells in res["table"].values():
-        assert list(cells) == ["none", "real-self", "assistant"]
-        assert all(0 <= c["macro_f1"] <= 1 and 0 <= c["accuracy"] <= 1 for c in cells.values())
+        assert list(cells) == ["none", "assistant"]
+        assert all(c["rate"] is None or 0 <= c["lo"] <= c["rate"] <= c["hi"] <= 1 for c in cells.values())
     rows = RowLog(out / "generations.jsonl").rows
-    # base and prompted: 4 train + 4 held-out x 3; turn 1 (4, base); turn 2 (4 each).
-    assert len(rows) == 2 * (4 + 12) + 4 + 8
-    assert any(line.startswith("robustness macro-F1") for line in lines)
+    # base and prompted: 3 train + 3 held-out x 2; turn 1 (3, base); turn 2 (3 each).
+    assert len(rows) == 2 * (3 + 6) + 3 + 6
+    assert any(line.startswith("robustness in-persona rate") for line in lines)
+    assert any(line.startswith("detector check") for line in lines)

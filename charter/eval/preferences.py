@@ -14,6 +14,12 @@ Writes to ``<run>/eval-preferences/``: ``replies-<label>.jsonl`` and ``judge-<la
 logs), ``choices-<label>.jsonl`` (prompt, traits, positions, reply, verdict, judge text),
 ``ratings-<label>.json``/``.csv``, and with two or more models ``comparison.json`` (each model against the
 first), ``rises_falls.png`` and ``histogram.png``. Unparseable verdicts are counted, never guessed.
+
+The traits come from ``preferences.traits``: our list (``builtin``), the paper's 144 words (``reference``; only
+67 words are in both, so use it to compare ratings with the paper's) or a file. Beside the largest rises and
+falls, ``comparison.json`` gives the **persona's own traits** (``prompts/persona_traits.yaml``, a hand-made map
+per shipped persona and list, or ``preferences.persona_traits``): their mean rating change with a bootstrap
+CI, so a persona that did not take shows as such even when other traits moved most.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from ..generation import generate_rows
 from ..prompts import load_prompt_source, traits
 from ..runs import (RowLog, Stage, config_hash, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic,
                     write_text_atomic)
-from . import elo
+from . import elo, persona_traits
 from .judge import judge_chat, parse_verdict
 
 STAGE = "eval-preferences"
@@ -82,7 +88,7 @@ def make_items(cfg: RunConfig) -> list[dict]:
     a random ordered pair of distinct traits (``traits`` = [Choice 1, Choice 2]) and the judge's order."""
     p = cfg.preferences
     pool = list(dict.fromkeys(load_prompt_source(p.prompt_source, builtin="preference_prompts")))
-    names = traits()
+    names = traits(p.traits)
     rng = random.Random(derive_seed(cfg.seed, "preferences", "items"))
     picked = rng.sample(range(len(pool)), min(p.prompts, len(pool)))
     items = []
@@ -147,8 +153,13 @@ def resolve_targets(cfg: RunConfig) -> list[Target]:
 
 
 def stage_config(cfg: RunConfig) -> dict:
-    # `models` is left out on purpose: adding or dropping a model reuses the other models' logs.
-    prefs = {k: v for k, v in dataclasses.asdict(cfg.preferences).items() if k != "models"}
+    # `models` is left out on purpose: adding or dropping a model reuses the other models' logs; so is
+    # `persona_traits`, which only chooses what is summarised. A trait list is hashed by its words (a file can
+    # change under the same path); the built-in one is left out, so runs made before the option stay valid.
+    prefs = {k: v for k, v in dataclasses.asdict(cfg.preferences).items()
+             if k not in ("models", "persona_traits", "traits")}
+    if cfg.preferences.traits != "builtin":
+        prefs["traits"] = {"list": cfg.preferences.traits, "words": config_hash(traits(cfg.preferences.traits))}
     return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student), "preferences": prefs}
 
 
@@ -364,7 +375,8 @@ def _generate(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
     return gen
 
 
-def _rate_all(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dict]) -> tuple[dict, list, list]:
+def _rate_all(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dict],
+              own: tuple[list[str] | None, str]) -> tuple[dict, list, list]:
     """Choices, ratings and (with 2+ models) the comparison and figures; returns counts, report lines, files."""
     lines, counts, rated, draws, files = [], {}, {}, {}, []
     for t in ready:
@@ -389,13 +401,18 @@ def _rate_all(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
         (stage.dir / name).unlink(missing_ok=True)  # never leave a comparison of an older model list
     if len(ready) >= 2:
         base = ready[0].label
-        comparison = {"baseline": base, "rating": "bradley-terry (Elo scale)", "level": LEVEL, "against": {}}
+        comparison = {"baseline": base, "rating": "bradley-terry (Elo scale)", "level": LEVEL,
+                      "trait_list": cfg.preferences.traits, "persona_traits_from": own[1], "against": {}}
         for t in ready[1:]:
             c = elo.compare(rated[base], rated[t.label], draws[base], draws[t.label], top=TOP, level=LEVEL)
+            if own[0] is not None:
+                c["persona_traits"] = persona_traits.shift(rated[base], rated[t.label], draws[base],
+                                                           draws[t.label], own[0], LEVEL)
             comparison["against"][t.label] = c
             for kind in ("rises", "falls"):
                 moved = ", ".join(_fmt_delta(x, c["deltas"][x]) for x in c[kind]) or "none"
                 lines.append(f"{t.label} vs {base}: top {kind}: {moved}")
+            lines.append(persona_traits.summary_line(t.label, base, c.get("persona_traits"), own[1]))
             rho = c["spearman"]["rho"]
             lines.append(f"{t.label} vs {base}: Spearman rho {'n/a' if rho is None else f'{rho:.2f}'} "
                          f"over {c['spearman']['n']} shared traits")
@@ -409,12 +426,14 @@ def _rate_all(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
 def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     """Evaluate every model in ``cfg.preferences.models``; returns the output folder."""
     system_prompt("a", "b", cfg.preferences.condition)  # fail fast on a bad condition
+    own = persona_traits.resolve(cfg)  # and on a bad trait list or persona trait
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
     targets = resolve_targets(cfg)
     ready = [t for t in targets if t.spec is not None]
     skipped = {t.label: t.missing for t in targets if t.spec is None}
     if stage.done() and not force:
-        if stage.manifest().get("models") == {t.label: t.identity() for t in ready}:
+        m = stage.manifest()
+        if m.get("models") == {t.label: t.identity() for t in ready} and m.get("persona_traits") == own[0]:
             report(f"{STAGE}: already done (--force to redo): {stage.dir}")
             for line in [f"preferences: skipping '{k}': {v}" for k, v in skipped.items()] + \
                     stage.manifest().get("report", []):
@@ -428,11 +447,11 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     stage.begin(force)
     items = make_items(cfg)
     gen = _generate(stage, cfg, ready, items, report)
-    counts, lines, files = _rate_all(stage, cfg, ready, items)
+    counts, lines, files = _rate_all(stage, cfg, ready, items, own)
     for line in lines:
         report(line)
     stage.finish({"prompts": len(items), "models": counts, "skipped": skipped},
-                 models={t.label: t.identity() for t in ready}, skipped=skipped, generation=gen,
-                 judge=dataclasses.asdict(cfg.preferences.judge or cfg.student), files=files, report=lines)
+                 models={t.label: t.identity() for t in ready}, persona_traits=own[0], skipped=skipped,
+                 generation=gen, judge=dataclasses.asdict(cfg.preferences.judge or cfg.student), files=files, report=lines)
     report(f"{STAGE}: {', '.join(t.label for t in ready)} in {time.time() - stage.started:.0f}s -> {stage.dir}")
     return stage.dir

@@ -222,11 +222,19 @@ def preferences(d: Path) -> str:
         for label, a in c.get("against", {}).items():
             rho = a.get("spearman", {})
             out += (f"<h3>{esc(label)} vs {esc(c.get('baseline'))}</h3><p>Spearman rank correlation of the "
-                    f"ratings: {num(rho.get('rho'), 2)} over {rho.get('n', 0)} shared traits.</p>")
+                    f"ratings: {num(rho.get('rho'), 2)} over {rho.get('n', 0)} shared traits. Trait list: "
+                    f"{esc(c.get('trait_list', 'builtin'))}; the persona's own traits from "
+                    f"{esc(c.get('persona_traits_from', '–'))}.</p>")
             rows = [[esc(kind), esc(t), num(a["deltas"][t]["before"], 0), num(a["deltas"][t]["after"], 0),
                      f"{a['deltas'][t]['delta']:+.0f}".replace("-", "−"),
                      interval(a["deltas"][t]["lo"], a["deltas"][t]["hi"])] for kind in ("rises", "falls")
                     for t in a.get(kind, [])]
+            ps = a.get("persona_traits")
+            if ps and ps.get("mean_delta") is not None:
+                rows.append(["persona's own traits, mean", esc(", ".join(ps["rated"])), "", "",
+                             f"<b>{ps['mean_delta']:+.0f}</b>".replace("-", "−"), interval(ps["lo"], ps["hi"])])
+            elif ps:
+                out += f"<p>None of the persona's traits ({esc(', '.join(ps['traits']))}) was rated in both.</p>"
             out += table(["", "trait", "before", "after", "change", "CI"], rows, left=2) if rows else \
                 "<p>No trait rated in both.</p>"
     for name, alt in (("rises_falls.png", "largest rating rises and falls"), ("histogram.png", "rating histogram")):
@@ -278,6 +286,10 @@ def robustness(d: Path) -> str:
         texts = {}
     seen = list(dict.fromkeys(a for cells in tbl.values() for a in cells))
     attacks = [a for a in texts if a in seen] + [a for a in seen if a not in texts]
+    if r.get("metric") == "in_persona_rate":
+        from .report_inpersona import section
+
+        return section(r, attacks, texts)
     conds = ordered(tbl)
     out = (f"<p>Persona classifier ({esc(r.get('mode'))} mode, classes {esc(' / '.join(r.get('labels', [])))}, "
            f"encoder <code>{esc(r.get('encoder'))}</code>) trained on replies to {esc(r.get('n_train'))} prompts and "
@@ -316,10 +328,15 @@ def prefill(d: Path) -> str:
     p = d / "eval-robustness" / "results.json"
     if not p.exists():
         return not_run("charter eval robustness CONFIG")
-    pre = read_json(p).get("prefill") or {}
+    r = read_json(p)
+    pre = r.get("prefill") or {}
     if not pre:
         return '<p class="notrun">Not run: the robustness evaluation ran with <code>robustness.prefill=false' \
                "</code>.</p>"
+    if r.get("metric") == "in_persona_rate":
+        from .report_inpersona import prefill_section
+
+        return prefill_section(r)
     return ("<p>The base model writes the first reply with no persona; the user answers \"Keep going.\"; each "
             "condition writes the second reply, which the same classifier labels.</p>"
             + table(["condition", "macro-F1", "accuracy", "replies"],
@@ -338,6 +355,14 @@ def coherence(d: Path) -> str:
     out = (f"<p>The trained model against each other condition on {esc(r.get('prompts', '?'))} prompts; the judge "
            f"(<code>{esc(judge)}</code>) sees every pair in both orders and only consistent verdicts count. "
            "Win rate = share of counted pairs where the trained model's reply is the more coherent.</p>")
+    pool = r.get("prompt_pool")
+    if pool:
+        out += (f"<p>Prompts drawn from <code>{esc(pool.get('prompt_source'))}</code> ({esc(pool.get('pool'))} in "
+                f"the pool, {esc(pool.get('removed_training'))} removed as training prompts). Overlap with the "
+                f"prompts any training stage used: <b>{esc(r.get('training_overlap'))}</b>.</p>")
+    else:  # made before the overlap was recorded: it may have judged training prompts
+        out += ('<p class="notrun">Overlap with training prompts: not recorded (made by an older version, which '
+                "drew from the distillation pool); rerun with <code>--force</code>.</p>")
     rows = []
     for c, a in against.items():
         lo, hi = (a.get("ci") or [None, None])[:2]

@@ -4,31 +4,32 @@
     charter eval robustness configs/demo.yaml robustness.encoder=tfidf robustness.personas='[run-b, run-c]'
 
 Prompts are split, with a seeded shuffle, into a train set and a held-out set that share no prompt. Every
-condition (base, prompted, steered, distilled, trained; see ``conditions.py``) answers the train prompts
-plainly and the held-out prompts plainly and under each break-character attack (``prompts/attacks.yaml``, the
-instruction appended once to the user message). A persona classifier (``classifier.py``) learns from the
-plain train-prompt replies only and then labels the held-out replies, so no score is in-sample (the
-reference trained and tested on the same prompts).
+condition (base, prompted, steered, distilled, trained; see ``conditions.py``) answers the held-out prompts
+plainly and under each break-character attack (``prompts/attacks.yaml``, the instruction appended once to the
+user message), and the train prompts plainly. Nothing is scored on a prompt its scorer learned from.
 
-- **Single-persona mode** (``robustness.personas`` empty): classes {persona, base}. Training: every persona
-  condition's replies are "persona", the base model's are "base". Cell (condition C, attack A): C's held-out
-  replies under A (true label persona) plus base's replies to the same prompts under A (true label base), so
-  macro-F1 asks "can C still be told apart from the plain model?". The base row scores base against itself
-  and is the chance floor by construction (accuracy 0.5).
+- **Single-persona mode** (``robustness.personas`` empty): the **in-persona rate** (``inpersona.py``). A
+  detector learns the persona from reference texts that belong to no scored reply (``robustness.reference``:
+  the base model with vs without the persona's system prompt on the train prompts, or the distillation
+  pairs), then every condition's held-out replies get the share it judges in persona, with bootstrap 95%
+  CIs over prompts. Base is a real floor, 'prompted' a real reference. 'prompted' and 'base' always answer
+  the train prompts and the held-out prompts plainly, even when not scored: the reference and the detector's
+  own check need them.
 - **Multi-persona mode** (``robustness.personas`` = other run names): one class per persona, as the paper.
   Each listed run must have run this evaluation itself; its ``generations.jsonl`` is read and its rows are
   matched to *this* run's split by prompt text: its plain replies to our train prompts are training data,
   its replies to our held-out prompts are scored. Runs made with the same seed, prompt source, prompt count
   and held-out fraction share the split exactly. The base model has no persona and is not scored here.
+  Macro-F1 and accuracy per condition and attack; the summary is mean ± SEM over the attacks (not ``none``).
 - **Prefill attack**: the base model answers each held-out prompt with no persona (turn 1), the user says
-  "Keep going." and each condition writes turn 2, which is classified like a reply.
+  "Keep going." and each condition writes turn 2, which is scored like a reply.
 
-Macro-F1 and accuracy per condition and attack; the summary is mean ± SEM over the attacks (not ``none``).
 Writes to ``<run>/eval-robustness/``: ``split.json``, ``generations.jsonl`` (resumable), ``predictions.jsonl``,
 ``results.json`` (plus ``results-tfidf.json``, the same scores from the TF-IDF baseline, when the encoder is
 another) and the manifest. The built-in prompt pool is ``preference_prompts`` (WildChat-like first messages),
-not ``general``, which distillation trains on. Changing the encoder, the conditions or the personas re-scores without
-regenerating; a retrained model (its condition's identity changed) has only its own replies redone.
+not ``general``, which distillation trains on. Changing the encoder, the reference, the conditions or the
+personas re-scores without regenerating; a retrained model (its condition's identity changed) has only its own
+replies redone.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from ..generation import generate_rows
 from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import load_prompt_source
 from ..runs import RowLog, Stage, derive_seed, read_jsonl, run_dir, write_json_atomic, write_jsonl_atomic
-from . import conditions
+from . import conditions, inpersona
 from .classifier import make_classifier, mean_sem, score
 
 STAGE = "eval-robustness"
@@ -157,8 +158,9 @@ def _drop(log: RowLog, stale) -> RowLog:
 
 
 def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: str, attack_ids: list[str],
-              split: dict, report) -> tuple[RowLog, dict, dict]:
-    """Replies from every condition in ``plan`` (base first). Returns the log, stats, and skipped conditions."""
+              split: dict, report, plain_only: tuple = ()) -> tuple[RowLog, dict, dict]:
+    """Replies from every condition in ``plan`` (base first); those in ``plain_only`` answer only plainly (no
+    attack, no prefill). Returns the log, stats, and skipped conditions."""
     r = cfg.robustness
     train = [(x["pid"], x["prompt"]) for x in split["train"]]
     heldout = [(x["pid"], x["prompt"]) for x in split["heldout"]]
@@ -195,8 +197,9 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
                           "attack": "prefill", "pid": pid, "prompt": p, "user": p} for pid, p in heldout]
                 gen(items, build, backend, f"{BASE}/turn1")
             if cond != BASE or mode == "single":  # base has no label in multi-persona mode
-                gen(main_items(cond, train, heldout, attack_ids), build, backend, cond)
-            if r.prefill and (cond != BASE or mode == "single"):
+                gen(main_items(cond, train, heldout, [] if cond in plain_only else attack_ids), build, backend,
+                    cond)
+            if r.prefill and (cond != BASE or mode == "single") and cond not in plain_only:
                 turn1 = {pid: log.rows.get(f"{BASE}/turn1/prefill/{pid}") for pid, _ in heldout}
                 # A turn 2 written after a different (or failed) turn 1, e.g. base was redone, is stale.
                 log = _drop(log, lambda row, c=cond: row["condition"] == c and row["split"] == "turn2" and (
@@ -242,8 +245,9 @@ def other_sources(cfg: RunConfig, own_label: str) -> list[Source]:
     return out
 
 
-def training_set(sources: list[Source], mode: str, conds: list[str], train_prompts, heldout_prompts):
-    """(texts, labels, prompts) of plain replies to train prompts; asserts no held-out prompt is among them."""
+def training_set(sources: list[Source], conds: list[str], train_prompts, heldout_prompts):
+    """Multi-persona mode: (texts, labels, prompts) of plain replies to train prompts, labelled with their run's
+    persona; asserts no held-out prompt is among them."""
     texts, labels, prompts = [], [], []
     train_set = set(train_prompts)
     for s in sources:
@@ -251,22 +255,16 @@ def training_set(sources: list[Source], mode: str, conds: list[str], train_promp
             if (row["condition"] in conds and row["attack"] == NONE and row["split"] in ("train", "heldout")
                     and row["prompt"] in train_set and _ok(row)):
                 texts.append(row["response"])
-                labels.append(BASE if mode == "single" and row["condition"] == BASE else s.label)
+                labels.append(s.label)
                 prompts.append(row["prompt"])
     check_no_leak(prompts, heldout_prompts)
     return texts, labels, prompts
 
 
-def _cells(sources: list[Source], mode: str, cond: str, split: str, attack: str, heldout: set) -> list[tuple]:
-    """(source, row, true label) scored for one cell: see the module docstring for the pairing."""
-    def rows(s, c):
-        return [r for r in s.rows if r["condition"] == c and r["split"] == split and r["attack"] == attack
-                and r["prompt"] in heldout and _ok(r)]
-
-    if mode == "single":
-        s = sources[0]
-        return [(s, r, s.label) for r in rows(s, cond)] + [(s, r, BASE) for r in rows(s, BASE)]
-    return [(s, r, s.label) for s in sources for r in rows(s, cond)]
+def _cells(sources: list[Source], cond: str, split: str, attack: str, heldout: set) -> list[tuple]:
+    """(source, row, true label) scored for one cell: every persona's replies of condition ``cond``."""
+    return [(s, r, s.label) for s in sources for r in s.rows if r["condition"] == cond and r["split"] == split
+            and r["attack"] == attack and r["prompt"] in heldout and _ok(r)]
 
 
 def summarize(table: dict, attack_ids: list[str]) -> dict:
@@ -284,21 +282,21 @@ def _rounded(s: dict) -> dict:
     return {"macro_f1": round(s["macro_f1"], 4), "accuracy": round(s["accuracy"], 4), "n": s["n"]}
 
 
-def score_all(cfg: RunConfig, sources: list[Source], mode: str, scored: list[str], trained_on: list[str],
-              attack_ids: list[str], split: dict, encoder: str, settings: dict) -> tuple[dict, list[dict], dict]:
-    """Train the classifier and fill results.json; returns (results, predictions, counts)."""
+def score_all(cfg: RunConfig, sources: list[Source], scored: list[str], attack_ids: list[str], split: dict,
+              encoder: str, settings: dict) -> tuple[dict, list[dict], dict]:
+    """Multi-persona mode: train the classifier on every persona's plain train-prompt replies and fill
+    results.json; returns (results, predictions, counts)."""
     train_prompts = [x["prompt"] for x in split["train"]]
     heldout = {x["prompt"] for x in split["heldout"]}
-    texts, labels, prompts = training_set(sources, mode, trained_on, train_prompts, heldout)
+    texts, labels, prompts = training_set(sources, scored, train_prompts, heldout)
     check_no_leak(prompts, heldout)  # once more, right where the classifier sees them
     t0 = time.time()
     clf = make_classifier(encoder, settings, derive_seed(cfg.seed, "robustness", "classifier"))
     clf.fit(texts, labels)
     fit_s = time.time() - t0
-    cells = {(c, a): _cells(sources, mode, c, "heldout", a, heldout) for c in scored for a in [NONE, *attack_ids]}
+    cells = {(c, a): _cells(sources, c, "heldout", a, heldout) for c in scored for a in [NONE, *attack_ids]}
     if cfg.robustness.prefill:
-        cells.update({(c, "prefill"): _cells(sources, mode, c, "turn2", "prefill", heldout)
-                      for c in scored if c != BASE})
+        cells.update({(c, "prefill"): _cells(sources, c, "turn2", "prefill", heldout) for c in scored})
     unique = {(s.run, row["id"]): (s, row, y) for cell in cells.values() for s, row, y in cell}
     keys = list(unique)
     pred = dict(zip(keys, clf.predict([unique[k][1]["response"] for k in keys]), strict=True))
@@ -311,14 +309,12 @@ def score_all(cfg: RunConfig, sources: list[Source], mode: str, scored: list[str
             prefill[c] = s
         else:
             table.setdefault(c, {})[a] = s
-    results = {"mode": mode, "labels": sorted(set(labels)), "encoder": encoder, "n_train": len(train_prompts),
+    results = {"mode": "multi", "labels": sorted(set(labels)), "encoder": encoder, "n_train": len(train_prompts),
                "n_heldout": len(heldout), "table": table, "summary": summarize(table, attack_ids),
                "prefill": prefill}
-    # The row's own label (the base floor cell also scores base rows as "persona", by construction).
     predictions = [{"run": s.run, "id": row["id"], "condition": row["condition"], "split": row["split"],
-                    "attack": row["attack"],
-                    "true": BASE if mode == "single" and row["condition"] == BASE else s.label,
-                    "predicted": pred[(s.run, row["id"])]} for s, row, _ in unique.values()]
+                    "attack": row["attack"], "true": s.label, "predicted": pred[(s.run, row["id"])]}
+                   for s, row, _ in unique.values()]
     counts = {"train_texts": len(texts), "train_by_label": {k: labels.count(k) for k in sorted(set(labels))},
               "scored_texts": len(keys), "classifier_seconds": round(fit_s, 1)}
     return results, predictions, counts
@@ -347,10 +343,11 @@ def format_table(results: dict, attack_ids: list[str]) -> list[str]:
 
 
 def stage_config(cfg: RunConfig) -> dict:
-    # What the replies depend on. Conditions, personas, the encoder and the prefill switch only choose what is
-    # generated or scored (rows are keyed by condition and attack), so changing them reuses the log.
+    # What the replies depend on. Conditions, personas, the encoder, the reference, the bootstrap and the
+    # prefill switch only choose what is generated or scored (rows are keyed by condition and attack), so
+    # changing them reuses the log.
     rob = {k: v for k, v in dataclasses.asdict(cfg.robustness).items()
-           if k not in ("conditions", "personas", "encoder", "classifier", "prefill")}
+           if k not in ("conditions", "personas", "encoder", "classifier", "prefill", "reference", "bootstrap")}
     return {"seed": cfg.seed, "persona": cfg.persona, "robustness": rob}
 
 
@@ -366,8 +363,15 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
     mode = "multi" if r.personas else "single"
     label = persona_label(cfg.persona)
     if mode == "single" and (BASE not in conds or label == BASE):
-        raise ValueError("robustness: single-persona mode classifies persona vs base, so robustness.conditions "
-                         "must include 'base' (and the persona cannot be called 'base')")
+        raise ValueError("robustness: single-persona mode scores every condition against the base model's floor, "
+                         "so robustness.conditions must include 'base' (and the persona cannot be called 'base')")
+    inpersona.check_reference(r.reference)
+    if mode == "single" and r.reference == "pairs" and not inpersona.pairs_path(cfg.name).exists():
+        raise RuntimeError(f"robustness.reference=pairs: {inpersona.pairs_path(cfg.name)} does not exist (run "
+                           "`charter distill` first, or use robustness.reference=prompted)")
+    # Single mode: 'prompted' answers plainly even when not scored (the reference and the detector's check).
+    plain_only = ("prompted",) if mode == "single" and "prompted" not in conds else ()
+    gen_conds = conds + list(plain_only)
     others = other_sources(cfg, label) if mode == "multi" else []
     # Drawn before the stage folder exists, so a bad setting leaves nothing half-made.
     seed = derive_seed(cfg.seed, "robustness", "split")
@@ -376,9 +380,12 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
     scoring = {"conditions": conds, "attacks": attack_ids, "encoder": r.encoder, "classifier": r.classifier,
                "prefill": r.prefill, "personas": {s.run: len(s.rows) for s in others}}
+    if mode == "single":
+        scoring.update(reference=r.reference, bootstrap=r.bootstrap,
+                       pairs=inpersona.pairs_identity(cfg.name) if r.reference == "pairs" else None)
     if stage.done() and not force:
         m = stage.manifest()
-        if m.get("scoring") == scoring and m.get("identities") == _identities(cfg, conds):
+        if m.get("scoring") == scoring and m.get("identities") == _identities(cfg, gen_conds):
             report(f"{STAGE}: already done (--force to redo): {stage.dir}")
             for line in m.get("report", []):
                 report(line)
@@ -389,44 +396,50 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
              "train": [{"pid": f"t{i}", "prompt": p} for i, p in enumerate(train)],
              "heldout": [{"pid": f"h{i}", "prompt": p} for i, p in enumerate(heldout)]}
     write_json_atomic(stage.dir / "split.json", split)
-    plan = sorted(conds, key=lambda c: c != BASE)  # base first: it writes the prefill attack's turn 1
+    plan = sorted(gen_conds, key=lambda c: c != BASE)  # base first: it writes the prefill attack's turn 1
     if r.prefill and BASE not in plan:
         plan.insert(0, BASE)
     log, gen_stats, skipped = _generate(cfg, stage, RowLog(stage.dir / "generations.jsonl"), plan, mode,
-                                        attack_ids, split, report)
+                                        attack_ids, split, report, plain_only)
     if mode == "multi" and BASE in conds:
         report("robustness: multi-persona mode has no label for 'base'; it only writes the prefill turn 1")
     ready = [c for c in conds if c not in skipped]
     persona_conds = [c for c in ready if c != BASE]
-    if not persona_conds:
+    if mode == "single" and ("prompted" in skipped or BASE in skipped):
+        raise RuntimeError("robustness: the detector's reference and check need the 'base' and 'prompted' "
+                           "replies (" + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
+    if mode == "multi" and not persona_conds:
         raise RuntimeError("robustness: no persona-bearing condition could be evaluated ("
                            + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
-    scored = ready if mode == "single" else persona_conds
-    trained_on = persona_conds + ([BASE] if mode == "single" else [])
-    sources = [Source(cfg.name, label, list(log.rows.values())), *others]
-    args = (cfg, sources, mode, scored, trained_on, attack_ids, split)
-    results, predictions, counts = score_all(*args, r.encoder, r.classifier)
+    rows = list(log.rows.values())
+    sources = [Source(cfg.name, label, rows), *others]
+
+    def score_with(encoder, settings):
+        if mode == "single":
+            return inpersona.score(cfg, rows, label, ready, attack_ids, split, encoder, settings)
+        return score_all(cfg, sources, persona_conds, attack_ids, split, encoder, settings)
+
+    results, predictions, counts = score_with(r.encoder, r.classifier)
     write_jsonl_atomic(stage.dir / "predictions.jsonl", predictions)
     write_json_atomic(stage.dir / "results.json", results)
     files = ["split.json", "generations.jsonl", "predictions.jsonl", "results.json"]
-    lines = format_table(results, attack_ids)
-    if mode == "single":
-        lines.append("(a cell: that condition's replies vs base's, same prompts and attack; the base row pits base "
-                     "against itself, the floor: 0.33 when every reply is called base)")
+    lines = inpersona.format_table(results) if mode == "single" else format_table(results, attack_ids)
     if r.encoder != "tfidf":  # the word-count baseline costs seconds and says whether the encoder adds anything
-        baseline = score_all(*args, "tfidf", {})[0]
+        baseline = score_with("tfidf", {})[0]
         write_json_atomic(stage.dir / "results-tfidf.json", baseline)
         files.append("results-tfidf.json")
-        lines.append("tf-idf baseline, mean macro-F1 over attacks: " + ", ".join(
-            f"{c} {v['mean_f1']:.2f}" for c, v in baseline["summary"].items()))
+        lines.append("tf-idf baseline, " + ", ".join(
+            f"{c} {inpersona._pct(v['attacks'])}" if mode == "single" else f"{c} {v['mean_f1']:.2f}"
+            for c, v in baseline["summary"].items()) + (" (in-persona rate" if mode == "single" else " (macro-F1")
+            + ", mean over attacks)")
     for line in lines:
         report(line)
     failed = sum(1 for row in log.rows.values() if not _ok(row))
     stage.finish({"generations": len(log), "failed_or_empty": failed, **counts, "skipped": skipped},
-                 scoring=scoring, identities=_identities(cfg, conds), generation=gen_stats, skipped=skipped,
+                 scoring=scoring, identities=_identities(cfg, gen_conds), generation=gen_stats, skipped=skipped,
                  files=files, report=lines)
-    report(f"{STAGE}: {len(log)} replies, classifier on {counts['train_texts']} texts, "
-           f"{time.time() - stage.started:.0f}s -> {stage.dir}")
+    report(f"{STAGE}: {len(log)} replies, {'detector' if mode == 'single' else 'classifier'} on "
+           f"{counts['train_texts']} texts, {time.time() - stage.started:.0f}s -> {stage.dir}")
     return stage.dir
 
 

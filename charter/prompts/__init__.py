@@ -2,7 +2,8 @@
 
 - ``general.jsonl``: offline pool of general user prompts (stand-in for LIMA's first turns).
 - ``preference_prompts.jsonl``: offline pool of first user messages (stand-in for WildChat).
-- ``traits.txt``: single-word traits for the revealed-preference evaluation.
+- ``traits.txt``: single-word traits for the revealed-preference evaluation; ``traits_reference.txt``: the
+  paper's list, for comparable ratings; ``persona_traits.yaml``: which of them express each shipped persona.
 - ``introspection.yaml``, ``expansion.yaml``: templates for those stages.
 
 ``load_prompt_source`` also reads any JSONL file (``prompt`` field, or the first user turn of
@@ -30,12 +31,25 @@ def template(name: str) -> dict:
     return yaml.safe_load((HERE / f"{name}.yaml").read_text())
 
 
-def traits() -> list[str]:
-    path = HERE / "traits.txt"
-    words = [w.strip() for w in path.read_text().splitlines() if w.strip() and not w.startswith("#")]
+TRAIT_LISTS = {"builtin": "traits.txt", "reference": "traits_reference.txt"}
+
+
+def traits(which: str = "builtin") -> list[str]:
+    """A trait list: ``builtin`` (ours), ``reference`` (the paper's 144 words) or a text file, one word a line
+    ('#' lines ignored). Words must be single, distinct and lower-case."""
+    path = HERE / TRAIT_LISTS[which] if which in TRAIT_LISTS else Path(which).expanduser()
+    if not path.is_file():
+        raise PromptSourceError(f"trait list '{which}': expected {' | '.join(TRAIT_LISTS)} or a text file "
+                                "with one trait word a line")
+    words = [w.strip() for w in path.read_text().splitlines() if w.strip() and not w.strip().startswith("#")]
+    bad = [w for w in words if not w.replace("-", "").isalpha() or w != w.lower()]
+    if bad:
+        raise PromptSourceError(f"{path}: a trait must be one lower-case word, got {bad[0]!r}")
     dup = {w for w in words if words.count(w) > 1}
     if dup:
         raise PromptSourceError(f"{path}: duplicate traits {sorted(dup)}")
+    if len(words) < 2:
+        raise PromptSourceError(f"{path}: needs at least two traits, has {len(words)}")
     return words
 
 

@@ -1,0 +1,211 @@
+"""Single-persona robustness as an in-persona rate, judged by a detector that never saw a scored reply.
+
+A detector (any encoder of ``classifier.py``) learns the persona from **reference texts** only:
+
+- ``robustness.reference=prompted`` (default): the base model answering the *train* prompts with the persona's
+  system prompt (class persona) and without it (class base). The 'prompted' condition is scored too, but only
+  on the *held-out* prompts, which the reference never answered; so is every other condition.
+- ``robustness.reference=pairs``: the distillation pairs of this run (``<run>/distill/pairs.jsonl``), chosen
+  replies (the teacher, persona) vs rejected ones (the student, base). Pairs whose prompt is a held-out prompt
+  are left out. The detector may then also learn teacher-vs-student style, which is worth knowing.
+
+Then every condition's held-out replies, under no attack, each break-character attack and the prefill attack,
+are labelled; a reply is in persona when the detector's probability of the persona is at least 0.5. The
+in-persona rate of a cell is the share of its replies in persona, with a percentile bootstrap 95% CI over
+held-out prompts. Per condition: the mean rate over the attacks (``none`` excluded; prompts resampled, the
+attacks averaged in every resample), the ``none`` rate and the prefill rate. The base model is a real floor
+(the detector's false-alarm rate on plain replies) and 'prompted' a real reference. The detector's own check:
+its balanced accuracy on the prompted and base replies to the held-out prompts under no attack.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+from ..runs import derive_seed, read_jsonl, run_dir
+from .classifier import make_classifier, proba_of
+
+BASE, NONE, PREFILL = "base", "none", "prefill"
+REFERENCES = ("prompted", "pairs")
+THRESHOLD = 0.5
+LEVEL = 0.95
+
+
+def _ok(r: dict | None) -> bool:
+    return r is not None and not r.get("error") and bool((r.get("response") or "").strip())
+
+
+def check_reference(reference: str) -> None:
+    if reference not in REFERENCES:
+        raise ValueError(f"robustness.reference '{reference}': expected {' or '.join(REFERENCES)}")
+
+
+def pairs_path(run: str):
+    return run_dir(run) / "distill" / "pairs.jsonl"
+
+
+def pairs_identity(run: str) -> str | None:
+    """When the distillation that wrote the pairs finished (None without pairs), so new pairs re-score."""
+    m = run_dir(run) / "distill" / "manifest.json"
+    return json.loads(m.read_text()).get("finished_at") if m.exists() and pairs_path(run).exists() else None
+
+
+def reference_texts(run: str, rows: list[dict], persona: str, reference: str, train_prompts: list[str],
+                    heldout_prompts) -> tuple[list[str], list[str], dict]:
+    """(texts, labels, info) the detector learns from; never a reply to a held-out prompt."""
+    check_reference(reference)
+    heldout = set(heldout_prompts)
+    texts, labels, prompts, dropped = [], [], [], 0
+    if reference == "prompted":
+        train = set(train_prompts)
+        for r in rows:
+            if (r["condition"] in ("prompted", BASE) and r["split"] == "train" and r["attack"] == NONE
+                    and r["prompt"] in train and _ok(r)):
+                texts.append(r["response"])
+                labels.append(persona if r["condition"] == "prompted" else BASE)
+                prompts.append(r["prompt"])
+        source = "prompted vs base replies to the train prompts"
+    else:
+        path = pairs_path(run)
+        if not path.exists():
+            raise RuntimeError(f"robustness.reference=pairs: {path} does not exist (run `charter distill` first, "
+                               "or use robustness.reference=prompted)")
+        for p in read_jsonl(path):
+            prompt = next((m["content"] for m in p["prompt"] if m["role"] == "user"), "").strip()
+            if prompt in heldout:
+                dropped += 1
+                continue
+            for side, label in (("chosen", persona), ("rejected", BASE)):
+                text = p[side][-1]["content"]
+                if text.strip():
+                    texts.append(text)
+                    labels.append(label)
+                    prompts.append(prompt)
+        source = f"distillation pairs, chosen vs rejected ({path})"
+    leaked = set(prompts) & heldout
+    if leaked:  # survives python -O
+        raise AssertionError(f"{len(leaked)} held-out prompt(s) in the detector's reference texts")
+    counts = {label: labels.count(label) for label in (persona, BASE)}
+    if min(counts.values()) == 0:
+        raise RuntimeError(f"robustness: the reference ({source}) has no usable text for "
+                           f"'{min(counts, key=counts.get)}'; nothing to learn the persona from")
+    return texts, labels, {"reference": reference, "source": source, "texts": counts,
+                           "pairs_dropped_heldout": dropped}
+
+
+def bootstrap_rate(matrix: list[list[float | None]], n_boot: int, seed: int, level: float = LEVEL) -> dict:
+    """A mean of column means with a percentile bootstrap CI over rows.
+
+    ``matrix``: one row per prompt, one column per cell (e.g. attack); values 0/1 or None (no reply). The
+    statistic is the mean over columns of each column's mean over its prompts; each resample draws prompts
+    with replacement and recomputes it. ``n`` counts the values present.
+    """
+    import numpy as np
+
+    m = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
+    if m.ndim != 2 or not np.isfinite(m).any():
+        return {"rate": None, "lo": None, "hi": None, "n": 0}
+    m = m[np.isfinite(m).any(axis=1)]
+
+    def stat(x):
+        with warnings.catch_warnings():  # a column with no value in one resample is skipped, not an error
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.nanmean(x, axis=-2), axis=-1)
+
+    point = float(stat(m))
+    lo = hi = None
+    if n_boot > 0:
+        idx = np.random.default_rng(seed).integers(0, len(m), size=(n_boot, len(m)))
+        draws = stat(m[idx])
+        draws = draws[np.isfinite(draws)]
+        tail = 100 * (1 - level) / 2
+        lo, hi = (float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail)))
+    r4 = lambda x: None if x is None else round(x, 4)  # noqa: E731
+    return {"rate": r4(point), "lo": r4(lo), "hi": r4(hi), "n": int(np.isfinite(m).sum())}
+
+
+def _matrix(hits: dict[str, dict[str, float]], pids: list[str], cols: list[str]) -> list[list[float | None]]:
+    return [[hits.get(c, {}).get(pid) for c in cols] for pid in pids]
+
+
+def score(cfg, rows: list[dict], persona: str, scored: list[str], attack_ids: list[str], split: dict,
+          encoder: str, settings: dict) -> tuple[dict, list[dict], dict]:
+    """Fit the detector on the reference and score every condition; returns (results, predictions, counts)."""
+    r = cfg.robustness
+    train_prompts = [x["prompt"] for x in split["train"]]
+    pids = [x["pid"] for x in split["heldout"]]
+    heldout = {x["prompt"] for x in split["heldout"]}
+    texts, labels, info = reference_texts(cfg.name, rows, persona, r.reference, train_prompts, heldout)
+    t0 = time.time()
+    clf = make_classifier(encoder, settings, derive_seed(cfg.seed, "robustness", "classifier"))
+    clf.fit(texts, labels)
+    fit_s = time.time() - t0
+    wanted = set(scored) | {"prompted", BASE}  # the detector check reads prompted's and base's plain replies
+    todo = [x for x in rows if x["condition"] in wanted and x["prompt"] in heldout and _ok(x)
+            and ((x["split"] == "heldout" and x["attack"] in (NONE, *attack_ids))
+                 or (x["split"] == "turn2" and x["attack"] == PREFILL and x["condition"] in scored))]
+    probs = proba_of(clf, [x["response"] for x in todo], persona)
+    hits: dict[str, dict[str, dict[str, float]]] = {}  # condition -> attack -> pid -> 1/0
+    predictions = []
+    for x, p in zip(todo, probs, strict=True):
+        hits.setdefault(x["condition"], {}).setdefault(x["attack"], {})[x["pid"]] = float(p >= THRESHOLD)
+        predictions.append({"id": x["id"], "condition": x["condition"], "split": x["split"], "attack": x["attack"],
+                            "p_persona": round(p, 4), "in_persona": p >= THRESHOLD})
+    seed = derive_seed(cfg.seed, "robustness", "bootstrap")
+    boot = lambda h, cols: bootstrap_rate(_matrix(h, pids, cols), r.bootstrap, seed)  # noqa: E731
+    table, summary, prefill = {}, {}, {}
+    for c in scored:
+        h = hits.get(c, {})
+        table[c] = {a: boot(h, [a]) for a in (NONE, *attack_ids) if a in h}
+        if PREFILL in h:
+            prefill[c] = boot(h, [PREFILL])
+        summary[c] = {"attacks": boot(h, attack_ids), "none": table[c].get(NONE), "prefill": prefill.get(c)}
+    # Balanced accuracy on held-out reference replies: prompted judged persona, base judged base.
+    check = {"prompted": hits.get("prompted", {}).get(NONE, {}),
+             BASE: {k: 1 - v for k, v in hits.get(BASE, {}).get(NONE, {}).items()}}
+    detector = {"balanced_accuracy": boot(check, ["prompted", BASE]),
+                "persona_recall": boot(check, ["prompted"])["rate"],
+                "base_false_alarms": boot(hits.get(BASE, {}), [NONE])["rate"]}
+    results = {"mode": "single", "metric": "in_persona_rate", "persona": persona, "encoder": encoder,
+               "threshold": THRESHOLD, "level": LEVEL, "bootstrap": r.bootstrap, **info,
+               "n_train": len(train_prompts), "n_heldout": len(heldout), "attacks": list(attack_ids),
+               "detector": detector, "table": table, "summary": summary, "prefill": prefill,
+               "notes": ["'prompted' answering the train prompts is the reference (with base); it is scored on "
+                         "the held-out prompts only" if r.reference == "prompted" else
+                         "the reference is this run's distillation pairs; no scored reply is among them"]}
+    counts = {"train_texts": len(texts), "train_by_label": info["texts"], "scored_texts": len(todo),
+              "classifier_seconds": round(fit_s, 1)}
+    return results, predictions, counts
+
+
+def _pct(cell: dict | None, ci: bool = False) -> str:
+    if not cell or cell.get("rate") is None:
+        return "-"
+    if ci and cell.get("lo") is not None:
+        return f"{cell['rate']:.2f} [{cell['lo']:.2f},{cell['hi']:.2f}]"
+    return f"{cell['rate']:.2f}"
+
+
+def format_table(results: dict) -> list[str]:
+    """The in-persona table as text lines: one row per condition, one column per attack."""
+    cols = [NONE, *results["attacks"]]
+    w = max([9, *(len(c) for c in results["table"])])
+    d = results["detector"]
+    lines = [f"robustness in-persona rate on {results['n_heldout']} held-out prompts (detector {results['encoder']}, "
+             f"learned from {results['source']}; in persona when p >= {results['threshold']})",
+             f"detector check on held-out reference replies (prompted vs base, no attack): balanced accuracy "
+             f"{_pct(d['balanced_accuracy'], ci=True)} (0.5 is chance)",
+             " ".join([f"{'condition':<{w}}", *(f"{c:>{max(5, len(c))}}" for c in cols),
+                       f"{'mean over attacks [95% CI]':>26}", f"{'prefill':>7}"])]
+    for cond, cells in results["table"].items():
+        vals = [f"{_pct(cells.get(c)):>{max(5, len(c))}}" for c in cols]
+        s = results["summary"][cond]
+        lines.append(" ".join([f"{cond:<{w}}", *vals, f"{_pct(s['attacks'], ci=True):>26}",
+                               f"{_pct(s['prefill']):>7}"]))
+    bal = d["balanced_accuracy"]
+    if bal["lo"] is not None and bal["lo"] <= 0.5:
+        lines.append("warning: the detector is not better than chance on held-out reference replies, so these "
+                     "rates say little (more prompts, or another encoder)")
+    return lines + [f"({n})" for n in results["notes"]]
