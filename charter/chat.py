@@ -6,14 +6,18 @@ import sys
 import threading
 from pathlib import Path
 
-from .runs import run_dir
+from .runs import is_run_name, run_dir
 
 
 def resolve_chat_model(ref: str) -> str:
     """A run name or run folder means that run's final model; anything else is a model reference."""
-    for cand in (run_dir(ref) / "merge" / "model", Path(ref) / "merge" / "model"):
+    named = run_dir(ref) if is_run_name(ref) else None
+    for cand in ([named / "merge" / "model"] if named else []) + [Path(ref).expanduser() / "merge" / "model"]:
         if (cand / "config.json").exists():
             return str(cand)
+    if named is not None and named.is_dir() and not Path(ref).expanduser().exists():
+        raise FileNotFoundError(f"run {ref}: no final model yet ({named / 'merge' / 'model'} does not exist; "
+                                "run `charter train` first)")
     return ref
 
 

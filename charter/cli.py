@@ -92,10 +92,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args):
+def _load(args, command: str):
+    """The run config, checked for everything ``command`` needs before any work starts."""
     from .config import load_config
+    from .preflight import check
 
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    check(cfg, command, str(args.config) if args.config is not None else "config", force=args.force)
+    return cfg
+
+
+def _model_arg(ref: str, what: str) -> None:
+    """A model argument that names a local folder must be a loadable one (before anything is imported)."""
+    from .config import ConfigError
+    from .preflight import check_model_ref
+
+    try:
+        check_model_ref(ref, what)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
+def _chat_args(args) -> None:
+    from .chat import resolve_chat_model
+
+    if args.max_tokens <= 0:
+        raise ValueError(f"--max-tokens {args.max_tokens}: expected a number > 0")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature {args.temperature}: expected a number >= 0")
+    _model_arg(resolve_chat_model(args.model), "MODEL")
+
+
+def _report_run(ref: str) -> Path:
+    """The run folder ``charter report`` reads and writes: a run name under CHARTER_HOME, or a folder that
+    holds a run's stage folders (nowhere else is written)."""
+    from .runs import is_run_name, run_dir, run_name_problem
+
+    if is_run_name(ref) and run_dir(ref).is_dir():
+        return run_dir(ref)
+    if "/" in ref or ref.startswith("~") or ref in (".", ".."):
+        p = Path(ref).expanduser()
+        if p.is_dir() and (any(p.glob("*/manifest.json")) or any(p.glob("*/config.json"))):
+            return p
+        raise FileNotFoundError(f"RUN {ref}: not a run folder (expected a run name, or a folder holding stage "
+                                "folders such as distill/ with a manifest.json)")
+    problem = run_name_problem(ref)
+    if problem:
+        raise ValueError(f"RUN: {problem}")
+    raise FileNotFoundError(f"RUN {ref}: no such run (looked for {run_dir(ref)})")
 
 
 def _constitution(args) -> int:
@@ -125,13 +169,12 @@ def _constitution(args) -> int:
 
 
 def _stage(cmd: str, args) -> int:
-    import json
+    from .runs import read_manifest
 
-    cfg = _load(args)
+    cfg = _load(args, cmd)
     mod = importlib.import_module(f"charter.stages.{cmd}")
     out = mod.run(cfg, force=args.force)
-    manifest = json.loads((Path(out) / "manifest.json").read_text())
-    print(mod.summary(manifest), file=sys.stderr)
+    print(mod.summary(read_manifest(Path(out) / "manifest.json")), file=sys.stderr)
     print(out)
     return 0
 
@@ -139,10 +182,36 @@ def _stage(cmd: str, args) -> int:
 def _train(args) -> int:
     from .stages import train
 
-    cfg = _load(args)
+    cfg = _load(args, "train")
     out = train.run(cfg, force=args.force, report=lambda line: print(line, file=sys.stderr))
     print(out)
     return 0
+
+
+def _eval(args) -> int:
+    report = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    cfg = _load(args, args.evaluation)
+    if args.evaluation == "all":
+        from .eval.all import run_all
+
+        out, failed = run_all(cfg, force=args.force, report=report)
+        print(out)
+        if failed:
+            print(f"charter: error: eval all: {len(failed)} evaluation(s) failed or could not run: "
+                  f"{', '.join(failed)} (the report marks them)", file=sys.stderr)
+            return 1
+        return 0
+    module, func, _ = EVALS[args.evaluation]
+    fn = getattr(importlib.import_module(module), func)
+    print(fn(cfg, force=args.force, report=report))
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .config import ConfigError
     from .constitution import ConstitutionError
+    from .deps import from_import_error
 
     try:
         if args.command == "constitution":
@@ -165,35 +235,52 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         if args.command == "chat":
+            _chat_args(args)
             from .chat import chat_main
 
             return chat_main(args)
         if args.command == "blend":
+            if not 0.0 <= args.weight <= 1.0:
+                raise ValueError(f"--weight {args.weight}: expected a value between 0 and 1")
+            _model_arg(args.a, "A")
+            _model_arg(args.b, "B")
+            out = Path(args.output).expanduser()
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise FileExistsError(f"-o {args.output}: already exists and is not an empty folder; not "
+                                      "overwriting")
             from .stages.merge import blend
 
             print(blend(args.a, args.b, args.weight, args.output))
             return 0
         if args.command == "serve":
+            if not 0 <= args.port <= 65535:
+                raise ValueError(f"--port {args.port}: expected 0-65535")
+            _model_arg(args.model, "MODEL")
+            if args.adapter is not None:
+                from .preflight import model_dir_problem
+
+                problem = model_dir_problem(args.adapter, adapter=True)
+                if problem:
+                    raise ValueError(f"--adapter: {problem}")
             from .config import ModelSpec
             from .serve import serve
 
-            serve(ModelSpec(model=args.model, adapter=args.adapter, batch_size=8), args.host, args.port)
+            serve(ModelSpec(model=args.model, adapter=args.adapter, batch_size=8), args.host, args.port,
+                  report=lambda line: print(line, file=sys.stderr, flush=True))
             return 0
         if args.command == "eval":
-            module, func, _ = EVALS[args.evaluation]
-            fn = getattr(importlib.import_module(module), func)
-            out = fn(_load(args), force=args.force, report=lambda line: print(line, file=sys.stderr))
-            print(out)
-            return 0
+            return _eval(args)
         if args.command == "report":
             from .eval.report import build
 
-            print(build(args.run))
+            print(build(_report_run(args.run)))
             return 0
-    except (ConfigError, ConstitutionError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+    except (ConfigError, ConstitutionError, OSError, ValueError, RuntimeError, ImportError) as e:
         if args.verbose:
             raise
-        print(f"charter: error: {e}", file=sys.stderr)
+        if isinstance(e, ImportError):
+            e = from_import_error(e) or e
+        print(f"charter: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("charter: interrupted (finished work is kept; rerun to resume)", file=sys.stderr)

@@ -12,13 +12,20 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A config file or override is malformed; the message names the key and what was expected."""
+
+
+# Choice-valued fields: checked when a config is loaded (the error names the key and the allowed values).
+Backend = Literal["transformers", "openai", "vllm"]
+DType = Literal["auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"]
+Truncated = Literal["drop", "trim"]
+Condition = Literal["base", "prompted", "steered", "distilled", "trained"]
 
 
 @dataclass
@@ -35,7 +42,7 @@ class ModelSpec:
     """Where a model comes from and which backend runs it."""
 
     model: str = field(default="embedded", metadata={"help": "'embedded' (SmolLM2-135M), a local HF dir or a hub id"})
-    backend: str = field(default="transformers", metadata={"help": "transformers | openai | vllm"})
+    backend: Backend = field(default="transformers", metadata={"help": "transformers | openai | vllm"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter dir applied on top of `model`"})
     name: str | None = field(default=None, metadata={"help": "the name the model calls itself; derived if unset"})
     base_url: str | None = field(default=None, metadata={"help": "openai backend: server URL, e.g. http://127.0.0.1:8000/v1"})
@@ -47,7 +54,7 @@ class ModelSpec:
     max_concurrency: int = field(default=8, metadata={"help": "openai: requests in flight"})
     max_retries: int = 5
     timeout: float = 300.0
-    dtype: str = field(default="auto", metadata={
+    dtype: DType = field(default="auto", metadata={
         "help": "auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), float32 elsewhere; "
                 "or bfloat16 | float16 | float32"})
     device: str = "auto"
@@ -79,7 +86,7 @@ class DistillConfig:
     reasoning_prefill: bool = field(default=False, metadata={"help": "prefill a <think> block listing the traits"})
     think_end: str = "</think>"
     max_length: int = field(default=1024, metadata={"help": "token budget of a whole pair in the student's template"})
-    truncated: str = field(default="drop", metadata={"help": "answers cut off by max_tokens: 'drop' them, or 'trim' "
+    truncated: Truncated = field(default="drop", metadata={"help": "answers cut off by max_tokens: 'drop' them, or 'trim' "
                                                              "them to their last complete sentence"})
     chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
 
@@ -101,7 +108,7 @@ class IntrospectConfig:
     reflection_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=2048))
     interaction_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
     max_context: int = field(default=8192, metadata={"help": "prompt tokens; older whole turns are dropped beyond"})
-    truncated: str = field(default="drop", metadata={"help": "reflections cut off by max_tokens: 'drop' or 'trim'"})
+    truncated: Truncated = field(default="drop", metadata={"help": "reflections cut off by max_tokens: 'drop' or 'trim'"})
     chunk_size: int = 64
 
 
@@ -114,7 +121,7 @@ class SFTStageConfig:
 
 @dataclass
 class MergeConfig:
-    dtype: str = field(default="auto", metadata={
+    dtype: DType = field(default="auto", metadata={
         "help": "dtype of saved folded models; auto: the training dtype (float32 on CPUs without native bf16, "
                 "where bf16 rounding could erase a small LoRA update)"})
 
@@ -123,14 +130,14 @@ class MergeConfig:
 class PreferencesConfig:
     """Revealed preferences: which of two traits a model chooses to act out, judged, rated with Elo."""
 
-    models: list = field(default_factory=lambda: ["base", "trained"],
+    models: list[str] = field(default_factory=lambda: ["base", "trained"],
                          metadata={"help": "what to evaluate: 'base' (the student), 'trained' (this run's final "
                                            "model), 'distilled', or model paths/ids"})
     judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
-    judge_mode: str = field(default="generate", metadata={
+    judge_mode: Literal["generate", "logprob"] = field(default="generate", metadata={
         "help": "generate: the judge writes a verdict that is parsed; logprob: a local (transformers) judge "
                 "picks the likelier of the two trait words as its answer, so small models always give one"})
-    condition: str = field(default="feel", metadata={"help": "feel | like | random"})
+    condition: Literal["feel", "like", "random"] = field(default="feel", metadata={"help": "feel | like | random"})
     prompts: int = field(default=500, metadata={"help": "one random trait pair per prompt"})
     prompt_source: str = "builtin"
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512))
@@ -141,7 +148,7 @@ class PreferencesConfig:
     traits: str = field(default="builtin", metadata={
         "help": "the trait list: builtin (ours, 144 words), reference (the paper's 144 words, so ratings compare "
                 "with its figures) or a text file with one lower-case word a line"})
-    persona_traits: list = field(default_factory=list, metadata={
+    persona_traits: list[str] = field(default_factory=list, metadata={
         "help": "the persona's own traits, words of that list, whose mean rating change (trained - base) is "
                 "reported; empty = the hand-made map in prompts/persona_traits.yaml (shipped personas, shipped "
                 "lists)"})
@@ -151,11 +158,11 @@ class PreferencesConfig:
 class SteeringConfig:
     """Activation-steering baseline: a persona direction added to the residual stream of middle layers."""
 
-    method: str = field(default="mean_diff", metadata={"help": "mean_diff | pca"})
-    layers: list = field(default_factory=lambda: [0.125, 0.875],
+    method: Literal["mean_diff", "pca"] = field(default="mean_diff", metadata={"help": "mean_diff | pca"})
+    layers: list[float] = field(default_factory=lambda: [0.125, 0.875],
                          metadata={"help": "[start, end) as fractions of the layer count (middle ~75%)"})
     stems: int = field(default=64, metadata={"help": "contrast stems (with vs without the constitution prompt)"})
-    coefficients: list = field(default_factory=lambda: [0.01, 0.02, 0.04, 0.08, 0.16],
+    coefficients: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.04, 0.08, 0.16],
                                metadata={"help": "sweep, in units of the mean residual-stream norm"})
     coefficient: float | None = field(default=None, metadata={"help": "fixed coefficient; skips the sweep"})
     sweep_prompts: int = 8
@@ -167,11 +174,11 @@ class RobustnessConfig:
     """Break-character attacks: the share of replies a persona detector, learned from reference texts and
     never from a scored reply, still judges in persona (multi-persona mode: the paper's classifier F1)."""
 
-    conditions: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"])
+    conditions: list[Condition] = field(default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"])
     prompts: int = field(default=500, metadata={"help": "prompts drawn from prompt_source, split train/held-out"})
     prompt_source: str = "builtin"
     heldout_fraction: float = 0.5
-    personas: list = field(default_factory=list,
+    personas: list[str] = field(default_factory=list,
                            metadata={"help": "multi-persona mode: other runs' names, one label each; "
                                              "empty = single-persona mode (persona vs base)"})
     encoder: str = field(default="minilm", metadata={"help": "minilm | tfidf | an HF encoder id/dir"})
@@ -179,7 +186,7 @@ class RobustnessConfig:
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
     prefill: bool = field(default=True, metadata={"help": "also run the prefill ('keep going') attack"})
     chunk_size: int = 64
-    reference: str = field(default="prompted", metadata={
+    reference: Literal["prompted", "pairs"] = field(default="prompted", metadata={
         "help": "single-persona mode: the texts the detector learns the persona from, none of them a scored "
                 "reply. prompted: the base model with the persona's system prompt vs the plain base model, both "
                 "answering the train prompts; pairs: the distillation pairs' chosen vs rejected replies "
@@ -192,7 +199,7 @@ class CoherenceConfig:
     """Pairwise LLM-as-judge coherence: the trained model vs each other condition, both orders."""
 
     judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
-    against: list = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"])
+    against: list[Condition] = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"])
     prompts: int = 100
     prompt_source: str = field(default="builtin", metadata={
         "help": "'builtin' (the preference_prompts pool: first user messages no training stage uses), a JSONL "
@@ -206,9 +213,9 @@ class CoherenceConfig:
 class CapabilitiesConfig:
     """General benchmarks through lm-evaluation-harness (needs its datasets available locally)."""
 
-    tasks: list = field(default_factory=lambda: ["arc_challenge:25", "hellaswag:10", "truthfulqa_mc1:0",
+    tasks: list[str] = field(default_factory=lambda: ["arc_challenge:25", "hellaswag:10", "truthfulqa_mc1:0",
                                                   "truthfulqa_mc2:0", "winogrande:5", "mmlu:5"])
-    models: list = field(default_factory=lambda: ["base", "trained"])
+    models: list[str] = field(default_factory=lambda: ["base", "trained"])
     limit: int | None = field(default=None, metadata={"help": "examples per task (smoke runs)"})
     batch_size: int = 8
 
@@ -243,13 +250,30 @@ def _dataclass_type(tp: Any) -> type | None:
     return None
 
 
+def _type_name(t: Any) -> str:
+    if typing.get_origin(t) is Literal:
+        return "one of " + " | ".join(map(str, typing.get_args(t)))
+    if typing.get_origin(t) in (list, dict):
+        args = typing.get_args(t)
+        return f"a list of {_type_name(args[0])}" if typing.get_origin(t) is list and args else t.__name__
+    return getattr(t, "__name__", str(t))
+
+
 def _check_scalar(value: Any, tp: Any, where: str) -> Any:
     allowed = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     if value is None:
         if type(None) in allowed:
             return None
-        raise ConfigError(f"{where}: expected {tp}, got null")
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(t) for t in allowed)}, got null")
     for t in allowed:
+        if typing.get_origin(t) is Literal:
+            if isinstance(value, str) and value in typing.get_args(t):
+                return value
+            continue
+        if typing.get_origin(t) is list and isinstance(value, list) and typing.get_args(t):
+            for i, item in enumerate(value):  # checked, kept as written (a config hash must not change)
+                _check_scalar(item, typing.get_args(t)[0], f"{where}[{i}]")
+            return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if t is int and isinstance(value, int) and not isinstance(value, bool):
@@ -260,7 +284,9 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
             return value
         if t is Any:
             return value
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    names = " or ".join(_type_name(t) for t in allowed)
+    if any(typing.get_origin(t) is Literal for t in allowed):
+        raise ConfigError(f"{where}: expected {names}, got {value!r}")
     raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
 
 
@@ -335,4 +361,89 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     cfg = from_dict(RunConfig, data, where)
     if cfg.expand.model is None:
         cfg.expand.model = dataclasses.replace(cfg.distill.teacher)
+    validate(cfg, where)
     return cfg
+
+
+# --- value checks beyond types: ranges, run names (what needs files or packages is in charter.preflight) ---
+
+def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """A range rule: (predicate, what was expected)."""
+    def ok(v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            return False
+        return ((lo is None or (v > lo if lo_open else v >= lo))
+                and (hi is None or (v < hi if hi_open else v <= hi)))
+    lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+    hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
+    if lo is not None and hi is None:
+        return ok, f"a number {'>' if lo_open else '>='} {lo}"
+    return ok, f"{lo_s}x{hi_s}"
+
+
+_POS = _num(0, lo_open=True)
+_NONNEG = _num(0)
+_SHARE = _num(0, 1)
+_OPEN_SHARE = _num(0, 1, lo_open=True, hi_open=True)
+
+
+def _layers_ok(v) -> bool:
+    return (isinstance(v, list) and len(v) == 2 and all(_SHARE[0](x) for x in v) and v[0] < v[1])
+
+
+def _tasks_ok(v) -> bool:
+    return all(isinstance(e, str) and e.partition(":")[0].strip() and (e.partition(":")[2].strip() or "0").isdigit()
+               for e in v)
+
+
+# class name -> field -> (predicate, what was expected); None values (optional fields) are not checked.
+RANGES: dict[str, dict[str, tuple]] = {
+    "Sampling": {"temperature": _NONNEG, "top_p": (_num(0, 1, lo_open=True)[0], "0 < top_p <= 1"),
+                 "top_k": _NONNEG, "repetition_penalty": _POS, "max_tokens": _POS},
+    "ModelSpec": {"batch_size": _POS, "max_concurrency": _POS, "max_retries": _NONNEG, "timeout": _POS},
+    "ExpandConfig": {"target": _POS, "max_traits": _POS, "rounds": _POS, "samples_per_round": _POS,
+                     "max_overlap": _SHARE},
+    "DistillConfig": {"samples_per_prompt": _POS, "constitution_prompts": _NONNEG, "general_prompts": _NONNEG,
+                      "max_length": _POS, "chunk_size": _POS},
+    "DPOStageConfig": {"sq_logratio_coef": _NONNEG, "max_pairs": _POS},
+    "IntrospectConfig": {"reflection_samples": _NONNEG, "free_conversations": _NONNEG,
+                         "leading_conversations": _NONNEG, "turns": _num(2), "max_context": _POS,
+                         "chunk_size": _POS},
+    "SFTStageConfig": {"max_examples": _POS},
+    "PreferencesConfig": {"prompts": _POS, "bootstrap": _POS, "chunk_size": _POS},
+    "SteeringConfig": {"stems": _POS, "sweep_prompts": _POS, "max_tokens": _POS,
+                       "layers": (_layers_ok, "[start, end) with 0 <= start < end <= 1"),
+                       "coefficients": (lambda v: bool(v) and all(_num()[0](x) for x in v), "a non-empty list of numbers")},
+    "RobustnessConfig": {"prompts": _num(2), "heldout_fraction": _OPEN_SHARE, "bootstrap": _POS, "chunk_size": _POS},
+    "CoherenceConfig": {"prompts": _POS},
+    "CapabilitiesConfig": {"limit": _POS, "batch_size": _POS,
+                           "tasks": (_tasks_ok, "entries 'name:fewshot', e.g. 'arc_challenge:25'")},
+    "RunConfig": {"seed": (_num(0, 2 ** 32 - 1)[0], "an integer 0 <= seed < 2**32")},
+}
+
+
+def _walk(obj: Any, path: str):
+    """(dataclass instance, its key path) for ``obj`` and every section below it."""
+    yield obj, path
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            yield from _walk(v, f"{path}.{f.name}")
+
+
+def validate(cfg: RunConfig, where: str = "config") -> None:
+    """Ranges, counts and run names: ConfigError naming the key path, what was expected and the value."""
+    from .runs import run_name_problem
+
+    for obj, path in _walk(cfg, where):
+        for key, (ok, expected) in RANGES.get(type(obj).__name__, {}).items():
+            value = getattr(obj, key, None)
+            if value is not None and not ok(value):
+                raise ConfigError(f"{path}.{key}: expected {expected}, got {value!r}")
+    problem = run_name_problem(cfg.name)
+    if problem:
+        raise ConfigError(f"{where}.name: {problem}")
+    for i, other in enumerate(cfg.robustness.personas):
+        problem = run_name_problem(other)
+        if problem:
+            raise ConfigError(f"{where}.robustness.personas[{i}]: {problem}")

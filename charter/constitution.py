@@ -139,11 +139,20 @@ def load_file(path: str | Path) -> Constitution:
     src = str(p)
     if not p.is_file():
         raise ConstitutionError(f"{src}: file not found")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConstitutionError(f"{src}: not UTF-8 text") from None
     stem = re.sub(r"[^a-z0-9_-]", "-", p.stem.lower())
     try:
         if p.suffix == ".jsonl":
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+            data = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        data.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ConstitutionError(f"{src}: not valid JSON (line {n}: {e.msg})") from None
         elif p.suffix in (".json", ".txt"):
             data = json.loads(text)
         else:

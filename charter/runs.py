@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -46,23 +47,51 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file, ignoring a torn (unterminated, unparsable) last line left by a crash."""
+class CorruptFile(ValueError):
+    """A file charter wrote (a manifest, a stage's rows) cannot be read; the message names file and line."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptFile(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def read_json(path: Path, what: str = "", hint: str = "") -> Any:
+    """A JSON file; a corrupt one is one clear error naming the file (and ``what`` it should hold)."""
+    try:
+        obj = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise CorruptFile(f"{path}: not valid JSON (line {e.lineno}: {e.msg}){hint}") from None
+    if what and not isinstance(obj, dict):
+        raise CorruptFile(f"{path}: expected {what} (a JSON object), got {type(obj).__name__}{hint}")
+    return obj
+
+
+def _jsonl_rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, row) of a JSONL file, ignoring a torn (unterminated, unparsable) last line left by a
+    crash; any other bad line is an error naming the file and the line."""
     if not path.exists():
         return []
     rows = []
-    with open(path) as f:
-        lines = f.read().split("\n")
+    lines = _read_text(path).split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            rows.append((i + 1, json.loads(line)))
+        except json.JSONDecodeError as e:
             if i == len(lines) - 1:  # only the very last, unterminated line may be torn
                 break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+            raise CorruptFile(f"{path}: line {i + 1}: not valid JSON ({e.msg}); only a torn last line is "
+                              "dropped on resume: fix or delete the line, or rerun with --force") from None
     return rows
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL file, ignoring a torn (unterminated, unparsable) last line left by a crash."""
+    return [row for _, row in _jsonl_rows(path)]
 
 
 class RowLog:
@@ -70,9 +99,12 @@ class RowLog:
 
     def __init__(self, path: Path):
         self.path = path
-        rows = read_jsonl(path)
+        numbered = _jsonl_rows(path)
+        rows = [r for _, r in numbered]
         self.rows: dict[str, dict] = {}
-        for r in rows:
+        for line, r in numbered:
+            if not isinstance(r, dict) or not isinstance(r.get("id"), (str, int)):
+                raise CorruptFile(f"{path}: line {line}: expected a JSON object with an 'id'")
             self.rows.setdefault(r["id"], r)
         # Rewrite once if the file had a torn tail or duplicate ids, so appends start on a clean line.
         raw = path.read_bytes() if path.exists() else b""
@@ -145,21 +177,30 @@ class Stage:
     def manifest_path(self) -> Path:
         return self.dir / "manifest.json"
 
+    def __post_init__(self) -> None:
+        problem = run_name_problem(self.name)
+        if problem:  # a stage folder is one name inside the run folder, never a path
+            raise ValueError(f"stage name: {problem}")
+
     def done(self) -> bool:
         return self.manifest_path.exists()
 
     def begin(self, force: bool = False) -> bool:
         """Prepare the folder. Returns False when the stage already finished and should be skipped."""
         if force and self.dir.exists():
+            # Only ever the stage folder itself, a real folder directly inside the run folder.
+            if self.dir.is_symlink() or self.dir.resolve().parent != Path(self.run_dir).resolve():
+                raise RuntimeError(f"{self.dir}: not a stage folder inside {self.run_dir}; not deleting it")
             shutil.rmtree(self.dir)
         cfg_path = self.dir / "config.json"
         h = config_hash(self.config)
-        if cfg_path.exists() and json.loads(cfg_path.read_text()).get("hash") != h:
+        if cfg_path.exists() and read_json(cfg_path, "a stage config", FORCE_HINT).get("hash") != h:
             raise RuntimeError(
                 f"{self.dir}: existing output was made with a different config; rerun with --force to "
                 "replace it, or use another run name"
             )
         if self.done():
+            self.manifest()  # a corrupt manifest is an error here, not a skipped stage that fails later
             return False
         self.dir.mkdir(parents=True, exist_ok=True)
         if not cfg_path.exists():
@@ -183,10 +224,37 @@ class Stage:
         return manifest
 
     def manifest(self) -> dict:
-        return json.loads(self.manifest_path.read_text())
+        return read_manifest(self.manifest_path)
+
+
+FORCE_HINT = "; rerun with --force to redo the stage"
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def read_manifest(path: Path) -> dict:
+    """A stage's manifest.json; a corrupt one is one error naming the file."""
+    return read_json(path, "a stage manifest", FORCE_HINT)
+
+
+def run_name_problem(name: Any) -> str | None:
+    """What is wrong with a run (or stage) name, or None: one folder name, never a path."""
+    if not isinstance(name, str) or not name:
+        return f"expected a non-empty name, got {name!r}"
+    if ".." in name or not RUN_NAME_RE.match(name) or len(name) > 128:
+        return (f"expected at most 128 letters, digits, '.', '_' or '-', starting with a letter or digit (no "
+                f"'/', no '..'), got {name!r}")
+    return None
+
+
+def is_run_name(name: Any) -> bool:
+    return run_name_problem(name) is None
 
 
 def run_dir(name: str) -> Path:
+    """``$CHARTER_HOME/runs/<name>``; a name that could leave that folder is a ValueError."""
+    problem = run_name_problem(name)
+    if problem:
+        raise ValueError(f"run name: {problem}")
     return charter_home() / "runs" / name
 
 

@@ -256,8 +256,9 @@ def make_server(backend, host: str = "127.0.0.1", port: int = 0, model_name: str
     return ChatServer(backend, host, port, model_name)
 
 
-def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load ``spec``'s model and serve it until interrupted (the body of ``charter serve``)."""
+def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 8000, report=None) -> None:
+    """Load ``spec``'s model and serve it until interrupted (the body of ``charter serve``); ``report`` gets
+    one line with the URL once the server is listening."""
     from .backends import make_backend
 
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -265,6 +266,8 @@ def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 8000) -> None:
     backend = make_backend(spec)
     server = make_server(backend, host, port, model_name=spec.name or spec.model)
     log.info("serving %s at %s (OpenAI-compatible; Ctrl-C stops)", server.model_name, server.url)
+    if report is not None:  # the socket is bound and listening: clients can connect from here on
+        report(f"charter: serving {server.model_name} at {server.url}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

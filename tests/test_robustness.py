@@ -303,14 +303,15 @@ def test_single_mode_needs_base_and_bad_settings_fail_before_any_output(monkeypa
     fake_conditions(monkeypatch, [])
     with pytest.raises(ValueError, match="must include 'base'"):
         R.run(cfg_with("robustness.conditions=[prompted]"), report=lambda x: None)
-    with pytest.raises(ValueError, match="unknown"):
-        R.run(cfg_with("robustness.conditions=[base, tuned]"), report=lambda x: None)
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        R.run(cfg_with("robustness.heldout_fraction=0"), report=lambda x: None)
+    # Choices and ranges fail when the config is loaded, before any evaluation starts.
+    with pytest.raises(ValueError, match=r"robustness.conditions\[1\]: expected one of base .*'tuned'"):
+        cfg_with("robustness.conditions=[base, tuned]")
+    with pytest.raises(ValueError, match="robustness.heldout_fraction: expected 0 < x < 1"):
+        cfg_with("robustness.heldout_fraction=0")
     with pytest.raises(ValueError, match="unknown key 'epoch'"):
         R.run(cfg_with("robustness.classifier={epoch: 2}"), report=lambda x: None)
-    with pytest.raises(ValueError, match="robustness.reference 'teacher': expected prompted or pairs"):
-        R.run(cfg_with("robustness.reference=teacher"), report=lambda x: None)
+    with pytest.raises(ValueError, match="robustness.reference: expected one of prompted | pairs, got 'teacher'"):
+        cfg_with("robustness.reference=teacher")
     with pytest.raises(RuntimeError, match=r"pairs.jsonl does not exist \(run `charter distill` first"):
         R.run(cfg_with("robustness.reference=pairs"), report=lambda x: None)
     assert not (run_dir("rob-test") / R.STAGE).exists()

@@ -79,7 +79,10 @@ class OpenAIBackend:
         try:
             import openai
         except ImportError as e:
-            raise ImportError("the openai backend needs the openai client: pip install 'charter[api]'") from e
+            from ..deps import MissingDependency
+
+            raise MissingDependency("the openai backend needs the openai client: pip install 'charter[api]'",
+                                    name="openai") from e
 
         unknown = sorted(set(spec.extra) - EXTRA_KEYS)
         if unknown:

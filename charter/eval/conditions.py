@@ -14,11 +14,10 @@ active only inside the steered backend's ``generate``), and every model is loade
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from ..config import ModelSpec, RunConfig
-from ..runs import config_hash, run_dir
+from ..runs import config_hash, read_manifest, run_dir
 
 CONDITIONS = ("base", "prompted", "steered", "distilled", "trained")
 # Run models: label -> (stage folder, model folder inside it, the command that makes it).
@@ -87,7 +86,7 @@ def identity(cfg: RunConfig, label: str) -> str:
 
         manifest = run_dir(cfg.name) / STAGE / "manifest.json"
     if manifest is not None and manifest.exists():
-        parts["finished_at"] = json.loads(manifest.read_text()).get("finished_at")
+        parts["finished_at"] = read_manifest(manifest).get("finished_at")
     if label in ("prompted", "steered"):
         parts["system"] = persona_system_prompt(cfg)
     return config_hash(parts)

@@ -20,11 +20,10 @@ its balanced accuracy on the prompted and base replies to the held-out prompts u
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 
-from ..runs import derive_seed, read_jsonl, run_dir
+from ..runs import derive_seed, read_jsonl, read_manifest, run_dir
 from .classifier import make_classifier, proba_of
 
 BASE, NONE, PREFILL = "base", "none", "prefill"
@@ -49,7 +48,7 @@ def pairs_path(run: str):
 def pairs_identity(run: str) -> str | None:
     """When the distillation that wrote the pairs finished (None without pairs), so new pairs re-score."""
     m = run_dir(run) / "distill" / "manifest.json"
-    return json.loads(m.read_text()).get("finished_at") if m.exists() and pairs_path(run).exists() else None
+    return read_manifest(m).get("finished_at") if m.exists() and pairs_path(run).exists() else None
 
 
 def reference_texts(run: str, rows: list[dict], persona: str, reference: str, train_prompts: list[str],

@@ -35,8 +35,8 @@ from pathlib import Path
 from ..config import ModelSpec, RunConfig
 from ..generation import generate_rows
 from ..prompts import load_prompt_source, traits
-from ..runs import (RowLog, Stage, config_hash, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic,
-                    write_text_atomic)
+from ..runs import (RowLog, Stage, config_hash, derive_seed, read_manifest, run_dir, write_json_atomic,
+                    write_jsonl_atomic, write_text_atomic)
 from . import elo, persona_traits
 from .judge import judge_chat, parse_verdict
 
@@ -137,7 +137,7 @@ def resolve_targets(cfg: RunConfig) -> list[Target]:
                                   missing=f"{path} does not exist yet (run `charter {stage}` first)"))
                 continue
             spec = dataclasses.replace(cfg.student, model=str(path), adapter=None, name=None)
-            finished = json.loads(manifest.read_text()).get("finished_at")
+            finished = read_manifest(manifest).get("finished_at")
             out.append(Target(label or ref, spec, str(path), finished_at=finished))
         else:
             if not label:

@@ -7,12 +7,11 @@ after a crash or ``kill -9`` continues where the run stopped.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from ..config import RunConfig
-from ..runs import run_dir
+from ..runs import read_manifest, run_dir
 
 ORDER = ["expand", "distill", "dpo", "introspect", "sft", "merge"]
 
@@ -25,5 +24,5 @@ def run(cfg: RunConfig, force: bool = False, report: Callable[[str], None] = pri
             continue
         mod = importlib.import_module(f"charter.stages.{name}")
         out = mod.run(cfg, force=force)
-        report(mod.summary(json.loads((Path(out) / "manifest.json").read_text())))
+        report(mod.summary(read_manifest(Path(out) / "manifest.json")))
     return run_dir(cfg.name) / "merge" / "model"
