@@ -347,7 +347,7 @@ def test_serve_prints_its_url_once_listening(monkeypatch, capsys):
     from charter import backends, serve
 
     class Fake:
-        def generate(self, chats, sampling, prefills=None, seed=0):
+        def generate(self, chats, sampling, prefills=None, seed=0, progress=None):
             return [backends.Completion(text="hi", finished=True, tokens=1) for _ in chats]
 
         def close(self):

@@ -105,7 +105,7 @@ class FakeBackend:
     def __init__(self, style, cond, sent):
         self.style, self.cond, self.sent = style, cond, sent
 
-    def generate(self, chats, sampling, prefills=None, seed=0):
+    def generate(self, chats, sampling, prefills=None, seed=0, progress=None):
         out = []
         for chat in chats:
             self.sent.append((self.cond, chat))

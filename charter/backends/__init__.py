@@ -1,7 +1,7 @@
 """Generation backends behind one narrow interface.
 
-``backend.generate(chats, sampling, prefills=None, seed=0) -> list[Completion]``: one completion per chat,
-in order. A chat is a list of ``{"role", "content"}`` messages ending on a user turn; a prefill is text the
+``backend.generate(chats, sampling, prefills=None, seed=0, progress=None) -> list[Completion]``: one
+completion per chat, in order; ``progress(n)`` is called as rows finish (progress bars move per row). A chat is a list of ``{"role", "content"}`` messages ending on a user turn; a prefill is text the
 assistant turn is forced to start with (the completion excludes it).
 
 Backends: ``transformers`` (batched, on CPU or one GPU, LoRA adapters), ``openai`` (any OpenAI-compatible
@@ -28,7 +28,7 @@ class Backend(Protocol):
     name: str
 
     def generate(self, chats: list[list[dict]], sampling: Sampling, prefills: list[str] | None = None,
-                 seed: int = 0) -> list[Completion]: ...
+                 seed: int = 0, progress=None) -> list[Completion]: ...
 
     def close(self) -> None: ...
 
