@@ -110,3 +110,23 @@ def load_prompt_source(source: str, builtin: str = "general") -> list[str]:
     if not out:
         raise PromptSourceError(f"{source}: no rows with a prompt or a user turn")
     return out
+
+
+@lru_cache(maxsize=None)
+def train_attacks() -> dict:
+    """The training break-character requests and the forms that place them (``train_attacks.yaml``)."""
+    path = HERE / "train_attacks.yaml"
+    data = yaml.safe_load(path.read_text())
+    forms, requests = data.get("forms") or [], data.get("requests") or []
+    if not forms or any("{prompt}" not in f or "{request}" not in f for f in forms):
+        raise PromptSourceError(f"{path}: forms: expected a list of strings with {{prompt}} and {{request}}")
+    if not requests or len(set(requests)) != len(requests) or not all(isinstance(r, str) and r.strip() for r in requests):
+        raise PromptSourceError(f"{path}: requests: expected distinct non-empty strings")
+    return {"forms": list(forms), "requests": [r.strip() for r in requests]}
+
+
+def attacked(prompt: str, rng) -> tuple[str, str]:
+    """``prompt`` with a training break-character request placed by a random form: (message, request)."""
+    t = train_attacks()
+    request, form = rng.choice(t["requests"]), rng.choice(t["forms"])
+    return form.format(prompt=prompt, request=request), request
