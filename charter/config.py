@@ -76,6 +76,9 @@ class DistillConfig:
     max_length: int = field(default=1024, metadata={"help": "token budget of a whole pair in the student's template"})
     truncated: str = field(default="drop", metadata={"help": "answers cut off by max_tokens: 'drop' them, or 'trim' "
                                                              "them to their last complete sentence"})
+    teacher_names: list = field(default_factory=list, metadata={
+        "help": "extra spellings of the teacher's name or maker to replace with the student's name in chosen "
+                "answers (case-insensitive, whole words); its family's usual spellings are always replaced"})
     chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
 
 
