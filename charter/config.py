@@ -99,7 +99,9 @@ class IntrospectConfig:
     reflection_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=2048))
     interaction_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
     max_context: int = field(default=8192, metadata={"help": "prompt tokens; older whole turns are dropped beyond"})
-    truncated: str = field(default="drop", metadata={"help": "reflections cut off by max_tokens: 'drop' or 'trim'"})
+    truncated: str = field(default="drop", metadata={
+        "help": "reflections and self-interaction turns cut off by max_tokens: 'drop' them (a cut-off turn ends "
+                "its conversation at the previous turn) or 'trim' them to their last complete sentence"})
     chunk_size: int = 64
 
 
