@@ -92,6 +92,11 @@ class DPOStageConfig:
 
 @dataclass
 class IntrospectConfig:
+    model: ModelSpec | None = field(default=None, metadata={
+        "help": "what generates the introspection data; default: this run's distilled model (<run>/dpo/model) "
+                "loaded on the student's backend. An openai student cannot load that folder: serve it and set "
+                "{backend: openai, base_url: ..., model: <served name>}, or run it here with "
+                "{backend: transformers, model: <run>/dpo/model}"})
     reflection_samples: int = field(default=1000, metadata={"help": "samples per self-reflection prompt"})
     free_conversations: int = 1000
     leading_conversations: int = 1000

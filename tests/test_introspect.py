@@ -92,3 +92,25 @@ def test_generation_stops_a_conversation_at_an_unusable_turn(tmp_path, mode):
         assert last[-1]["content"] == "I think so." and last[-2]["content"] == "Hello friend."
     rows, notes = introspect.assemble(cfg, RowLog(tmp_path / "r.jsonl"), inter, convs, "SmolLM")
     assert [r["turns"] for r in rows] == ([1] if mode == "drop" else [3])
+
+
+def test_an_openai_student_is_refused_unless_a_served_distilled_model_is_named(charter_home):
+    from charter.stages import train
+
+    cfg = load_config(None, ["name=srv", "student.backend=openai", "student.model=qwen-served",
+                             "student.base_url=http://127.0.0.1:9/v1"])
+    with pytest.raises(ValueError, match="introspect.model") as e:
+        introspect.distilled_spec(cfg)
+    assert "\n" not in str(e.value) and str(charter_home / "runs" / "srv" / "dpo" / "model") in str(e.value)
+    with pytest.raises(ValueError, match="introspect.model"):
+        train.run(cfg, report=lambda line: None)  # refused before any stage runs
+    assert not (charter_home / "runs" / "srv").exists()
+
+    served = load_config(None, ["student.backend=openai", "student.model=Qwen/Qwen2.5-7B-Instruct",
+                                "introspect.model.backend=openai", "introspect.model.model=loving-dpo",
+                                "introspect.model.base_url=http://127.0.0.1:8001/v1"])
+    spec = introspect.distilled_spec(served)
+    assert (spec.backend, spec.model, spec.base_url) == ("openai", "loving-dpo", "http://127.0.0.1:8001/v1")
+    assert spec.name == "Qwen"  # the student's self-name, not one derived from the served name
+    local = load_config(None, ["name=loc"])
+    assert introspect.distilled_spec(local).model == str(charter_home / "runs" / "loc" / "dpo" / "model")

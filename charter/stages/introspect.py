@@ -49,8 +49,22 @@ def stage_config(cfg: RunConfig) -> dict:
 
 
 def distilled_spec(cfg: RunConfig) -> ModelSpec:
-    return dataclasses.replace(cfg.student, model=str(run_dir(cfg.name) / "dpo" / "model"), adapter=None,
-                               name=self_name(cfg.student.model, cfg.student.name))
+    """The model that generates introspection data: ``introspect.model`` when the config names one (a served
+    copy of the distilled model), else this run's distilled model on the student's backend. An ``openai``
+    student is refused then: its server would get a local folder as the model name, and servers that ignore
+    the name (llama.cpp, ``charter serve``) would answer as the base model, silently."""
+    name = self_name(cfg.student.model, cfg.student.name)
+    path = run_dir(cfg.name) / "dpo" / "model"
+    if cfg.introspect.model is not None:
+        spec = cfg.introspect.model
+        return dataclasses.replace(spec, name=spec.name or name)
+    if cfg.student.backend == "openai":
+        raise ValueError(
+            f"introspect: the student runs on an openai server, which cannot load this run's distilled model "
+            f"{path}; serve that folder and set introspect.model='{{backend: openai, base_url: URL, model: "
+            f"SERVED_NAME}}', or generate here with introspect.model='{{backend: transformers, model: {path}}}' "
+            f"(or backend: vllm)")
+    return dataclasses.replace(cfg.student, model=str(path), adapter=None, name=name)
 
 
 def conversations(cfg: RunConfig) -> list[dict]:
@@ -112,6 +126,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
 
     if cfg.introspect.truncated not in ("drop", "trim"):
         raise ValueError(f"introspect.truncated: expected 'drop' or 'trim', got {cfg.introspect.truncated!r}")
+    distilled_spec(cfg)  # refuse an unusable set-up before training anything
     dpo.run(cfg)
     stage = Stage(run_dir(cfg.name), "introspect", stage_config(cfg))
     if not stage.begin(force):
@@ -124,7 +139,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     fmt = lambda s: s.format(name=name).strip()  # noqa: E731
     core = const.character_prompt(c, name)
     backend = make_backend(spec)
-    tok = load_tokenizer(spec.model)
+    tok = load_tokenizer(str(run_dir(cfg.name) / "dpo" / "model"))  # the distilled model's, even when served
     stats: dict[str, GenStats] = {}
 
     # Self-reflection.

@@ -19,6 +19,9 @@ ORDER = ["expand", "distill", "dpo", "introspect", "sft", "merge"]
 
 def run(cfg: RunConfig, force: bool = False, report: Callable[[str], None] = print) -> Path:
     """Run (or resume) every stage; ``force`` redoes them all. Returns the final model's folder."""
+    from . import introspect
+
+    introspect.distilled_spec(cfg)  # a set-up introspection would refuse fails now, not after DPO
     out = None
     for name in ORDER:
         if name == "expand" and not cfg.expand.enabled:
