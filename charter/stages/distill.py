@@ -152,11 +152,12 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
 
     if cfg.expand.enabled:
         expand.run(cfg)
-    stage = Stage(run_dir(cfg.name), "distill", stage_config(cfg))
+    c = expand.expanded_constitution(cfg)
+    stage = Stage.after(run_dir(cfg.name), "distill", stage_config(cfg), ["expand"] if cfg.expand.enabled else [],
+                        constitution=expand.constitution_id(c))
     if not stage.begin(force):
         return stage.dir
     d = cfg.distill
-    c = expand.expanded_constitution(cfg)
     prompts = select_prompts(cfg, c)
     items = [{"id": f"p{j}-k{k}", **p} for k in range(d.samples_per_prompt) for j, p in enumerate(prompts)]
     teacher_name = self_name(d.teacher.model, d.teacher.name)
@@ -199,7 +200,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         "trimmed": {k: v for k, v in dropped.items() if k.endswith("_kept")},
         "name_replacements": dict(replace.counts),
     }
-    stage.finish(counts, generation={k: v.as_dict() for k, v in stats.items()},
+    stage.finish(counts, outputs=[stage.dir / "pairs.jsonl"], generation={k: v.as_dict() for k, v in stats.items()},
                  teacher_name=teacher_name, student_name=student_name, constitution=c.source,
                  replaced_names=sorted(set(replace.names + replace.makers)))
     return stage.dir

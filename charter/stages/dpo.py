@@ -52,7 +52,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..training import dpo_args, lora_config, make_dpo_trainer
 
     distill.run(cfg)
-    stage = Stage(run_dir(cfg.name), "dpo", stage_config(cfg))
+    stage = Stage.after(run_dir(cfg.name), "dpo", stage_config(cfg), ["distill"])
     if not stage.begin(force):
         return stage.dir
     pairs = load_pairs(run_dir(cfg.name) / "distill" / "pairs.jsonl", cfg.dpo.max_pairs)

@@ -128,12 +128,13 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         raise ValueError(f"introspect.truncated: expected 'drop' or 'trim', got {cfg.introspect.truncated!r}")
     distilled_spec(cfg)  # refuse an unusable set-up before training anything
     dpo.run(cfg)
-    stage = Stage(run_dir(cfg.name), "introspect", stage_config(cfg))
+    c = expand.expanded_constitution(cfg)
+    stage = Stage.after(run_dir(cfg.name), "introspect", stage_config(cfg), ["dpo"],
+                        constitution=expand.constitution_id(c))
     if not stage.begin(force):
         return stage.dir
     ic = cfg.introspect
     t = template("introspection")
-    c = expand.expanded_constitution(cfg)
     spec = distilled_spec(cfg)
     name = spec.name
     fmt = lambda s: s.format(name=name).strip()  # noqa: E731
@@ -169,7 +170,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
               "sft_interaction": sum(r["source"] != "reflection" for r in rows),
               "dropped": {k: v for k, v in dropped.items() if not k.endswith("_kept")},
               "trimmed": {k: v for k, v in dropped.items() if k.endswith("_kept")}}
-    stage.finish(counts, generation={k: v.as_dict() for k, v in stats.items()}, model=spec.model)
+    stage.finish(counts, outputs=[stage.dir / "sft.jsonl"], generation={k: v.as_dict() for k, v in stats.items()}, model=spec.model)
     return stage.dir
 
 

@@ -1,7 +1,8 @@
 """Every stage in order, constitution to final model: ``charter train configs/demo.yaml``.
 
 Each stage skips itself when its manifest exists and resumes from its rows when it does not, so rerunning
-after a crash or ``kill -9`` continues where the run stopped.
+after a crash or ``kill -9`` continues where the run stopped. A stage whose inputs changed (an upstream stage
+was forced or redone since) is stale and is redone, and so is everything after it (see ``charter.runs``).
 """
 
 from __future__ import annotations
