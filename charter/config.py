@@ -87,6 +87,10 @@ class DPOStageConfig:
     lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig arguments (override our defaults)"})
     trl: dict = field(default_factory=dict, metadata={"help": "trl DPOConfig arguments (override our defaults)"})
     sq_logratio_coef: float = field(default=0.001, metadata={"help": "weight of mean (log pi - log ref)^2; 0 disables"})
+    nll_average: str = field(default="sequence", metadata={
+        "help": "how the NLL term on chosen answers (trl loss_type 'sft', weight 0.1) averages: 'sequence' = "
+                "each answer's per-token mean, then the mean over answers (the reference's); 'token' = all chosen "
+                "tokens of the micro-batch pooled (TRL's), so long answers weigh more"})
     max_pairs: int | None = None
 
 

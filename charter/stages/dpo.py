@@ -61,7 +61,8 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
                            trust_remote_code=cfg.student.trust_remote_code)
     model.train()
     args = dpo_args(cfg.seed, str(stage.dir / "trainer"), cfg.dpo.trl)
-    trainer = make_dpo_trainer(model, tok, pairs, args, lora_config(model, cfg.dpo.lora), cfg.dpo.sq_logratio_coef)
+    trainer = make_dpo_trainer(model, tok, pairs, args, lora_config(model, cfg.dpo.lora), cfg.dpo.sq_logratio_coef,
+                               cfg.dpo.nll_average)
     result = trainer.train()
     history = log_history(trainer)
     losses = [h["loss"] for h in history if "loss" in h]
