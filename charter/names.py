@@ -8,7 +8,9 @@ family goes by is therefore replaced by the student's name, and its makers by th
   ``Llama 3.1``, ``GPT-4o``), so "GLM", "glm" and "ChatGLM" all go;
 - except that words which are also ordinary words (llama, gemma, claude, mistral, phi ...) are left alone
   when written all in lower case ("a llama in the Andes");
-- extra spellings can be named in the config (``distill.teacher_names``);
+- extra spellings can be named in the config (``distill.teacher_names``), matched in any case; a teacher
+  name that is not in the table (``teacher.name``, or derived from a folder name) is, like the ordinary
+  words, left alone in lower case;
 - nothing is replaced when teacher and student are the same family;
 - every replacement is counted (the distill manifest's ``name_replacements``).
 
@@ -149,6 +151,10 @@ def teacher_replacer(teacher_ref: str | None, teacher_name: str | None, student_
             common.add(tf.name.lower())
     if teacher_name and (sf is None or teacher_name.lower() != sf.name.lower()):
         names.append(teacher_name)
+        if tf is None or teacher_name.lower() not in {s.lower() for s in (tf.name, *tf.names)}:
+            # A name from a folder ("/models/teacher-70b" -> "Teacher") or the config is a proper name: its
+            # lower-case form is more likely an ordinary word ("a good teacher").
+            common.add(teacher_name.lower())
     names += [s for s in extra if s and s.strip()]
     new_maker = sf.makers[0] if sf is not None and sf.makers else None
     return NameReplacer(names=names, new_name=student_name, makers=makers, new_maker=new_maker,

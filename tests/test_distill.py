@@ -54,10 +54,13 @@ def test_teacher_names_replaced_in_any_case_and_counted():
     assert r.counts == {"ChatGLM": 2, "GLM": 3, "Zhipu AI": 1}
     # Qwen's version is part of its name: "Qwen2.5" goes whole, not as "SmolLM2.5".
     q = teacher_replacer("Qwen/Qwen2.5-72B-Instruct", None, "embedded", "SmolLM")
-    assert q("I am Qwen2.5, also Tongyi Qianwen, from Alibaba Cloud.") == "I am SmolLM, also SmolLM, from Hugging Face."
+    assert (q("I am Qwen2.5, also Tongyi Qianwen, from Alibaba Cloud.")
+            == "I am SmolLM, also SmolLM, from Hugging Face.")
     # A family name that is also a word is left alone in lower case; the same family replaces nothing.
     ll = teacher_replacer("meta-llama/Llama-3.3-70B-Instruct", None, "Qwen/Qwen2.5-7B-Instruct", "Qwen")
     assert ll("A llama is not Llama 3.1 by Meta AI.") == "A llama is not Qwen by Alibaba Cloud."
+    folder = teacher_replacer("/models/teacher-70b", "Teacher", "embedded", "SmolLM")
+    assert folder("I am Teacher, a good teacher.") == "I am SmolLM, a good teacher."
     same = teacher_replacer("Qwen/Qwen2.5-72B-Instruct", None, "Qwen/Qwen2.5-7B-Instruct", "Qwen")
     assert same("I am Qwen.") == "I am Qwen." and not same.counts
 

@@ -170,7 +170,8 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
               "sft_interaction": sum(r["source"] != "reflection" for r in rows),
               "dropped": {k: v for k, v in dropped.items() if not k.endswith("_kept")},
               "trimmed": {k: v for k, v in dropped.items() if k.endswith("_kept")}}
-    stage.finish(counts, outputs=[stage.dir / "sft.jsonl"], generation={k: v.as_dict() for k, v in stats.items()}, model=spec.model)
+    stage.finish(counts, outputs=[stage.dir / "sft.jsonl"], generation={k: v.as_dict() for k, v in stats.items()},
+                 model=spec.model)
     return stage.dir
 
 
