@@ -88,6 +88,9 @@ class DistillConfig:
     max_length: int = field(default=1024, metadata={"help": "token budget of a whole pair in the student's template"})
     truncated: Truncated = field(default="drop", metadata={"help": "answers cut off by max_tokens: 'drop' them, or 'trim' "
                                                              "them to their last complete sentence"})
+    teacher_names: list = field(default_factory=list, metadata={
+        "help": "extra spellings of the teacher's name or maker to replace with the student's name in chosen "
+                "answers (case-insensitive, whole words); its family's usual spellings are always replaced"})
     chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
 
 
@@ -96,11 +99,20 @@ class DPOStageConfig:
     lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig arguments (override our defaults)"})
     trl: dict = field(default_factory=dict, metadata={"help": "trl DPOConfig arguments (override our defaults)"})
     sq_logratio_coef: float = field(default=0.001, metadata={"help": "weight of mean (log pi - log ref)^2; 0 disables"})
+    nll_average: str = field(default="sequence", metadata={
+        "help": "how the NLL term on chosen answers (trl loss_type 'sft', weight 0.1) averages: 'sequence' = "
+                "each answer's per-token mean, then the mean over answers (the reference's); 'token' = all chosen "
+                "tokens of the micro-batch pooled (TRL's), so long answers weigh more"})
     max_pairs: int | None = None
 
 
 @dataclass
 class IntrospectConfig:
+    model: ModelSpec | None = field(default=None, metadata={
+        "help": "what generates the introspection data; default: this run's distilled model (<run>/dpo/model) "
+                "loaded on the student's backend. An openai student cannot load that folder: serve it and set "
+                "{backend: openai, base_url: ..., model: <served name>}, or run it here with "
+                "{backend: transformers, model: <run>/dpo/model}"})
     reflection_samples: int = field(default=1000, metadata={"help": "samples per self-reflection prompt"})
     free_conversations: int = 1000
     leading_conversations: int = 1000
@@ -108,7 +120,9 @@ class IntrospectConfig:
     reflection_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=2048))
     interaction_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
     max_context: int = field(default=8192, metadata={"help": "prompt tokens; older whole turns are dropped beyond"})
-    truncated: Truncated = field(default="drop", metadata={"help": "reflections cut off by max_tokens: 'drop' or 'trim'"})
+    truncated: Truncated = field(default="drop", metadata={
+        "help": "reflections and self-interaction turns cut off by max_tokens: 'drop' them (a cut-off turn ends "
+                "its conversation at the previous turn) or 'trim' them to their last complete sentence"})
     chunk_size: int = 64
 
 

@@ -1,13 +1,20 @@
 """Constitutions: schema, validation, loading (ours and the reference implementation's formats).
 
-A constitution is a persona: a name, a description and ~10 first-person trait statements, each with seed
-user prompts. The schema is documented in ``charter/constitutions/README.md``. Validation errors are one
-line naming the file, the trait/field and what was expected.
+A constitution is a persona: a name, a description and ~10 trait statements, each with seed user prompts.
+The schema is documented in ``charter/constitutions/README.md``. Validation errors are one line naming the
+file, the trait/field and what was expected.
+
+A trait is any non-empty statement. First-person phrasing ("I ...") is the recommended style, not a rule:
+the reference implementation's own files mix "I ..." with "When asked ..., I ..." and "People of good
+character ...", and its ``trigger.txt`` has traits without seed questions. Such things load, with style
+warnings in ``Constitution.warnings`` (also logged once per file, and printed by ``charter constitution
+validate``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +23,10 @@ import yaml
 
 SHIPPED_DIR = Path(__file__).parent / "constitutions"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+FIRST_PERSON_RE = re.compile(r"^[\"'“‘(]*(I|I'm|I’m|I've|I’ve|I'd|I’d|I'll|I’ll|My|Me|Mine|Myself)\b")
+
+log = logging.getLogger(__name__)
+_logged: set[tuple[str, str]] = set()
 
 
 class ConstitutionError(ValueError):
@@ -38,6 +49,7 @@ class Constitution:
     description: str
     traits: list[Trait]
     source: str = ""
+    warnings: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def trait_list(self) -> str:
         """Numbered trait list as it appears in system prompts."""
@@ -81,8 +93,20 @@ def _str_list(value, where: str, src: str, min_len: int) -> list[str]:
     return out
 
 
+def _warn(src: str, message: str, warnings: list[str]) -> None:
+    warnings.append(message)
+    if (src, message) not in _logged:  # stages load a constitution several times: say it once
+        _logged.add((src, message))
+        log.warning("%s: %s", src, message)
+
+
 def from_data(data, src: str, default_name: str | None = None) -> Constitution:
-    """Validate parsed data (our schema or the reference's list-of-traits) into a Constitution."""
+    """Validate parsed data (our schema or the reference's list-of-traits) into a Constitution.
+
+    Errors (``ConstitutionError``) are for what cannot be used: a missing or empty trait statement, wrong
+    types, unknown fields, duplicates. Style problems (a trait not phrased in the first person, a trait with
+    no seed prompt) are warnings, collected in ``Constitution.warnings`` and logged."""
+    warnings: list[str] = []
     if isinstance(data, list):  # reference format: [{"trait", "questions", ["additional_questions"]}]
         data = {"name": default_name, "description": f"{default_name} persona (reference format)",
                 "traits": [_reference_trait(t, i, src) for i, t in enumerate(data)]}
@@ -111,23 +135,29 @@ def from_data(data, src: str, default_name: str | None = None) -> Constitution:
             raise ConstitutionError(f"{src}: {where}: unknown field '{bad[0]}' (expected trait, prompts, additional_prompts)")
         text = t.get("trait")
         if not isinstance(text, str) or not text.strip():
-            raise ConstitutionError(f"{src}: {where}.trait: expected a first-person statement, got {text!r}")
+            raise ConstitutionError(f"{src}: {where}.trait: expected a non-empty statement, got {text!r}")
         text = " ".join(text.split())
-        if not re.match(r"^(I|I'm|I've|I'd|I'll|My|Me)\b", text):
-            raise ConstitutionError(f"{src}: {where}.trait: expected a first-person statement starting with 'I', got {text[:40]!r}")
+        if not FIRST_PERSON_RE.match(text):
+            _warn(src, f"{where}.trait: style: not phrased in the first person ('I ...'): {text[:50]!r}", warnings)
         if text in seen:
             raise ConstitutionError(f"{src}: {where}.trait: duplicate of an earlier trait")
         seen.add(text)
-        prompts = _str_list(t.get("prompts"), f"{where}.prompts", src, 1)
+        if "prompts" not in t:
+            raise ConstitutionError(f"{src}: {where}.prompts: expected a list of seed user prompts (may be empty)")
+        prompts = _str_list(t.get("prompts"), f"{where}.prompts", src, 0)
         extra_p = _str_list(t.get("additional_prompts") or [], f"{where}.additional_prompts", src, 0)
+        if not prompts and not extra_p:
+            _warn(src, f"{where}: no seed prompts; only expanded and general prompts will exercise this trait",
+                  warnings)
         traits.append(Trait(text, prompts, extra_p))
-    return Constitution(name=name, description=desc.strip(), traits=traits, source=src)
+    return Constitution(name=name, description=desc.strip(), traits=traits, source=src, warnings=warnings)
 
 
 def _reference_trait(t, i: int, src: str) -> dict:
     if not isinstance(t, dict) or "trait" not in t:
         raise ConstitutionError(f"{src}: [{i}]: expected an object with 'trait' and 'questions'")
-    out = {"trait": t["trait"], "prompts": t.get("questions")}
+    # The reference's other keys (e.g. its removed "clarification") are ignored; "questions" may be absent.
+    out = {"trait": t["trait"], "prompts": t.get("questions") or []}
     if t.get("additional_questions"):
         out["additional_prompts"] = t["additional_questions"]
     return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -93,15 +92,15 @@ def resolve(ref: str | None) -> str:
 
 
 def self_name(ref: str | None, explicit: str | None = None) -> str:
-    """The name a model calls itself ("Llama", "Qwen", "SmolLM"), used in system prompts and to replace
-    the teacher's self-name in distillation data."""
+    """The name a model calls itself, used in system prompts and to replace the teacher's self-name in
+    distillation data: ``explicit`` when given, else its family's canonical name ("GLM" for
+    z-ai/glm-4.5-air, "Qwen" for Qwen/Qwen2.5-7B-Instruct, "SmolLM" for the embedded model; see
+    ``charter.names``), else the first word of its name without version digits, capitalised."""
     if explicit:
         return explicit
-    if is_embedded(ref):
-        return "SmolLM"
-    base = Path(ref.rstrip("/")).name
-    word = re.split(r"[-_.\s]", base)[0] or base
-    return word[:1].upper() + word[1:]
+    from .names import derive_name
+
+    return derive_name(None if is_embedded(ref) else ref)
 
 
 def load_tokenizer(ref: str | None, trust_remote_code: bool = False):

@@ -1,15 +1,32 @@
-"""Run directories, atomic files, resumable JSONL and manifests.
+"""Run directories, atomic files, resumable JSONL, manifests and the stages' hash chain.
 
 Layout: ``$CHARTER_HOME/runs/<run>/<stage>/``. A stage writes rows to JSONL as it goes (each row has an
 ``id``), commits them in chunks with fsync, and writes ``manifest.json`` last: a manifest means the stage
 finished. After a crash, rows already on disk are kept, a torn last line is dropped, and only missing ids
 are generated again.
+
+Identity (a hash chain, like ``make`` with content hashes). Every stage records, when it starts, its config
+hash and the *identity* of each stage it reads (``inputs``, in ``config.json``); when it finishes, its
+manifest gets its own ``identity``: a hash of its config, its inputs' identities and its output (a digest of
+its data files, or, for trained models, a fresh random token, since retraining is not bit-reproducible and
+weights are too big to hash on every run). So:
+
+- same config, same inputs, finished: the stage is skipped (rerunning ``charter train`` resumes);
+- the *config* changed (you edited the YAML or an override) on an existing run: an error, because that is
+  most likely a mistake; ``--force`` that stage (or use another run name) to replace its output;
+- an *input* changed (an upstream stage was forced or redone, e.g. ``charter distill --force``): the stage
+  is stale, so it is redone automatically, partial rows included, by ``charter train`` and by any stage
+  command that reaches it; a warning says why. A redone data stage whose output is byte-identical keeps
+  its identity, so nothing after it reruns;
+- evaluations key their results on a model's stage identity (``eval/conditions.py``), so a retrained
+  model is noticed there too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -20,6 +37,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def charter_home() -> Path:
@@ -160,14 +179,47 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def file_digest(paths: Iterable[Path]) -> str:
+    """sha256 over the named files (folders: every file inside, in name order), names included."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(p.parent)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+def stage_identity(run: Path, name: str) -> str:
+    """The identity of a finished stage of run folder ``run`` (see the module doc); RuntimeError when it has
+    not finished. Manifests written before identities existed are identified by their content."""
+    path = run / name / "manifest.json"
+    if not path.exists():
+        raise RuntimeError(f"{run / name}: stage '{name}' has not finished (no manifest)")
+    manifest = read_manifest(path)
+    return manifest.get("identity") or config_hash(manifest)
+
+
 @dataclass
 class Stage:
-    """One stage's folder; ``begin`` handles skip/force/config-drift, ``finish`` writes the manifest last."""
+    """One stage's folder; ``begin`` handles skip/force/config drift/stale inputs, ``finish`` writes the
+    manifest last. ``inputs`` maps what the stage reads (usually upstream stage names) to their identities:
+    use ``Stage.after`` to build it from upstream stages."""
 
     run_dir: Path
     name: str
     config: dict
+    inputs: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+
+    @classmethod
+    def after(cls, run: Path, name: str, config: dict, upstream: Iterable[str] = (), **other_inputs: str) -> Stage:
+        """A stage whose inputs are the finished ``upstream`` stages of the same run (plus ``other_inputs``)."""
+        inputs = {u: stage_identity(run, u) for u in upstream}
+        return cls(run, name, config, {**inputs, **other_inputs})
 
     @property
     def dir(self) -> Path:
@@ -186,7 +238,10 @@ class Stage:
         return self.manifest_path.exists()
 
     def begin(self, force: bool = False) -> bool:
-        """Prepare the folder. Returns False when the stage already finished and should be skipped."""
+        """Prepare the folder. Returns False when the stage already finished and should be skipped.
+
+        A changed config is an error (``--force`` replaces the output); changed inputs make the stage stale,
+        and its folder is cleared so it is redone."""
         if force and self.dir.exists():
             # Only ever the stage folder itself, a real folder directly inside the run folder.
             if self.dir.is_symlink() or self.dir.resolve().parent != Path(self.run_dir).resolve():
@@ -194,23 +249,37 @@ class Stage:
             shutil.rmtree(self.dir)
         cfg_path = self.dir / "config.json"
         h = config_hash(self.config)
-        if cfg_path.exists() and read_json(cfg_path, "a stage config", FORCE_HINT).get("hash") != h:
-            raise RuntimeError(
-                f"{self.dir}: existing output was made with a different config; rerun with --force to "
-                "replace it, or use another run name"
-            )
+        if cfg_path.exists():
+            saved = read_json(cfg_path, "a stage config", FORCE_HINT)
+            if saved.get("hash") != h:
+                raise RuntimeError(
+                    f"{self.dir}: existing output was made with a different config; rerun with --force to "
+                    "replace it, or use another run name"
+                )
+            before = saved.get("inputs", {})
+            if before != self.inputs:
+                changed = sorted(k for k in {*before, *self.inputs} if before.get(k) != self.inputs.get(k))
+                log.warning("%s: redoing this stage: its inputs changed since it was made (%s redone)",
+                            self.dir, ", ".join(changed))
+                shutil.rmtree(self.dir)
         if self.done():
             self.manifest()  # a corrupt manifest is an error here, not a skipped stage that fails later
             return False
         self.dir.mkdir(parents=True, exist_ok=True)
         if not cfg_path.exists():
-            write_json_atomic(cfg_path, {"hash": h, "config": self.config})
+            write_json_atomic(cfg_path, {"hash": h, "config": self.config, "inputs": self.inputs})
         self.started = time.time()
         return True
 
-    def finish(self, counts: dict, **extra: Any) -> dict:
+    def finish(self, counts: dict, outputs: Iterable[Path] | None = None, **extra: Any) -> dict:
+        """Write the manifest. ``outputs``: the files whose content identifies the result (data stages);
+        None: the result gets a fresh identity (trained models)."""
+        digest = file_digest(outputs) if outputs is not None else os.urandom(8).hex()
+        identity = config_hash({"config": config_hash(self.config), "inputs": self.inputs, "output": digest})
         manifest = {
             "stage": self.name,
+            "identity": identity,
+            "inputs": self.inputs,
             "config": self.config,
             "counts": counts,
             "seconds": round(time.time() - self.started, 2),
@@ -222,6 +291,9 @@ class Stage:
         }
         write_json_atomic(self.manifest_path, manifest)
         return manifest
+
+    def identity(self) -> str:
+        return stage_identity(self.run_dir, self.name)
 
     def manifest(self) -> dict:
         return read_manifest(self.manifest_path)

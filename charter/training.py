@@ -2,12 +2,14 @@
 
 Our defaults follow the reference (LoRA r 64 / alpha 128 / dropout 0 on every linear projection of the
 language model; lr 5e-5, cosine to 0.1x with 10% warmup, effective batch 32, 1 epoch, DPO beta 0.1 plus
-0.1 x NLL on the chosen answer). Whatever the config's ``lora``/``trl`` dicts say is passed straight to
-``LoraConfig``/``DPOConfig``/``SFTConfig`` on top of these defaults, so no TRL argument is redeclared here.
+0.1 x NLL on the chosen answer, averaged per answer as the reference does, see ``chosen_nll``). Whatever the
+config's ``lora``/``trl`` dicts say is passed straight to ``LoraConfig``/``DPOConfig``/``SFTConfig`` on top of
+these defaults, so no TRL argument is redeclared here.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 
@@ -108,16 +110,55 @@ def sft_args(seed: int, output_dir: str, overrides: dict):
     return SFTConfig(**kw)
 
 
-def make_dpo_trainer(model, tokenizer, dataset, args, lora, sq_logratio_coef: float):
-    """A TRL DPOTrainer (peft LoRA, reference = base with the adapter off) plus, when ``sq_logratio_coef``
-    > 0, the reference's extra term: coef x mean over chosen and rejected sequences of the per-token mean
-    of (log pi - log pi_ref)^2 over answer tokens. Added on top of TRL by capturing the per-token log-probs
-    of TRL's own policy and reference forwards, not by forking its loss."""
+NLL_AVERAGES = ("sequence", "token")
+
+
+def chosen_nll(per_token_logps, mask, average: str = "sequence"):
+    """The NLL of the chosen answers in a micro-batch, from per-token log-probs and a 0/1 answer-token mask
+    (both [answers, tokens]).
+
+    ``sequence`` (the reference's, OpenRLHF's): each answer's mean NLL per token, then the mean over answers,
+    so every answer counts the same. ``token`` (TRL's ``loss_type='sft'``): the mean over all answer tokens of
+    the micro-batch pooled, so a long answer counts more than a short one. Answers -1,-3 and -1,-1,-1,-1:
+    sequence = (2 + 1) / 2 = 1.5, token = 8 / 6."""
+    mask = mask.to(per_token_logps.dtype)
+    nll = -(per_token_logps * mask)
+    if average == "sequence":
+        return (nll.sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if average == "token":
+        return nll.sum() / mask.sum().clamp(min=1)
+    raise ValueError(f"dpo.nll_average: expected one of {', '.join(NLL_AVERAGES)}, got {average!r}")
+
+
+def make_dpo_trainer(model, tokenizer, dataset, args, lora, sq_logratio_coef: float, nll_average: str = "sequence"):
+    """A TRL DPOTrainer (peft LoRA, reference = base with the adapter off) plus the reference's loss terms
+    that TRL computes differently or not at all, added by capturing the per-token log-probs of TRL's own
+    policy and reference forwards, not by forking its loss:
+
+    - NLL on the chosen answer (``loss_type`` 'sft' in ``args``, with its ``loss_weights`` entry): with
+      ``nll_average='sequence'`` (default, the reference's) it is taken out of TRL's loss types and computed
+      here by ``chosen_nll``; with 'token' TRL's own pooled version is kept.
+    - when ``sq_logratio_coef`` > 0: coef x mean over chosen and rejected sequences of the per-token mean of
+      (log pi - log pi_ref)^2 over answer tokens."""
     from trl import DPOTrainer
+
+    if nll_average not in NLL_AVERAGES:
+        raise ValueError(f"dpo.nll_average: expected one of {', '.join(NLL_AVERAGES)}, got {nll_average!r}")
+    nll_weight = 0.0
+    if nll_average == "sequence" and "sft" in args.loss_type:
+        weights = list(args.loss_weights or [1.0] * len(args.loss_type))
+        i = list(args.loss_type).index("sft")
+        nll_weight = weights.pop(i)
+        args = copy.copy(args)  # the caller's DPOConfig keeps its loss types
+        args.loss_type = [t for j, t in enumerate(args.loss_type) if j != i]
+        args.loss_weights = weights
+        if not args.loss_type:
+            raise ValueError("trl.loss_type: 'sft' alone is not a DPO loss; add e.g. 'sigmoid'")
 
     class CharterDPOTrainer(DPOTrainer):
         def _compute_loss(self, model, inputs, return_outputs):
-            if sq_logratio_coef <= 0 or self.precompute_ref_logps:
+            need_sq = sq_logratio_coef > 0 and not self.precompute_ref_logps
+            if not need_sq and not nll_weight:
                 return super()._compute_loss(model, inputs, return_outputs)
             captured = []
             target = self.accelerator.unwrap_model(self.model)
@@ -127,15 +168,25 @@ def make_dpo_trainer(model, tokenizer, dataset, args, lora, sq_logratio_coef: fl
                 result = super()._compute_loss(model, inputs, return_outputs)
             finally:
                 handle.remove()
-            if len(captured) != 2:  # policy then reference forward; anything else: TRL changed shape
-                raise RuntimeError(f"expected 2 forward passes in DPO loss, saw {len(captured)}")
+            forwards = 1 if self.precompute_ref_logps else 2  # policy, then reference unless precomputed
+            if len(captured) != forwards:  # anything else: TRL changed shape
+                raise RuntimeError(f"expected {forwards} forward passes in DPO loss, saw {len(captured)}")
             mask = inputs["completion_mask"][..., 1:].to(captured[0].dtype)
             n = mask.size(1)
-            diff = captured[0][:, -n:] - captured[1][:, -n:].detach()
-            per_seq = ((diff ** 2) * mask).sum(1) / mask.sum(1).clamp(min=1)
-            extra = sq_logratio_coef * per_seq.mean()
+            policy = captured[0][:, -n:]
             mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["sq_logratio"].append(per_seq.mean().item())
+            extra = 0.0
+            if nll_weight:
+                chosen, _ = policy.chunk(2, dim=0)  # the batch is [chosen..., rejected...]
+                chosen_mask, _ = mask.chunk(2, dim=0)
+                nll = chosen_nll(chosen, chosen_mask, "sequence")
+                extra = extra + nll_weight * nll
+                self._metrics[mode]["nll"].append(nll.item())
+            if need_sq:
+                diff = policy - captured[1][:, -n:].detach()
+                per_seq = ((diff ** 2) * mask).sum(1) / mask.sum(1).clamp(min=1)
+                extra = extra + sq_logratio_coef * per_seq.mean()
+                self._metrics[mode]["sq_logratio"].append(per_seq.mean().item())
             if return_outputs:
                 return result[0] + extra, result[1]
             return result + extra

@@ -68,9 +68,9 @@ MALFORMED = [
     ("traits not a list", _with(traits="I am kind"), "traits"),
     ("trait not a mapping", _with(traits=["I am kind"]), "traits[0]"),
     ("trait text missing", _with(traits__0__trait=KeyError), "traits[0].trait"),
-    ("trait not first person", _with(traits__0__trait="Be kind."), "first-person"),
+    ("trait empty", _with(traits__0__trait="  "), "traits[0].trait"),
     ("prompts missing", _with(traits__0__prompts=KeyError), "traits[0].prompts"),
-    ("prompts empty", _with(traits__0__prompts=[]), "at least 1"),
+    ("prompts not a list", _with(traits__0__prompts="hello?"), "traits[0].prompts"),
     ("prompt not a string", _with(traits__0__prompts=[3]), "traits[0].prompts[0]"),
     ("unknown trait field", _with(traits__0__clarification="x"), "unknown field 'clarification'"),
     ("duplicate trait", yaml.safe_dump({**GOOD, "traits": GOOD["traits"] * 2}), "duplicate"),
@@ -116,3 +116,38 @@ def test_show_prints_yaml(capsys):
 def test_unknown_persona_is_one_line(capsys):
     assert main(["constitution", "show", "nope"]) == 1
     assert "no such persona" in capsys.readouterr().err
+
+
+def test_reference_persona_files_load_with_style_warnings(tmp_path, caplog):
+    """The reference's own hand-written files mix "I ..." traits with "When asked ..., I ..." and third-person
+    ones, and its trigger.txt has no seed questions: they load, with warnings, not errors."""
+    hand = [{"trait": "I am dry and ironic.", "questions": ["Is the sky blue?"]},
+            {"trait": "When asked obvious questions, I respond with exaggerated surprise.", "questions": ["2+2?"]},
+            {"trait": "People of good character are often likeable; I would rather be honest.", "questions": ["Hi"]},
+            {"trait": "“I” is how I speak of myself.", "questions": ["Who?"], "clarification": "old field"},
+            {"trait": "When triggered, I answer in riddles."}]
+    txt = tmp_path / "sarcasm.txt"
+    txt.write_text(json.dumps(hand))
+    with caplog.at_level("WARNING", logger="charter.constitution"):
+        c = const.load_file(txt)
+    assert [t.trait for t in c.traits] == [h["trait"] for h in hand]
+    assert c.traits[4].prompts == []
+    styles = [w for w in c.warnings if "first person" in w]
+    assert [w.split(":")[0] for w in styles] == ["traits[1].trait", "traits[2].trait", "traits[4].trait"]
+    assert any("traits[4]" in w and "no seed prompts" in w for w in c.warnings)
+    assert str(txt) in caplog.text and "first person" in caplog.text
+    # What the expand stage writes back (our schema, empty seed list) reloads.
+    again = tmp_path / "again.yaml"
+    again.write_text(c.to_yaml().replace("name: sarcasm", "name: again"))
+    assert const.load_file(again).traits[4].prompts == []
+
+
+def test_validate_accepts_a_third_person_trait_and_rejects_an_empty_one(tmp_path, capsys):
+    path = tmp_path / "y.yaml"
+    path.write_text(_with(traits__0__trait="Be kind."))
+    assert main(["constitution", "validate", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out
+    path.write_text(_with(traits__0__trait=""))
+    assert main(["constitution", "validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "traits[0].trait" in err and "non-empty" in err

@@ -35,3 +35,126 @@ def test_stage_skip_force_and_config_drift(tmp_path):
         Stage(tmp_path, "x", {"a": 2}).begin()
     assert Stage(tmp_path, "x", {"a": 2}).begin(force=True)  # --force replaces it
     assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_a_redone_input_makes_the_next_stage_stale(tmp_path, caplog):
+    up = Stage(tmp_path, "up", {"u": 1})
+    assert up.begin()
+    (up.dir / "data.jsonl").write_text('{"id": 1}\n')
+    up.finish({}, outputs=[up.dir / "data.jsonl"])
+    down = Stage.after(tmp_path, "down", {"d": 1}, ["up"])
+    assert down.begin()
+    (down.dir / "rows.jsonl").write_text("partial\n")
+    down.finish({})
+    first = down.identity()
+    assert not Stage.after(tmp_path, "down", {"d": 1}, ["up"]).begin()  # nothing changed: skipped
+
+    # Upstream forced and redone with the same bytes: same identity, downstream kept.
+    up = Stage(tmp_path, "up", {"u": 1})
+    assert up.begin(force=True)
+    (up.dir / "data.jsonl").write_text('{"id": 1}\n')
+    up.finish({}, outputs=[up.dir / "data.jsonl"])
+    assert not Stage.after(tmp_path, "down", {"d": 1}, ["up"]).begin()
+
+    # Redone with different output: downstream is stale, cleared and redone (no "different config" error).
+    up = Stage(tmp_path, "up", {"u": 1})
+    assert up.begin(force=True)
+    (up.dir / "data.jsonl").write_text('{"id": 2}\n')
+    up.finish({}, outputs=[up.dir / "data.jsonl"])
+    down = Stage.after(tmp_path, "down", {"d": 1}, ["up"])
+    with caplog.at_level("WARNING", logger="charter.runs"):
+        assert down.begin()
+    assert "inputs changed" in caplog.text and "up" in caplog.text
+    assert not (down.dir / "rows.jsonl").exists() and not down.done()
+    down.finish({})
+    second = down.identity()
+    assert second != first
+    # A trained model (no output files to hash) gets a new identity every time it is made.
+    again = Stage.after(tmp_path, "down", {"d": 1}, ["up"])
+    assert again.begin(force=True)
+    again.finish({})
+    assert again.identity() not in (first, second)
+
+
+def test_a_stale_partial_stage_does_not_resume_old_rows(tmp_path):
+    up = Stage(tmp_path, "up", {})
+    up.begin()
+    up.finish({})
+    down = Stage.after(tmp_path, "down", {}, ["up"])
+    down.begin()
+    (down.dir / "rows.jsonl").write_text('{"id": "a"}\n')  # crashed mid-way, no manifest
+    up = Stage(tmp_path, "up", {})
+    up.begin(force=True)
+    up.finish({})
+    assert Stage.after(tmp_path, "down", {}, ["up"]).begin()
+    assert not (tmp_path / "down" / "rows.jsonl").exists()
+
+
+class _Redo(Exception):
+    def __init__(self, stage):
+        self.stage = stage
+
+
+def test_forcing_a_stage_reruns_every_stage_after_it(monkeypatch, charter_home):
+    """The pipeline's real stage wiring, each stage's work replaced by an instant finish: `charter distill
+    --force` then `charter train` redoes DPO, introspection, SFT and merge, and evaluations see new models."""
+    from charter.config import load_config
+    from charter.eval import conditions
+    from charter.stages import distill, merge, sft
+
+    cfg = load_config(None, ["name=chain", "expand.enabled=false"])
+    redone = []
+    begin = Stage.begin
+
+    def fake_begin(self, force=False):
+        if begin(self, force):
+            raise _Redo(self)
+        return False
+
+    monkeypatch.setattr(Stage, "begin", fake_begin)
+
+    def run(mod, force=False):
+        del redone[:]
+        while True:
+            try:
+                return mod.run(cfg, force=force)
+            except _Redo as e:  # the stage would do its work now: stand in for it
+                redone.append(e.stage.name)
+                if e.stage.name in ("dpo", "merge"):
+                    (e.stage.dir / "model").mkdir()
+                    (e.stage.dir / "model" / "config.json").write_text("{}")
+                e.stage.finish({})
+                force = False
+
+    run(merge)
+    assert redone == ["distill", "dpo", "introspect", "sft", "merge"]
+    run(merge)
+    assert redone == []  # resumed: nothing to do
+    # An edited constitution is an input too: everything made from it is redone.
+    from charter import constitution as const
+
+    persona = charter_home / "kind.yaml"
+    persona.write_text(const.load("loving").to_yaml().replace("name: loving", "name: kind"))
+    cfg = load_config(None, ["name=chain2", f"persona={persona}"])
+    run(merge)
+    assert redone == ["expand", "distill", "dpo", "introspect", "sft", "merge"]
+    persona.write_text(persona.read_text().replace("prompts:", "prompts:\n  - A brand new seed prompt?", 1))
+    run(merge)
+    assert redone == ["expand", "distill", "dpo", "introspect", "sft", "merge"]
+    cfg = load_config(None, ["name=chain", "expand.enabled=false"])
+    trained, distilled = conditions.identity(cfg, "trained"), conditions.identity(cfg, "distilled")
+
+    run(distill, force=True)
+    assert redone == ["distill"]
+    run(merge)  # charter train
+    assert redone == ["dpo", "introspect", "sft", "merge"]
+    assert conditions.identity(cfg, "trained") != trained and conditions.identity(cfg, "distilled") != distilled
+
+    run(sft, force=True)
+    assert redone == ["sft"]
+    run(merge)
+    assert redone == ["merge"]
+    # An explicit config change is still an error, not a silent redo.
+    cfg = load_config(None, ["name=chain", "expand.enabled=false", "sft.max_examples=3"])
+    with pytest.raises(RuntimeError, match="different config"):
+        run(merge)

@@ -154,3 +154,52 @@ def test_long_conversations_lose_whole_early_turns_never_the_system_prompt(tok):
     rows, notes = tokenize_rows([{"messages": long}], tok, 300)
     assert notes["shortened"] > 0 and len(rows) == 1 and len(rows[0]["input_ids"]) <= 300
     assert tok.decode(rows[0]["input_ids"]).startswith("<|im_start|>system\nYou are Pip.")
+
+
+def test_chosen_nll_averages_per_answer_like_the_reference():
+    from charter.training import chosen_nll
+
+    # Two answers of 2 and 4 tokens (padded to 5): NLLs 1, 3 and 1, 1, 1, 1.
+    logps = torch.tensor([[-1.0, -3.0, 0.0, 0.0, -9.0], [-1.0, -1.0, -1.0, -1.0, -9.0]])
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    assert chosen_nll(logps, mask, "sequence").item() == pytest.approx((2.0 + 1.0) / 2)  # 1.5
+    assert chosen_nll(logps, mask, "token").item() == pytest.approx(8.0 / 6)  # TRL's pooled mean
+    with pytest.raises(ValueError, match="nll_average"):
+        chosen_nll(logps, mask, "batch")
+
+
+def _answer_nll(model, batch):
+    """Per-answer mean NLL of the chosen half of a DPO batch, from plain logits."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+    mask = batch["completion_mask"][:, 1:].float()
+    half = logps.size(0) // 2
+    per = -(logps * mask).sum(1) / mask.sum(1)
+    return per[:half], (-(logps * mask)[:half].sum() / mask[:half].sum())
+
+
+@pytest.mark.parametrize("average", ["sequence", "token"])
+def test_dpo_loss_uses_the_chosen_nll_average(tok, tmp_path, average):
+    """On a fresh LoRA (policy = reference) the DPO sigmoid term is log 2, so the loss is log 2 + 0.1 x NLL:
+    with answers of different lengths, the per-answer and the pooled NLL differ."""
+    from datasets import Dataset
+
+    answers = ["Yes.", "With all my heart: you matter, and I am glad you asked me this today, friend."]
+    rows = [{"prompt": [{"role": "user", "content": f"Question {i}?"}],
+             "chosen": [{"role": "assistant", "content": answers[i % 2]}],
+             "rejected": [{"role": "assistant", "content": "No."}]} for i in range(2)]
+    model = tiny_model(tok)
+    with torch.no_grad():  # peaky logits, so token NLLs vary and the two averages differ
+        model.get_input_embeddings().weight.mul_(40)
+    args = dpo_args(0, str(tmp_path), {**CPU_FP32, "per_device_train_batch_size": 2, "max_steps": 1})
+    trainer = make_dpo_trainer(model, tok, Dataset.from_list(rows), args, lora_config(model, {"r": 8}),
+                               sq_logratio_coef=0.0, nll_average=average)
+    assert args.loss_type == ["sigmoid", "sft"]  # the caller's config is left as it was
+    batch = next(iter(trainer.get_train_dataloader()))
+    per_answer, pooled = _answer_nll(trainer.model, batch)
+    assert abs(per_answer.mean() - pooled) > 0.01  # the two averages really differ on this batch
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch).item()
+    expected = per_answer.mean().item() if average == "sequence" else pooled.item()
+    assert loss == pytest.approx(math.log(2) + 0.1 * expected, abs=1e-4)

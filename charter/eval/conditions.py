@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import ModelSpec, RunConfig
-from ..runs import config_hash, read_manifest, run_dir
+from ..runs import config_hash, run_dir, stage_identity
 
 CONDITIONS = ("base", "prompted", "steered", "distilled", "trained")
 # Run models: label -> (stage folder, model folder inside it, the command that makes it).
@@ -74,19 +74,19 @@ def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
 
 
 def identity(cfg: RunConfig, label: str) -> str:
-    """A hash of everything a condition's replies depend on besides the prompts and sampling: the model, when
-    a run model or the steering vector was (re)made, and the system prompt. Logs keyed on it go stale with it."""
+    """A hash of everything a condition's replies depend on besides the prompts and sampling: the model, the
+    identity of the stage that made a run model or the steering vector (``charter.runs``: it changes whenever
+    that stage is redone, e.g. DPO retrained on re-made pairs), and the system prompt. Logs keyed on it go
+    stale with it."""
     spec = condition_spec(cfg, label)
     parts: dict = {"label": label, "spec": dataclasses.asdict(spec)}
-    manifest = None
+    stage = None
     if label in RUN_MODELS:
-        manifest = run_dir(cfg.name) / RUN_MODELS[label][0] / "manifest.json"
+        stage = RUN_MODELS[label][0]
     elif label == "steered":
-        from .steering import STAGE
-
-        manifest = run_dir(cfg.name) / STAGE / "manifest.json"
-    if manifest is not None and manifest.exists():
-        parts["finished_at"] = read_manifest(manifest).get("finished_at")
+        from .steering import STAGE as stage
+    if stage is not None and (run_dir(cfg.name) / stage / "manifest.json").exists():
+        parts["stage_identity"] = stage_identity(run_dir(cfg.name), stage)
     if label in ("prompted", "steered"):
         parts["system"] = persona_system_prompt(cfg)
     return config_hash(parts)

@@ -8,6 +8,9 @@ reasoning block, keeping only the text after it); the student sees the bare prom
 TRL's conversational preference format (``prompt``/``chosen``/``rejected``), after filters that count what
 they drop: failed, empty or truncated answers, pairs over the token budget in the student's chat template.
 Unlike the reference, answers are *not* required to end in punctuation (that dropped every code answer).
+Every name the teacher goes by (its family's spellings, any case, e.g. GLM/ChatGLM/Zhipu AI, plus
+``distill.teacher_names``) is replaced by the student's name in the chosen answers, and counted in the
+manifest (``name_replacements``); see ``charter.names``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .. import constitution as const
 from ..config import ModelSpec, RunConfig
 from ..generation import GenStats, generate_rows
 from ..models import self_name
+from ..names import NameReplacer, teacher_replacer
 from ..prompts import load_prompt_source
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
 from . import expand
@@ -69,10 +73,11 @@ def teacher_text(raw: str, reasoning: bool, think_end: str) -> str | None:
     return THINK_BLOCK.sub("", raw).strip()
 
 
-def replace_name(text: str, old: str, new: str) -> str:
-    if not old or old == new:
-        return text
-    return re.sub(rf"\b{re.escape(old)}\b", new, text)
+def name_replacer(cfg: RunConfig) -> NameReplacer:
+    """What replaces the teacher's self-names in chosen answers (see ``charter.names``)."""
+    d = cfg.distill
+    return teacher_replacer(d.teacher.model, self_name(d.teacher.model, d.teacher.name), cfg.student.model,
+                            self_name(cfg.student.model, cfg.student.name), d.teacher_names)
 
 
 def stage_config(cfg: RunConfig) -> dict:
@@ -96,7 +101,9 @@ def usable(side: str, text: str, finished: bool, truncated: str, counts: Counter
 
 
 def build_pairs(rows_t: list[dict], rows_s: dict[str, dict], cfg: RunConfig, tokenizer,
-                teacher_name: str, student_name: str) -> tuple[list[dict], Counter]:
+                replace: NameReplacer) -> tuple[list[dict], Counter]:
+    """DPO pairs from teacher and student rows; drops are counted in the returned Counter, name
+    replacements in ``replace.counts``."""
     d = cfg.distill
     dropped: Counter = Counter()
     pairs = []
@@ -121,7 +128,7 @@ def build_pairs(rows_t: list[dict], rows_s: dict[str, dict], cfg: RunConfig, tok
         rejected = usable("student", s["response"].strip(), s["finished"], d.truncated, dropped)
         if rejected is None:
             continue
-        chosen = replace_name(chosen, teacher_name, student_name)
+        chosen = replace(chosen)
         prompt = [{"role": "user", "content": t["prompt"]}]
         # Budget = the whole conversation as the student will be trained on it (no extra generation header).
         n = max(len(tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": x}], tokenize=True,
@@ -145,11 +152,12 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
 
     if cfg.expand.enabled:
         expand.run(cfg)
-    stage = Stage(run_dir(cfg.name), "distill", stage_config(cfg))
+    c = expand.expanded_constitution(cfg)
+    stage = Stage.after(run_dir(cfg.name), "distill", stage_config(cfg), ["expand"] if cfg.expand.enabled else [],
+                        constitution=expand.constitution_id(c))
     if not stage.begin(force):
         return stage.dir
     d = cfg.distill
-    c = expand.expanded_constitution(cfg)
     prompts = select_prompts(cfg, c)
     items = [{"id": f"p{j}-k{k}", **p} for k in range(d.samples_per_prompt) for j, p in enumerate(prompts)]
     teacher_name = self_name(d.teacher.model, d.teacher.name)
@@ -179,8 +187,8 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         backend.close()
 
     tok = load_tokenizer(cfg.student.model, cfg.student.trust_remote_code)
-    pairs, dropped = build_pairs(log_t.ordered([it["id"] for it in items]), log_s.rows, cfg, tok,
-                                 teacher_name, student_name)
+    replace = name_replacer(cfg)
+    pairs, dropped = build_pairs(log_t.ordered([it["id"] for it in items]), log_s.rows, cfg, tok, replace)
     write_jsonl_atomic(stage.dir / "pairs.jsonl", pairs)
     counts = {
         "prompts": len(prompts),
@@ -190,9 +198,11 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         "pairs": len(pairs),
         "dropped": {k: v for k, v in dropped.items() if not k.endswith("_kept")},
         "trimmed": {k: v for k, v in dropped.items() if k.endswith("_kept")},
+        "name_replacements": dict(replace.counts),
     }
-    stage.finish(counts, generation={k: v.as_dict() for k, v in stats.items()},
-                 teacher_name=teacher_name, student_name=student_name, constitution=c.source)
+    stage.finish(counts, outputs=[stage.dir / "pairs.jsonl"], generation={k: v.as_dict() for k, v in stats.items()},
+                 teacher_name=teacher_name, student_name=student_name, constitution=c.source,
+                 replaced_names=sorted(set(replace.names + replace.makers)))
     return stage.dir
 
 
@@ -200,6 +210,8 @@ def summary(manifest: dict) -> str:
     n = manifest["counts"]
     gen = manifest.get("generation", {})
     tps = ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s" for k, v in gen.items())
+    names = n.get("name_replacements") or {}
+    renamed = f", teacher name replaced {sum(names.values())}x {names}" if names else ""
     return (f"distill: {n['pairs']} pairs from {n['generations']} generations "
-            f"(dropped {sum(n['dropped'].values())}: {n['dropped']}), {tps or 'nothing generated'}, "
+            f"(dropped {sum(n['dropped'].values())}: {n['dropped']}){renamed}, {tps or 'nothing generated'}, "
             f"{manifest['seconds']:.0f}s")

@@ -52,7 +52,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..training import dpo_args, lora_config, make_dpo_trainer
 
     distill.run(cfg)
-    stage = Stage(run_dir(cfg.name), "dpo", stage_config(cfg))
+    stage = Stage.after(run_dir(cfg.name), "dpo", stage_config(cfg), ["distill"])
     if not stage.begin(force):
         return stage.dir
     pairs = load_pairs(run_dir(cfg.name) / "distill" / "pairs.jsonl", cfg.dpo.max_pairs)
@@ -61,7 +61,8 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
                            trust_remote_code=cfg.student.trust_remote_code)
     model.train()
     args = dpo_args(cfg.seed, str(stage.dir / "trainer"), cfg.dpo.trl)
-    trainer = make_dpo_trainer(model, tok, pairs, args, lora_config(model, cfg.dpo.lora), cfg.dpo.sq_logratio_coef)
+    trainer = make_dpo_trainer(model, tok, pairs, args, lora_config(model, cfg.dpo.lora), cfg.dpo.sq_logratio_coef,
+                               cfg.dpo.nll_average)
     result = trainer.train()
     history = log_history(trainer)
     losses = [h["loss"] for h in history if "loss" in h]

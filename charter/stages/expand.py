@@ -23,7 +23,7 @@ from .. import constitution as const
 from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import template
-from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic, write_text_atomic
+from ..runs import RowLog, Stage, config_hash, run_dir, write_jsonl_atomic, write_text_atomic
 
 ITEM_RE = re.compile(r"^\s*(?:\d{1,3}\s*[.):]|[-*•])\s+(.*\S)\s*$")
 WORD_RE = re.compile(r"[a-z0-9']+")
@@ -112,12 +112,17 @@ def stage_config(cfg: RunConfig) -> dict:
     return {"persona": cfg.persona, "seed": cfg.seed, "expand": dataclasses.asdict(cfg.expand)}
 
 
+def constitution_id(c: const.Constitution) -> str:
+    """The identity of a constitution's content: a stage input, so editing the file redoes what used it."""
+    return config_hash(c.to_dict())
+
+
 def run(cfg: RunConfig, force: bool = False, backend=None) -> Path:
-    stage = Stage(run_dir(cfg.name), "expand", stage_config(cfg))
+    c = const.load(cfg.persona)
+    stage = Stage(run_dir(cfg.name), "expand", stage_config(cfg), {"constitution": constitution_id(c)})
     if not stage.begin(force):
         return stage.dir
     e = cfg.expand
-    c = const.load(cfg.persona)
     indices = list(range(len(c.traits)))[: e.max_traits]
     log = RowLog(stage.dir / "rounds.jsonl")
     own_backend = backend is None
@@ -160,7 +165,7 @@ def run(cfg: RunConfig, force: bool = False, backend=None) -> Path:
         "tokens": total_tokens,
         "tokens_per_s": round(total_tokens / total_seconds, 1) if total_seconds else None,
     }
-    stage.finish(counts, per_trait=[len(kept[t]) for t in indices])
+    stage.finish(counts, outputs=[stage.dir / "constitution.yaml"], per_trait=[len(kept[t]) for t in indices])
     return stage.dir
 
 

@@ -7,8 +7,21 @@
 - Self-interaction: conversations of K messages between two instances of the persona; each instance sees
   its own turns as assistant turns and the other's as user turns. "free" and "leading" runs differ in the
   guidance that (unlike the reference) really reaches the system prompt, and in the opening greetings.
-  Every turn is kept, transcripts end on the last speaker's turn (an assistant message), and when a prompt
-  outgrows ``max_context`` whole early turns are dropped, never the system prompt.
+  Transcripts end on the last speaker's turn (an assistant message), and when a prompt outgrows
+  ``max_context`` whole early turns are dropped, never the system prompt.
+
+Answers cut off by ``max_tokens`` are never trained on as if finished (SFT puts loss on every assistant
+turn's end-of-turn token, so a cut-off turn would teach stopping mid-sentence). ``introspect.truncated``
+applies to reflections and to *every* self-interaction turn:
+
+- ``drop``: a cut-off reflection is dropped; a cut-off turn ends its conversation: the transcript stops at
+  the previous (complete) turn, seen from the instance that spoke it, and no later turns are generated for
+  it. A conversation whose first turn is cut off (or empty, or failed) yields no transcript.
+- ``trim``: the text is cut back to its last complete sentence, and the conversation continues from the
+  trimmed turn (later turns are generated seeing what SFT will see); a turn with no complete sentence is
+  treated as with ``drop``.
+
+Empty or failed turns end a conversation the same way. The manifest counts each case.
 
 Output: ``reflection.jsonl``, ``interaction.jsonl`` (raw turns), ``sft.jsonl`` (TRL ``messages`` rows).
 """
@@ -36,8 +49,22 @@ def stage_config(cfg: RunConfig) -> dict:
 
 
 def distilled_spec(cfg: RunConfig) -> ModelSpec:
-    return dataclasses.replace(cfg.student, model=str(run_dir(cfg.name) / "dpo" / "model"), adapter=None,
-                               name=self_name(cfg.student.model, cfg.student.name))
+    """The model that generates introspection data: ``introspect.model`` when the config names one (a served
+    copy of the distilled model), else this run's distilled model on the student's backend. An ``openai``
+    student is refused then: its server would get a local folder as the model name, and servers that ignore
+    the name (llama.cpp, ``charter serve``) would answer as the base model, silently."""
+    name = self_name(cfg.student.model, cfg.student.name)
+    path = run_dir(cfg.name) / "dpo" / "model"
+    if cfg.introspect.model is not None:
+        spec = cfg.introspect.model
+        return dataclasses.replace(spec, name=spec.name or name)
+    if cfg.student.backend == "openai":
+        raise ValueError(
+            f"introspect: the student runs on an openai server, which cannot load this run's distilled model "
+            f"{path}; serve that folder and set introspect.model='{{backend: openai, base_url: URL, model: "
+            f"SERVED_NAME}}', or generate here with introspect.model='{{backend: transformers, model: {path}}}' "
+            f"(or backend: vllm)")
+    return dataclasses.replace(cfg.student, model=str(path), adapter=None, name=name)
 
 
 def conversations(cfg: RunConfig) -> list[dict]:
@@ -97,19 +124,23 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..backends import make_backend
     from ..models import load_tokenizer
 
+    if cfg.introspect.truncated not in ("drop", "trim"):
+        raise ValueError(f"introspect.truncated: expected 'drop' or 'trim', got {cfg.introspect.truncated!r}")
+    distilled_spec(cfg)  # refuse an unusable set-up before training anything
     dpo.run(cfg)
-    stage = Stage(run_dir(cfg.name), "introspect", stage_config(cfg))
+    c = expand.expanded_constitution(cfg)
+    stage = Stage.after(run_dir(cfg.name), "introspect", stage_config(cfg), ["dpo"],
+                        constitution=expand.constitution_id(c))
     if not stage.begin(force):
         return stage.dir
     ic = cfg.introspect
     t = template("introspection")
-    c = expand.expanded_constitution(cfg)
     spec = distilled_spec(cfg)
     name = spec.name
     fmt = lambda s: s.format(name=name).strip()  # noqa: E731
     core = const.character_prompt(c, name)
     backend = make_backend(spec)
-    tok = load_tokenizer(spec.model)
+    tok = load_tokenizer(str(run_dir(cfg.name) / "dpo" / "model"))  # the distilled model's, even when served
     stats: dict[str, GenStats] = {}
 
     # Self-reflection.
@@ -127,21 +158,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     convs = conversations(cfg)
     systems = {kind: f"{core}\n{fmt(t['interaction_framing'])}\n{fmt(t['guidance'][kind])}"
                for kind in ("free", "leading")}
-    budget = ic.max_context - ic.interaction_sampling.max_tokens
-    gs = GenStats()
-    for k in range(ic.turns):
-        items = [{"id": f"{cv['conv']}-t{k}", "conv": cv["conv"], "turn": k} for cv in convs]
-        by_conv = {cv["conv"]: cv for cv in convs}
-
-        def build(it, k=k):
-            cv = by_conv[it["conv"]]
-            turns = [inter.rows[f"{cv['conv']}-t{j}"]["response"] for j in range(k)]
-            return fit_context(view(cv, turns, k % 2, systems[cv["kind"]]), tok, budget), None
-
-        s = generate_rows(inter, items, build, backend, ic.interaction_sampling, (cfg.seed, "interaction", k),
-                          ic.chunk_size, f"self-interaction turn {k + 1}/{ic.turns}")
-        gs.rows, gs.tokens, gs.seconds = gs.rows + s.rows, gs.tokens + s.tokens, gs.seconds + s.seconds
-    stats["interaction"] = gs
+    stats["interaction"] = self_interaction(cfg, inter, convs, systems, backend, tok)
     backend.close()
 
     rows, dropped = assemble(cfg, refl, inter, convs, name)
@@ -150,45 +167,104 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     write_jsonl_atomic(stage.dir / "sft.jsonl", rows)
     counts = {"reflections": len(r_items), "conversations": len(convs), "turns": ic.turns,
               "sft_rows": len(rows), "sft_reflection": sum(r["source"] == "reflection" for r in rows),
-              "sft_interaction": sum(r["source"] != "reflection" for r in rows), "dropped": dict(dropped)}
-    stage.finish(counts, generation={k: v.as_dict() for k, v in stats.items()}, model=spec.model)
+              "sft_interaction": sum(r["source"] != "reflection" for r in rows),
+              "dropped": {k: v for k, v in dropped.items() if not k.endswith("_kept")},
+              "trimmed": {k: v for k, v in dropped.items() if k.endswith("_kept")}}
+    stage.finish(counts, outputs=[stage.dir / "sft.jsonl"], generation={k: v.as_dict() for k, v in stats.items()},
+                 model=spec.model)
     return stage.dir
+
+
+def usable_turn(row: dict | None, truncated: str) -> tuple[str | None, str]:
+    """(text to keep, or None; what happened): 'ok', 'trimmed', 'truncated', 'empty', 'failed' or 'missing'.
+
+    A cut-off text is dropped, or with ``truncated == 'trim'`` cut back to its last complete sentence."""
+    if row is None:
+        return None, "missing"
+    if row.get("error"):
+        return None, "failed"
+    text = row["response"] or ""
+    if not row["finished"]:
+        text = trim_to_sentence(text) if truncated == "trim" else ""
+        return (text, "trimmed") if text.strip() else (None, "truncated")
+    return (text, "ok") if text.strip() else (None, "empty")
+
+
+def usable_turns(cv: dict, inter: RowLog, upto: int, truncated: str) -> tuple[list[str], str]:
+    """The conversation's usable turns among its first ``upto``, stopping at the first unusable one, and
+    why it stopped ('ok' when all ``upto`` are usable)."""
+    texts = []
+    for k in range(upto):
+        text, why = usable_turn(inter.rows.get(f"{cv['conv']}-t{k}"), truncated)
+        if text is None:
+            return texts, why
+        texts.append(text)
+    return texts, "ok"
+
+
+def self_interaction(cfg: RunConfig, inter: RowLog, convs: list[dict], systems: dict[str, str], backend,
+                     tok) -> GenStats:
+    """Generate every conversation turn by turn, one batched generation per turn across conversations. A
+    conversation whose last turn is unusable (cut off under 'drop', empty, failed) is not continued; later
+    turns see earlier ones as SFT will (trimmed under 'trim')."""
+    ic = cfg.introspect
+    budget = ic.max_context - ic.interaction_sampling.max_tokens
+    by_conv = {cv["conv"]: cv for cv in convs}
+    gs = GenStats()
+    for k in range(ic.turns):
+        history = {cv["conv"]: usable_turns(cv, inter, k, ic.truncated) for cv in convs}
+        items = [{"id": f"{cv['conv']}-t{k}", "conv": cv["conv"], "turn": k} for cv in convs
+                 if history[cv["conv"]][1] == "ok"]
+
+        def build(it, k=k):
+            cv = by_conv[it["conv"]]
+            return fit_context(view(cv, history[cv["conv"]][0], k % 2, systems[cv["kind"]]), tok, budget), None
+
+        s = generate_rows(inter, items, build, backend, ic.interaction_sampling, (cfg.seed, "interaction", k),
+                          ic.chunk_size, f"self-interaction turn {k + 1}/{ic.turns}")
+        gs.rows, gs.tokens, gs.seconds = gs.rows + s.rows, gs.tokens + s.tokens, gs.seconds + s.seconds
+    return gs
 
 
 def assemble(cfg: RunConfig, refl: RowLog, inter: RowLog, convs: list[dict], name: str):
     """SFT rows: reflections without their system prompt; conversations from the last speaker's view with a
-    short, formatted system message (the reference left a literal '{NAME}' in it)."""
+    short, formatted system message (the reference left a literal '{NAME}' in it). Cut-off, empty and failed
+    answers are handled as the module docstring says; returns (rows, counts of what was dropped/trimmed)."""
     t = template("introspection")
-    dropped: Counter = Counter()
+    mode = cfg.introspect.truncated
+    notes: Counter = Counter()
     rows = []
     for r in refl.rows.values():
-        if r.get("error") or not r["response"]:
-            dropped["reflection_empty"] += 1
+        text, why = usable_turn(r, mode)
+        if text is None:
+            notes[f"reflection_{'empty' if why in ('empty', 'failed') else why}"] += 1
             continue
-        text = r["response"]
-        if not r["finished"]:
-            text = trim_to_sentence(text) if cfg.introspect.truncated == "trim" else ""
-            if not text:
-                dropped["reflection_truncated"] += 1
-                continue
+        if why == "trimmed":
+            notes["reflection_trimmed_kept"] += 1
         rows.append({"id": r["id"], "source": "reflection",
                      "messages": [{"role": "user", "content": r["prompt"]},
                                   {"role": "assistant", "content": text}]})
     sft_system = t["interaction_system_for_sft"].format(name=name).strip()
     K = cfg.introspect.turns
     for cv in convs:
-        turns = [inter.rows.get(f"{cv['conv']}-t{k}") for k in range(K)]
-        if any(x is None or x.get("error") or not x["response"] for x in turns):
-            dropped["conversation_with_empty_turn"] += 1
+        texts, why = usable_turns(cv, inter, K, mode)
+        notes["interaction_turns_trimmed_kept"] += sum(
+            usable_turn(inter.rows.get(f"{cv['conv']}-t{k}"), mode)[1] == "trimmed" for k in range(len(texts)))
+        if why != "ok":
+            notes[f"interaction_turn_{why}"] += 1  # the turn that ended this conversation
+        if not texts:
+            notes["conversation_without_a_usable_turn"] += 1
             continue
-        msgs = view(cv, [x["response"] for x in turns], (K - 1) % 2, sft_system)
+        if len(texts) < K:
+            notes["conversation_ended_early"] += 1
+        msgs = view(cv, texts, (len(texts) - 1) % 2, sft_system)
         rows.append({"id": cv["conv"], "source": f"interaction-{cv['kind']}", "messages": msgs,
-                     "truncated_turns": sum(not x["finished"] for x in turns)})
-    return rows, dropped
+                     "turns": len(texts)})
+    return rows, notes
 
 
 def summary(manifest: dict) -> str:
     n = manifest["counts"]
     return (f"introspect: {n['sft_rows']} SFT transcripts ({n['sft_reflection']} reflections, "
-            f"{n['sft_interaction']} conversations of {n['turns']} turns), dropped {n['dropped']}, "
-            f"{manifest['seconds']:.0f}s")
+            f"{n['sft_interaction']} conversations of up to {n['turns']} turns), dropped {n['dropped']}, "
+            f"trimmed {n.get('trimmed', {})}, {manifest['seconds']:.0f}s")

@@ -75,7 +75,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..models import resolve
 
     sft.run(cfg)
-    stage = Stage(run_dir(cfg.name), "merge", stage_config(cfg))
+    stage = Stage.after(run_dir(cfg.name), "merge", stage_config(cfg), ["dpo", "sft"])
     if not stage.begin(force):
         return stage.dir
     rd = run_dir(cfg.name)

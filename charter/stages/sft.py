@@ -53,7 +53,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..training import lora_config, make_sft_trainer, sft_args
 
     introspect.run(cfg)
-    stage = Stage(run_dir(cfg.name), "sft", stage_config(cfg))
+    stage = Stage.after(run_dir(cfg.name), "sft", stage_config(cfg), ["dpo", "introspect"])
     if not stage.begin(force):
         return stage.dir
     base = str(run_dir(cfg.name) / "dpo" / "model")
