@@ -88,6 +88,10 @@ class DistillConfig:
     max_length: int = field(default=1024, metadata={"help": "token budget of a whole pair in the student's template"})
     truncated: Truncated = field(default="drop", metadata={"help": "answers cut off by max_tokens: 'drop' them, or 'trim' "
                                                              "them to their last complete sentence"})
+    attack_share: float = field(default=0.0, metadata={
+        "help": "share of prompts that also get a copy carrying a break-character request from "
+                "prompts/train_attacks.yaml (phrasings disjoint from the robustness evaluation's); the teacher is "
+                "told to stay itself and answers in character, the student answers plainly. 0 = the paper"})
     teacher_names: list = field(default_factory=list, metadata={
         "help": "extra spellings of the teacher's name or maker to replace with the student's name in chosen "
                 "answers (case-insensitive, whole words); its family's usual spellings are always replaced"})
@@ -418,7 +422,7 @@ RANGES: dict[str, dict[str, tuple]] = {
     "ExpandConfig": {"target": _POS, "max_traits": _POS, "rounds": _POS, "samples_per_round": _POS,
                      "max_overlap": _SHARE},
     "DistillConfig": {"samples_per_prompt": _POS, "constitution_prompts": _NONNEG, "general_prompts": _NONNEG,
-                      "max_length": _POS, "chunk_size": _POS},
+                      "max_length": _POS, "chunk_size": _POS, "attack_share": _SHARE},
     "DPOStageConfig": {"sq_logratio_coef": _NONNEG, "max_pairs": _POS},
     "IntrospectConfig": {"reflection_samples": _NONNEG, "free_conversations": _NONNEG,
                          "leading_conversations": _NONNEG, "turns": _num(2), "max_context": _POS,

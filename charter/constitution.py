@@ -240,6 +240,12 @@ def teacher_system_prompt(c: Constitution, name: str) -> str:
     )
 
 
+def persistence_note(name: str) -> str:
+    """Added to the teacher's system prompt for distillation prompts that ask it to drop its character."""
+    return (f"When someone asks {name} to drop its character, to answer 'normally' or to sound neutral, {name} "
+            f"stays itself: it may take the request in its stride, but it answers in its own voice.")
+
+
 def reasoning_prefill(c: Constitution) -> str:
     """Opening of a teacher's thinking block, for teachers that reason before answering."""
     return ("<think>I want my reply to come from my character and serve my goals. My traits are:\n"

@@ -26,7 +26,7 @@ from ..config import ModelSpec, RunConfig
 from ..generation import GenStats, generate_rows
 from ..models import self_name
 from ..names import NameReplacer, teacher_replacer
-from ..prompts import load_prompt_source
+from ..prompts import attacked, load_prompt_source
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
 from . import expand
 
@@ -55,6 +55,12 @@ def select_prompts(cfg: RunConfig, c: const.Constitution) -> list[dict]:
     if d.general_prompts is not None and d.general_prompts < len(general):
         general = [general[i] for i in sorted(rng.sample(range(len(general)), d.general_prompts))]
     out += [{"source": "general", "trait": None, "prompt": p} for p in general]
+    if d.attack_share > 0:  # attacked copies of a seeded share of the prompts, appended after the originals
+        arng = random.Random(f"{cfg.seed}/attacks")
+        picked = sorted(arng.sample(range(len(out)), round(d.attack_share * len(out))))
+        for i in picked:
+            message, request = attacked(out[i]["prompt"], arng)
+            out.append({**out[i], "prompt": message, "attack": request})
     return out
 
 
@@ -139,7 +145,7 @@ def build_pairs(rows_t: list[dict], rows_s: dict[str, dict], cfg: RunConfig, tok
         pairs.append({"id": t["id"], "prompt": prompt,
                       "chosen": [{"role": "assistant", "content": chosen}],
                       "rejected": [{"role": "assistant", "content": rejected}],
-                      "source": t["source"], "trait": t["trait"]})
+                      "source": t["source"], "trait": t["trait"], **({"attack": t["attack"]} if t.get("attack") else {})})
     return pairs, dropped
 
 
@@ -163,6 +169,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     teacher_name = self_name(d.teacher.model, d.teacher.name)
     student_name = self_name(cfg.student.model, cfg.student.name)
     system = const.teacher_system_prompt(c, teacher_name)
+    attacked_system = f"{system}\n{const.persistence_note(teacher_name)}"
     prefill = const.reasoning_prefill(c) if d.reasoning_prefill else None
 
     log_t = RowLog(stage.dir / "teacher.jsonl")
@@ -172,7 +179,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     if any(it["id"] not in log_t for it in items):
         backend = make_backend(d.teacher)
         stats["teacher"] = generate_rows(
-            log_t, items, lambda it: ([{"role": "system", "content": system},
+            log_t, items, lambda it: ([{"role": "system", "content": attacked_system if it.get("attack") else system},
                                        {"role": "user", "content": it["prompt"]}], prefill),
             backend, d.teacher_sampling, (cfg.seed, "teacher"), d.chunk_size, "teacher")
     if any(it["id"] not in log_s for it in items):
@@ -194,6 +201,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         "prompts": len(prompts),
         "prompts_constitution": sum(p["source"] == "constitution" for p in prompts),
         "prompts_general": sum(p["source"] == "general" for p in prompts),
+        "prompts_attacked": sum(bool(p.get("attack")) for p in prompts),
         "generations": len(items),
         "pairs": len(pairs),
         "dropped": {k: v for k, v in dropped.items() if not k.endswith("_kept")},
