@@ -8,7 +8,7 @@ cfg=${1:-configs/cpu-sarcastic.yaml}; shift || true
 charter=${CHARTER:-.venv/bin/charter}
 lscpu | grep -m1 "Model name" || true
 start=$(date +%s)
-step() { local t0; t0=$(date +%s); echo "\$ charter $*"; "$charter" "$@"; echo "[$(( $(date +%s) - t0 ))s] charter $1 $2"; }
+step() { local t0; t0=$(date +%s); echo "\$ charter $*"; $charter "$@"; echo "[$(( $(date +%s) - t0 ))s] charter $1 $2"; }
 step train "$cfg" "$@"
 step eval steering "$cfg" "$@"
 step eval robustness "$cfg" "$@"
