@@ -1,6 +1,6 @@
 """Distill teacher-pass throughput on this machine, every figure from one run.
 
-    .venv/bin/python benchmarks/generation.py [--prompts 16] [--batch 16] [--max-tokens 32] [--dtypes float32,bfloat16]
+    .venv/bin/python benchmarks/generation.py [--prompts 8] [--batch 8] [--max-tokens 32] [--dtypes float32,bfloat16]
 
 The teacher pass is the distill stage's own loop (``generate_rows`` over the constitution-prompted chats that
 ``distill`` builds: a ~500-token system prompt + one user turn), on the embedded model, greedy. It runs in
@@ -62,8 +62,8 @@ def teacher_pass(chats, dtype: str, prefix: bool, args, workdir: Path) -> tuple[
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--persona", default="sarcastic")
