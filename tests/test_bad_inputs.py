@@ -42,9 +42,14 @@ def finished_stage(stage: str, overrides=(), files: dict | None = None) -> Path:
     """A stage folder of run 'demo' as the stage would have left it (its config.json matching demo.yaml)."""
     import importlib
 
+    from charter.stages import expand
+
     cfg = load_config(DEMO, list(overrides))
     mod = importlib.import_module(f"charter.stages.{stage}")
-    s = Stage(run_dir(cfg.name), stage, mod.stage_config(cfg))
+    # The inputs the stage itself records (its hash chain): other inputs would make the folder stale, and a
+    # stale folder is redone rather than reported.
+    inputs = {"constitution": expand.constitution_id(expand.expanded_constitution(cfg))}
+    s = Stage(run_dir(cfg.name), stage, mod.stage_config(cfg), inputs)
     s.begin()
     for name, text in (files or {}).items():
         write(s.dir / name, text)
@@ -143,8 +148,8 @@ CASES = [
     ("persona-unknown", lambda t, m: ["train", DEMO, "persona=nosuch"],
      ["demo.yaml.persona", "nosuch: no such persona or file", "shipped:"]),
     ("persona-invalid-file", lambda t, m: ["train", DEMO, "persona=" + write(
-        t / "bad.yaml", "name: bad\ndescription: x\ntraits:\n  - trait: You are kind.\n    prompts: [hi]\n")],
-     ["demo.yaml.persona", "bad.yaml: traits[0].trait", "first-person"]),
+        t / "bad.yaml", "name: bad\ndescription: x\ntraits:\n  - trait: '  '\n    prompts: [hi]\n")],
+     ["demo.yaml.persona", "bad.yaml: traits[0].trait", "non-empty statement"]),
     ("constitution-jsonl-line", lambda t, m: ["constitution", "validate", write(
         t / "ref.jsonl", '{"trait": "I am kind.", "questions": ["hi"]}\n{"trait": "I am\n')],
      ["ref.jsonl: not valid JSON (line 2"]),
