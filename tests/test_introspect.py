@@ -70,7 +70,7 @@ class _Script:
     def __init__(self, calls):
         self.calls, self.seen = list(calls), []
 
-    def generate(self, chats, sampling, prefills=None, seed=0):
+    def generate(self, chats, sampling, prefills=None, seed=0, progress=None):
         self.seen.append(chats)
         return self.calls.pop(0)
 
