@@ -95,6 +95,10 @@ class DistillConfig:
     teacher_names: list = field(default_factory=list, metadata={
         "help": "extra spellings of the teacher's name or maker to replace with the student's name in chosen "
                 "answers (case-insensitive, whole words); its family's usual spellings are always replaced"})
+    teacher_examples: str = field(default="", metadata={
+        "help": "few-shot exchanges shown to the teacher after its system prompt: '' = none (the paper), "
+                "'builtin' = prompts/teacher_examples/<persona>.yaml, or a YAML list of {user, assistant}. "
+                "Small teachers follow examples far better than a trait list"})
     chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
 
 
@@ -204,11 +208,15 @@ class RobustnessConfig:
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
     prefill: bool = field(default=True, metadata={"help": "also run the prefill ('keep going') attack"})
     chunk_size: int = 64
-    reference: Literal["prompted", "pairs"] = field(default="prompted", metadata={
+    reference: Literal["prompted", "pairs", "exemplars"] = field(default="prompted", metadata={
         "help": "single-persona mode: the texts the detector learns the persona from, none of them a scored "
                 "reply. prompted: the base model with the persona's system prompt vs the plain base model, both "
                 "answering the train prompts; pairs: the distillation pairs' chosen vs rejected replies "
-                "(<run>/distill/pairs.jsonl)"})
+                "(<run>/distill/pairs.jsonl); exemplars: hand-written persona vs plain texts (robustness.exemplars), "
+                "so no model, teacher or training pair shaped the detector"})
+    exemplars: str = field(default="builtin", metadata={
+        "help": "reference=exemplars: 'builtin' (prompts/persona_exemplars/<persona>.yaml) or a YAML file with "
+                "'persona' and 'plain' lists of texts"})
     bootstrap: int = field(default=1000, metadata={"help": "resamples of the held-out prompts for the 95% CIs"})
 
 

@@ -8,6 +8,10 @@ A detector (any encoder of ``classifier.py``) learns the persona from **referenc
 - ``robustness.reference=pairs``: the distillation pairs of this run (``<run>/distill/pairs.jsonl``), chosen
   replies (the teacher, persona) vs rejected ones (the student, base). Pairs whose prompt is a held-out prompt
   are left out. The detector may then also learn teacher-vs-student style, which is worth knowing.
+- ``robustness.reference=exemplars``: hand-written texts, in the persona's voice vs plain, on everyday topics
+  (``prompts/persona_exemplars/<persona>.yaml`` or ``robustness.exemplars``). No model wrote them, so the
+  detector cannot have learned a model's quirks (e.g. "sounds like the teacher", which a model distilled from
+  that teacher would match without having the persona). It may miss a persona expressed unlike the exemplars.
 
 Then every condition's held-out replies, under no attack, each break-character attack and the prefill attack,
 are labelled; a reply is in persona when the detector's probability of the persona is at least 0.5. The
@@ -27,7 +31,7 @@ from ..runs import derive_seed, read_jsonl, read_manifest, run_dir
 from .classifier import make_classifier, proba_of
 
 BASE, NONE, PREFILL = "base", "none", "prefill"
-REFERENCES = ("prompted", "pairs")
+REFERENCES = ("prompted", "pairs", "exemplars")
 THRESHOLD = 0.5
 LEVEL = 0.95
 
@@ -51,13 +55,32 @@ def pairs_identity(run: str) -> str | None:
     return read_manifest(m).get("finished_at") if m.exists() and pairs_path(run).exists() else None
 
 
+def exemplars_identity(persona: str, which: str) -> str:
+    """A hash of the exemplar texts, so editing them re-scores."""
+    import hashlib
+    import json
+
+    from ..prompts import persona_exemplars
+
+    data = persona_exemplars(which, persona)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def reference_texts(run: str, rows: list[dict], persona: str, reference: str, train_prompts: list[str],
-                    heldout_prompts) -> tuple[list[str], list[str], dict]:
+                    heldout_prompts, exemplars: str = "builtin") -> tuple[list[str], list[str], dict]:
     """(texts, labels, info) the detector learns from; never a reply to a held-out prompt."""
     check_reference(reference)
     heldout = set(heldout_prompts)
     texts, labels, prompts, dropped = [], [], [], 0
-    if reference == "prompted":
+    if reference == "exemplars":
+        from ..prompts import persona_exemplars
+
+        data = persona_exemplars(exemplars, persona)
+        for key, label in (("persona", persona), ("plain", BASE)):
+            texts += data[key]
+            labels += [label] * len(data[key])
+        source = f"hand-written exemplars, persona vs plain ({exemplars})"
+    elif reference == "prompted":
         train = set(train_prompts)
         for r in rows:
             if (r["condition"] in ("prompted", BASE) and r["split"] == "train" and r["attack"] == NONE
@@ -136,7 +159,8 @@ def score(cfg, rows: list[dict], persona: str, scored: list[str], attack_ids: li
     train_prompts = [x["prompt"] for x in split["train"]]
     pids = [x["pid"] for x in split["heldout"]]
     heldout = {x["prompt"] for x in split["heldout"]}
-    texts, labels, info = reference_texts(cfg.name, rows, persona, r.reference, train_prompts, heldout)
+    texts, labels, info = reference_texts(cfg.name, rows, persona, r.reference, train_prompts, heldout,
+                                          exemplars=r.exemplars)
     t0 = time.time()
     clf = make_classifier(encoder, settings, derive_seed(cfg.seed, "robustness", "classifier"))
     clf.fit(texts, labels)
@@ -173,7 +197,8 @@ def score(cfg, rows: list[dict], persona: str, scored: list[str], attack_ids: li
                "detector": detector, "table": table, "summary": summary, "prefill": prefill,
                "notes": ["'prompted' answering the train prompts is the reference (with base); it is scored on "
                          "the held-out prompts only" if r.reference == "prompted" else
-                         "the reference is this run's distillation pairs; no scored reply is among them"]}
+                         "the reference is this run's distillation pairs; no scored reply is among them"
+                         if r.reference == "pairs" else "the reference texts were written by hand; no model wrote them"]}
     counts = {"train_texts": len(texts), "train_by_label": info["texts"], "scored_texts": len(todo),
               "classifier_seconds": round(fit_s, 1)}
     return results, predictions, counts

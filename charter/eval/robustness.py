@@ -347,7 +347,8 @@ def stage_config(cfg: RunConfig) -> dict:
     # prefill switch only choose what is generated or scored (rows are keyed by condition and attack), so
     # changing them reuses the log.
     rob = {k: v for k, v in dataclasses.asdict(cfg.robustness).items()
-           if k not in ("conditions", "personas", "encoder", "classifier", "prefill", "reference", "bootstrap")}
+           if k not in ("conditions", "personas", "encoder", "classifier", "prefill", "reference", "bootstrap",
+                        "exemplars")}
     return {"seed": cfg.seed, "persona": cfg.persona, "robustness": rob}
 
 
@@ -383,6 +384,8 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
     if mode == "single":
         scoring.update(reference=r.reference, bootstrap=r.bootstrap,
                        pairs=inpersona.pairs_identity(cfg.name) if r.reference == "pairs" else None)
+        if r.reference == "exemplars":  # absent otherwise, so earlier results stay valid
+            scoring["exemplars"] = inpersona.exemplars_identity(label, r.exemplars)
     if stage.done() and not force:
         m = stage.manifest()
         if m.get("scoring") == scoring and m.get("identities") == _identities(cfg, gen_conds):

@@ -5,6 +5,8 @@
 - ``traits.txt``: single-word traits for the revealed-preference evaluation; ``traits_reference.txt``: the
   paper's list, for comparable ratings; ``persona_traits.yaml``: which of them express each shipped persona.
 - ``introspection.yaml``, ``expansion.yaml``: templates for those stages.
+- ``teacher_examples/<persona>.yaml``: few-shot exchanges for the distillation teacher (optional).
+- ``persona_exemplars/<persona>.yaml``: hand-written persona vs plain texts a detector can learn from.
 
 ``load_prompt_source`` also reads any JSONL file (``prompt`` field, or the first user turn of
 ``messages``/``conversations``) or a Hugging Face dataset by name, for users who have LIMA or WildChat.
@@ -130,3 +132,55 @@ def attacked(prompt: str, rng) -> tuple[str, str]:
     t = train_attacks()
     request, form = rng.choice(t["requests"]), rng.choice(t["forms"])
     return form.format(prompt=prompt, request=request), request
+
+
+def _persona_file(folder: str, which: str, persona: str, field_name: str) -> Path:
+    """``builtin`` -> this folder's ``<folder>/<persona>.yaml``; anything else is a path."""
+    if which == "builtin":
+        path = HERE / folder / f"{Path(persona).stem}.yaml"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in (HERE / folder).glob("*.yaml"))
+            raise PromptSourceError(f"{field_name}: builtin: no shipped file for persona '{persona}' "
+                                    f"(shipped: {', '.join(shipped)}); give a YAML path instead")
+        return path
+    path = Path(which).expanduser()
+    if not path.is_file():
+        raise PromptSourceError(f"{field_name}: '{which}': expected 'builtin' or a YAML file")
+    return path
+
+
+def teacher_examples(which: str, persona: str) -> list[dict]:
+    """Few-shot exchanges for the distillation teacher: a YAML list of ``{user, assistant}`` (see
+    ``teacher_examples/``). Empty ``which`` means none (the paper's teacher)."""
+    if not which:
+        return []
+    path = _persona_file("teacher_examples", which, persona, "distill.teacher_examples")
+    data = yaml.safe_load(path.read_text())
+    ok = isinstance(data, list) and data and all(
+        isinstance(x, dict) and set(x) == {"user", "assistant"}
+        and all(isinstance(v, str) and v.strip() for v in x.values()) for x in data)
+    if not ok:
+        raise PromptSourceError(f"{path}: expected a non-empty list of {{user: ..., assistant: ...}} with "
+                                "non-empty strings")
+    return [{"user": x["user"].strip(), "assistant": " ".join(x["assistant"].split())} for x in data]
+
+
+def persona_exemplars(which: str, persona: str) -> dict[str, list[str]]:
+    """Hand-written reference texts for a persona detector: ``{'persona': [...], 'plain': [...]}``."""
+    path = _persona_file("persona_exemplars", which, persona, "robustness.exemplars")
+    data = yaml.safe_load(path.read_text())
+    out = {}
+    for key in ("persona", "plain"):
+        texts = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(texts, list) or len(texts) < 4 or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise PromptSourceError(f"{path}: {key}: expected a list of at least 4 non-empty strings")
+        out[key] = [t.strip() for t in texts]
+    return out
+
+
+def teacher_messages(system: str, shots: list[dict], user: str) -> list[dict]:
+    """The teacher's chat: system prompt, the few-shot exchanges, then the user's prompt."""
+    msgs = [{"role": "system", "content": system}]
+    for s in shots:
+        msgs += [{"role": "user", "content": s["user"]}, {"role": "assistant", "content": s["assistant"]}]
+    return msgs + [{"role": "user", "content": user}]

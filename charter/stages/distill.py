@@ -26,7 +26,7 @@ from ..config import ModelSpec, RunConfig
 from ..generation import GenStats, generate_rows
 from ..models import self_name
 from ..names import NameReplacer, teacher_replacer
-from ..prompts import attacked, load_prompt_source
+from ..prompts import attacked, load_prompt_source, teacher_examples, teacher_messages
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
 from . import expand
 
@@ -87,8 +87,14 @@ def name_replacer(cfg: RunConfig) -> NameReplacer:
 
 
 def stage_config(cfg: RunConfig) -> dict:
+    d = dataclasses.asdict(cfg.distill)
+    if d["teacher_examples"]:  # the exchanges themselves, so editing the file redoes the stage
+        d["teacher_examples"] = {"source": d["teacher_examples"],
+                                 "exchanges": teacher_examples(cfg.distill.teacher_examples, cfg.persona)}
+    else:  # off (the paper): absent, so runs made before the option keep their identity
+        del d["teacher_examples"]
     return {"persona": cfg.persona, "seed": cfg.seed, "student": dataclasses.asdict(cfg.student),
-            "distill": dataclasses.asdict(cfg.distill), "expand_enabled": cfg.expand.enabled}
+            "distill": d, "expand_enabled": cfg.expand.enabled}
 
 
 def usable(side: str, text: str, finished: bool, truncated: str, counts: Counter) -> str | None:
@@ -171,6 +177,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     system = const.teacher_system_prompt(c, teacher_name)
     attacked_system = f"{system}\n{const.persistence_note(teacher_name)}"
     prefill = const.reasoning_prefill(c) if d.reasoning_prefill else None
+    shots = teacher_examples(d.teacher_examples, cfg.persona)  # same for every row: one shared prefix to reuse
 
     log_t = RowLog(stage.dir / "teacher.jsonl")
     log_s = RowLog(stage.dir / "student.jsonl")
@@ -179,8 +186,8 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     if any(it["id"] not in log_t for it in items):
         backend = make_backend(d.teacher)
         stats["teacher"] = generate_rows(
-            log_t, items, lambda it: ([{"role": "system", "content": attacked_system if it.get("attack") else system},
-                                       {"role": "user", "content": it["prompt"]}], prefill),
+            log_t, items, lambda it: (teacher_messages(attacked_system if it.get("attack") else system, shots,
+                                                       it["prompt"]), prefill),
             backend, d.teacher_sampling, (cfg.seed, "teacher"), d.chunk_size, "teacher")
     if any(it["id"] not in log_s for it in items):
         if backend is None or not same_model(d.teacher, cfg.student):
@@ -202,6 +209,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         "prompts_constitution": sum(p["source"] == "constitution" for p in prompts),
         "prompts_general": sum(p["source"] == "general" for p in prompts),
         "prompts_attacked": sum(bool(p.get("attack")) for p in prompts),
+        "teacher_examples": len(shots),
         "generations": len(items),
         "pairs": len(pairs),
         "dropped": {k: v for k, v in dropped.items() if not k.endswith("_kept")},
