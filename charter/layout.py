@@ -36,6 +36,23 @@ STAGES: tuple[StageInfo, ...] = (
     StageInfo("merge", "fold DPO and SFT into the final model; export one persona adapter"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+class EvalInfo(NamedTuple):
+    name: str  # `charter eval NAME CONFIG`, the module charter.eval.NAME
+    func: str  # the function of that module that runs it: func(cfg, force=, report=)
+    help: str
+
+
+# The evaluations in the order `charter eval all` runs them (steering first: the steered condition needs it).
+EVALUATIONS: tuple[EvalInfo, ...] = (
+    EvalInfo("steering", "fit", "fit the activation-steering baseline (direction + sweep)"),
+    EvalInfo("preferences", "run", "revealed preferences: trait Elo ratings"),
+    EvalInfo("robustness", "run", "break-character attacks and prefill, scored by a classifier"),
+    EvalInfo("coherence", "run", "pairwise LLM-judge coherence, trained vs each condition"),
+    EvalInfo("capabilities", "run", "general benchmarks through lm-evaluation-harness"),
+)
+EVAL_NAMES: tuple[str, ...] = tuple(e.name for e in EVALUATIONS)
 STEERING = "eval-steering"  # the steering baseline's folder: an evaluation's output that a condition reads
 
 

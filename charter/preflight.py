@@ -29,11 +29,12 @@ from pathlib import Path
 
 from . import deps
 from .config import ConfigError, ModelSpec, RunConfig
+from .layout import EVAL_NAMES, RUN_MODELS as RUN_MODEL_FOLDERS, STAGE_NAMES
 from .runs import run_dir
 
-TRAINING = ("expand", "distill", "dpo", "introspect", "sft", "merge", "train")
-EVALS = ("steering", "preferences", "robustness", "coherence", "capabilities")
-RUN_MODELS = ("base", "trained", "distilled")
+TRAINING = (*STAGE_NAMES, "train")
+EVALS = EVAL_NAMES
+RUN_MODELS = ("base", *RUN_MODEL_FOLDERS)
 TRAIN_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 

@@ -8,6 +8,7 @@ from charter.config import load_config
 from charter.eval import coherence as coh
 from charter.eval import conditions as cond
 from charter.eval import proxies
+from charter.messages import with_system
 from charter.runs import read_jsonl, run_dir
 
 
@@ -33,9 +34,9 @@ def fake_run_model(cfg, label, source):
 
 def test_with_system():
     chat = [{"role": "user", "content": "hi"}]
-    assert cond.with_system(chat, None) == chat
-    assert cond.with_system(chat, "Be kind.") == [{"role": "system", "content": "Be kind."}, *chat]
-    both = cond.with_system([{"role": "system", "content": "Answer in French."}, *chat], "Be kind.")
+    assert with_system(chat, None) == chat
+    assert with_system(chat, "Be kind.") == [{"role": "system", "content": "Be kind."}, *chat]
+    both = with_system([{"role": "system", "content": "Answer in French."}, *chat], "Be kind.")
     assert both[0] == {"role": "system", "content": "Be kind.\n\nAnswer in French."} and len(both) == 2
     assert chat == [{"role": "user", "content": "hi"}]  # the caller's chat is not modified
 

@@ -32,10 +32,12 @@ from statistics import NormalDist
 
 from ..config import RunConfig, Sampling
 from ..generation import generate_rows
+from .. import layout
 from ..layout import run_model
 from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, run_dir, write_json_atomic,
                     write_jsonl_atomic)
-from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key, with_system
+from ..messages import with_system
+from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
 from .judge import _strip_reasoning
 
 STAGE = "eval-coherence"
@@ -218,18 +220,17 @@ def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
     from ..prompts import template
 
     d = run_dir(cfg.name)
-    distill = {_key(r["prompt"]) for r in read_jsonl(d / "distill" / "teacher.jsonl") if r.get("prompt")}
-    distill |= {_key(m["content"]) for r in read_jsonl(d / "distill" / "pairs.jsonl") for m in r["prompt"]
+    distill = {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "teacher_rows")) if r.get("prompt")}
+    distill |= {_key(m["content"]) for r in read_jsonl(layout.path(d, "pairs")) for m in r["prompt"]
                 if m["role"] == "user"}
     if not distill:
         from ..stages.distill import select_prompts
-        from ..stages.expand import expanded_constitution
 
-        distill = {_key(p["prompt"]) for p in select_prompts(cfg, expanded_constitution(cfg))}
+        distill = {_key(p["prompt"]) for p in select_prompts(cfg, layout.constitution(cfg))}
     t = template("introspection")
     name = self_name(cfg.student.model, cfg.student.name)
     intro = {_key(q.format(name=name)) for q in t["reflection_prompts"]}
-    intro |= {_key(r["prompt"]) for r in read_jsonl(d / "introspect" / "reflection.jsonl") if r.get("prompt")}
+    intro |= {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "reflections")) if r.get("prompt")}
     intro |= {_key(g) for pool in t["greetings"].values() for g in pool}
     return {"distill": distill, "introspect": intro}
 

@@ -7,7 +7,7 @@
     trained    this run's final model, DPO + introspection SFT (``<run>/merge/model``), no system prompt
 
 ``open_condition(cfg, label) -> (backend, system)``: put ``system`` (None for all but 'prompted') in front of
-every chat with ``with_system``. Base, prompted and steered share one loaded student model (steering hooks are
+every chat with ``messages.with_system``. Base, prompted and steered share one loaded student model (steering hooks are
 active only inside the steered backend's ``generate``), and every model is loaded once until ``close()``.
 """
 
@@ -20,18 +20,6 @@ from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model
 from ..runs import config_hash, run_dir, stage_identity
 
 CONDITIONS = ("base", "prompted", "steered", "distilled", "trained")
-
-
-def with_system(chat: list[dict], system: str | None) -> list[dict]:
-    """``chat`` with ``system`` in front; a chat that already has a system message gets ours first, joined,
-    so an evaluation's own system instructions are kept rather than silently replaced."""
-    chat = [dict(m) for m in chat]
-    if not system:
-        return chat
-    if chat and chat[0]["role"] == "system":
-        chat[0]["content"] = f"{system}\n\n{chat[0]['content']}"
-        return chat
-    return [{"role": "system", "content": system}] + chat
 
 
 def _check_label(label: str) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..config import ModelSpec, RunConfig
 from ..generation import generate_rows
+from ..layout import RUN_MODELS
 from ..prompts import load_prompt_source, traits
 from ..runs import (RowLog, Stage, config_hash, derive_seed, read_manifest, run_dir, write_json_atomic,
                     write_jsonl_atomic, write_text_atomic)
@@ -62,9 +63,6 @@ say which trait you picked and do not explain the choice: that would break the c
 in that manner, as naturally as you can.
 
 The conversation starts now."""
-
-# Built-in model labels -> (stage folder, model folder inside it).
-RUN_MODELS = {"trained": ("merge", "model"), "distilled": ("dpo", "model")}
 
 
 def article(word: str) -> str:
