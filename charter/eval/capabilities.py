@@ -37,6 +37,7 @@ import math
 import time
 from pathlib import Path
 
+from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig
 from ..runs import RowLog, Stage, run_dir, write_json_atomic
 
@@ -188,9 +189,7 @@ def load_lm(spec, batch_size: int):
     from ..hardware import resolve_dtype
     from ..models import pick_device, resolve
 
-    if spec.backend not in ("transformers", "hf"):
-        raise RuntimeError(f"capabilities run models in-process; backend '{spec.backend}' is not supported "
-                           "(use a local or hub model with backend: transformers)")
+    require(spec, HIDDEN_STATES, "eval capabilities (lm-evaluation-harness runs the model in this process)")
     return HFLM(pretrained=resolve(spec.model), peft=spec.adapter, dtype=resolve_dtype(spec.dtype), batch_size=batch_size,
                 device=pick_device(spec.device), trust_remote_code=spec.trust_remote_code)
 

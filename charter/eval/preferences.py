@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backends import SCORE_OPTIONS, require
 from ..config import ModelSpec, RunConfig
 from ..generation import generate_rows
 from ..layout import RUN_MODELS
@@ -323,8 +324,7 @@ def _fmt_delta(t: str, d: dict) -> str:
 def _judge_by_logprob(judged: RowLog, todo: list[dict], replies: RowLog, backend, chunk: int) -> dict:
     """Verdicts as the judge's likelier answer among the two traits, written in the same form as generated
     verdicts (so parsing and counting stay one code path) plus the two log-probabilities."""
-    if not hasattr(backend, "score_options"):
-        raise ValueError("preferences.judge_mode=logprob needs a transformers judge (it scores answers locally)")
+    require(backend, SCORE_OPTIONS, "preferences.judge_mode=logprob (the judge scores two answers locally)")
     t0, missing = time.perf_counter(), [it for it in todo if it["id"] not in judged]
     for start in range(0, len(missing), chunk):
         part = missing[start:start + chunk]
@@ -342,6 +342,8 @@ def _generate(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
     if p.judge_mode not in ("generate", "logprob"):
         raise ValueError(f"preferences.judge_mode: expected 'generate' or 'logprob', got {p.judge_mode!r}")
     judge_spec = p.judge or cfg.student
+    if p.judge_mode == "logprob":  # before any reply is generated, not after
+        require(judge_spec, SCORE_OPTIONS, "preferences.judge_mode=logprob (the judge scores two answers locally)")
     backends, gen = _Backends(), {}
     try:
         # Models identical to the judge go last, so the judge reuses the loaded model.

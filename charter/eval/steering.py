@@ -39,6 +39,7 @@ import random
 import time
 from pathlib import Path
 
+from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig, Sampling
 from ..layout import STEERING, persona_system_prompt
 from ..runs import RowLog, Stage, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic
@@ -343,6 +344,7 @@ def fit(cfg: RunConfig, force: bool = False, report=print, backend=None) -> Path
 
         backend = TransformersBackend(dataclasses.replace(cfg.student, backend="transformers"))
     try:
+        require(backend, HIDDEN_STATES, "eval steering (forward hooks on the model's layers)")
         model, tok = backend.model, backend.tokenizer
         n_layers = len(decoder_layers(model))
         layers = layer_range(n_layers, s.layers)
