@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("name")
     n.add_argument("-o", "--output", help="file to write (default: NAME.yaml)")
 
+    cf = sub.add_parser("config", help="show a resolved run config with the help of every key")
+    cfsub = cf.add_subparsers(dest="action", metavar="ACTION", required=True)
+    cs = cfsub.add_parser("show", help="print the config (defaults, then CONFIG, then overrides) as YAML with "
+                                       "each key's help as a comment")
+    cs.add_argument("config", nargs="?", help="run config YAML (default: the built-in defaults)")
+    cs.add_argument("overrides", nargs="*", help="key=value overrides, e.g. distill.samples_per_prompt=2")
+
     for stage in STAGES:
         _config_args(sub.add_parser(stage.name, help=stage.help))
     _config_args(sub.add_parser("train", help="run every stage, constitution to final model (resumes)"))
@@ -210,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "constitution":
             return _constitution(args)
+        if args.command == "config":
+            from .config import load_config
+            from .config_show import show
+
+            print(show(load_config(args.config, args.overrides)), end="")
+            return 0
         if args.command in STAGE_NAMES:
             return _stage(args.command, args)
         if args.command == "train":
