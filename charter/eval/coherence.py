@@ -34,7 +34,7 @@ from ..config import RunConfig, Sampling
 from ..generation import generate_rows
 from .. import layout
 from ..layout import run_model
-from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, run_dir, write_json_atomic,
+from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, reusable, run_dir, write_json_atomic,
                     write_jsonl_atomic)
 from ..messages import with_system
 from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
@@ -340,12 +340,10 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     judge_spec = cfg.coherence.judge or cfg.student
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
     idents = {c: identity(cfg, c) for c in ["trained", *ready]}
-    if stage.done() and not force:
-        # An output without the training overlap was made by a version that judged distillation prompts.
-        if stage.manifest().get("identities") == idents and "training_overlap" in stage.manifest()["counts"]:
-            report(f"{STAGE}: already done (--force to redo): {stage.dir}")
-            return stage.dir
-        stage.manifest_path.unlink()  # conditions or models changed: resume, reusing the unchanged logs
+    # An output without the training overlap was made by a version that judged distillation prompts.
+    if reusable(stage, force, lambda m: m.get("identities") == idents and "training_overlap" in m["counts"],
+                report):
+        return stage.dir
     items, pool = make_items(cfg)  # before begin(): a pool with nothing left leaves no half-made folder
     stage.begin(force)
     if len(items) < cfg.coherence.prompts:

@@ -37,7 +37,7 @@ from ..config import ModelSpec, RunConfig
 from ..generation import generate_rows
 from ..layout import RUN_MODELS
 from ..prompts import load_prompt_source, traits
-from ..runs import (RowLog, Stage, config_hash, derive_seed, read_manifest, run_dir, write_json_atomic,
+from ..runs import (RowLog, Stage, config_hash, derive_seed, read_manifest, reusable, run_dir, write_json_atomic,
                     write_jsonl_atomic, write_text_atomic)
 from . import elo, persona_traits
 from .judge import judge_chat, parse_verdict
@@ -431,15 +431,12 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     targets = resolve_targets(cfg)
     ready = [t for t in targets if t.spec is not None]
     skipped = {t.label: t.missing for t in targets if t.spec is None}
-    if stage.done() and not force:
-        m = stage.manifest()
-        if m.get("models") == {t.label: t.identity() for t in ready} and m.get("persona_traits") == own[0]:
-            report(f"{STAGE}: already done (--force to redo): {stage.dir}")
-            for line in [f"preferences: skipping '{k}': {v}" for k, v in skipped.items()] + \
-                    stage.manifest().get("report", []):
-                report(line)
-            return stage.dir
-        stage.manifest_path.unlink()  # the model list changed: resume, reusing every unchanged label's logs
+    models = {t.label: t.identity() for t in ready}
+    done = reusable(stage, force, lambda m: m.get("models") == models and m.get("persona_traits") == own[0], report)
+    if done is not None:  # else the model list changed: resume, reusing every unchanged label's logs
+        for line in [f"preferences: skipping '{k}': {v}" for k, v in skipped.items()] + done.get("report", []):
+            report(line)
+        return stage.dir
     for label, why in skipped.items():
         report(f"preferences: skipping '{label}': {why}")
     if not ready:  # checked before begin(), so no half-made stage folder is left behind
