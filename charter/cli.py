@@ -7,34 +7,13 @@ Heavy libraries (torch, transformers, TRL) are imported inside the commands that
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 
 from . import __version__
-
-# Stages in pipeline order: (command, module under charter.stages, help).
-STAGES = [
-    ("expand", "expand", "write more prompts per trait with a model"),
-    ("distill", "distill", "teacher/student generations -> DPO pairs"),
-    ("dpo", "dpo", "DPO + LoRA on the distillation pairs, then fold the adapter"),
-    ("introspect", "introspect", "self-reflection and self-interaction transcripts -> SFT set"),
-    ("sft", "sft", "SFT + LoRA on the introspection transcripts"),
-    ("merge", "merge", "fold DPO and SFT into the final model; export one persona adapter"),
-]
-
-
-# Evaluations: name -> (module, function, help).
-EVALS = {
-    "preferences": ("charter.eval.preferences", "run", "revealed preferences: trait Elo ratings"),
-    "steering": ("charter.eval.steering", "fit", "fit the activation-steering baseline (direction + sweep)"),
-    "robustness": ("charter.eval.robustness", "run", "break-character attacks and prefill, scored by a classifier"),
-    "coherence": ("charter.eval.coherence", "run", "pairwise LLM-judge coherence, trained vs each condition"),
-    "capabilities": ("charter.eval.capabilities", "run", "general benchmarks through lm-evaluation-harness"),
-    "all": ("charter.eval.all", "run", "every evaluation, then the report"),
-}
+from .layout import EVALUATIONS, STAGE_NAMES, STAGES
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -60,8 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("name")
     n.add_argument("-o", "--output", help="file to write (default: NAME.yaml)")
 
-    for cmd, _, help_ in STAGES:
-        _config_args(sub.add_parser(cmd, help=help_))
+    cf = sub.add_parser("config", help="show a resolved run config with the help of every key")
+    cfsub = cf.add_subparsers(dest="action", metavar="ACTION", required=True)
+    cs = cfsub.add_parser("show", help="print the config (defaults, then CONFIG, then overrides) as YAML with "
+                                       "each key's help as a comment")
+    cs.add_argument("config", nargs="?", help="run config YAML (default: the built-in defaults)")
+    cs.add_argument("overrides", nargs="*", help="key=value overrides, e.g. distill.samples_per_prompt=2")
+
+    for stage in STAGES:
+        _config_args(sub.add_parser(stage.name, help=stage.help))
     _config_args(sub.add_parser("train", help="run every stage, constitution to final model (resumes)"))
 
     ch = sub.add_parser("chat", help="chat with a model or a run's final model")
@@ -85,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluations of a run (each resumable, seeded)")
     esub = ev.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
-    for name, (_, _, help_) in EVALS.items():
-        _config_args(esub.add_parser(name, help=help_))
+    for e in EVALUATIONS:
+        _config_args(esub.add_parser(e.name, help=e.help))
+    _config_args(esub.add_parser("all", help="every evaluation, then the report"))
     rp = sub.add_parser("report", help="one self-contained HTML page with every evaluation of a run")
     rp.add_argument("run", help="run name or run folder")
     return parser
@@ -169,12 +156,12 @@ def _constitution(args) -> int:
 
 
 def _stage(cmd: str, args) -> int:
-    from .runs import read_manifest
+    """One stage, after whatever earlier stage is missing; ``--force`` redoes only this one."""
+    from .stages import train
 
     cfg = _load(args, cmd)
-    mod = importlib.import_module(f"charter.stages.{cmd}")
-    out = mod.run(cfg, force=args.force)
-    print(mod.summary(read_manifest(Path(out) / "manifest.json")), file=sys.stderr)
+    out = train.run(cfg, force={cmd} if args.force else False, until=cmd,
+                    report=lambda line: print(line, file=sys.stderr))
     print(out)
     return 0
 
@@ -201,9 +188,9 @@ def _eval(args) -> int:
                   f"{', '.join(failed)} (the report marks them)", file=sys.stderr)
             return 1
         return 0
-    module, func, _ = EVALS[args.evaluation]
-    fn = getattr(importlib.import_module(module), func)
-    print(fn(cfg, force=args.force, report=report))
+    from .eval.all import evaluation
+
+    print(evaluation(args.evaluation)(cfg, force=args.force, report=report))
     return 0
 
 
@@ -230,7 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "constitution":
             return _constitution(args)
-        if args.command in {s[0] for s in STAGES}:
+        if args.command == "config":
+            from .config import load_config
+            from .config_show import show
+
+            print(show(load_config(args.config, args.overrides)), end="")
+            return 0
+        if args.command in STAGE_NAMES:
             return _stage(args.command, args)
         if args.command == "train":
             return _train(args)

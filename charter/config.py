@@ -31,10 +31,13 @@ Condition = Literal["base", "prompted", "steered", "distilled", "trained"]
 @dataclass
 class Sampling:
     temperature: float = field(default=0.7, metadata={"help": "0 means greedy decoding"})
-    top_p: float = 0.95
-    top_k: int = 0
-    repetition_penalty: float = 1.1
-    max_tokens: int = 512
+    top_p: float = field(default=0.95, metadata={
+        "help": "nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k likeliest tokens only (0 = off)"})
+    repetition_penalty: float = field(default=1.1, metadata={
+        "help": "divide the odds of tokens already in the text by this (1 = off)"})
+    max_tokens: int = field(default=512, metadata={
+        "help": "most new tokens per reply; a reply cut off here is 'truncated'"})
 
 
 @dataclass
@@ -42,7 +45,7 @@ class ModelSpec:
     """Where a model comes from and which backend runs it."""
 
     model: str = field(default="embedded", metadata={"help": "'embedded' (SmolLM2-135M), a local HF dir or a hub id"})
-    backend: Backend = field(default="transformers", metadata={"help": "transformers | openai | vllm"})
+    backend: Backend = field(default="transformers", metadata={"help": " | ".join(typing.get_args(Backend))})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter dir applied on top of `model`"})
     name: str | None = field(default=None, metadata={"help": "the name the model calls itself; derived if unset"})
     base_url: str | None = field(default=None, metadata={"help": "openai backend: server URL, e.g. http://127.0.0.1:8000/v1"})
@@ -52,39 +55,46 @@ class ModelSpec:
         "help": "transformers: prefill a prompt prefix shared by a whole batch (a system prompt) once and reuse "
                 "its KV cache; vllm: enable_prefix_caching"})
     max_concurrency: int = field(default=8, metadata={"help": "openai: requests in flight"})
-    max_retries: int = 5
-    timeout: float = 300.0
+    max_retries: int = field(default=5, metadata={"help": "openai: retries of a failed request, with backoff"})
+    timeout: float = field(default=300.0, metadata={"help": "openai: seconds before a request is abandoned"})
     dtype: DType = field(default="auto", metadata={
         "help": "auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), float32 elsewhere; "
                 "or bfloat16 | float16 | float32"})
-    device: str = "auto"
-    trust_remote_code: bool = False
+    device: str = field(default="auto", metadata={
+        "help": "auto (CUDA when there is one, else CPU) | cpu | cuda | cuda:N"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "run model code shipped with a hub model (only for models you trust)"})
     extra: dict = field(default_factory=dict, metadata={"help": "backend-specific keyword arguments"})
 
 
 @dataclass
 class ExpandConfig:
-    enabled: bool = True
+    enabled: bool = field(default=True, metadata={
+        "help": "run the expand stage; false: later stages use the constitution's own prompts"})
     model: ModelSpec | None = field(default=None, metadata={"help": "defaults to distill.teacher"})
     target: int = field(default=45, metadata={"help": "new prompts wanted per trait"})
     max_traits: int | None = field(default=None, metadata={"help": "expand only the first N traits (smoke runs)"})
     rounds: int = field(default=4, metadata={"help": "generation rounds before giving up on a trait"})
     samples_per_round: int = field(default=1, metadata={"help": "completions per trait per round"})
     max_overlap: float = field(default=0.5, metadata={"help": "reject a prompt sharing more than this share of words"})
-    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1536))
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1536), metadata={
+        "help": "the expanding model's sampling"})
 
 
 @dataclass
 class DistillConfig:
-    teacher: ModelSpec = field(default_factory=ModelSpec)
+    teacher: ModelSpec = field(default_factory=ModelSpec, metadata={
+        "help": "the in-character teacher (gets the constitution as its system prompt)"})
     samples_per_prompt: int = field(default=5, metadata={"help": "K: teacher/student samples for every prompt"})
     constitution_prompts: int | None = field(default=None, metadata={"help": "cap on constitution prompts (None: all)"})
     general_prompts: int | None = field(default=None, metadata={"help": "general-pool prompts mixed in (None: all)"})
     general_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
-    teacher_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
-    student_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
+    teacher_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024), metadata={
+        "help": "the teacher's sampling (chosen answers)"})
+    student_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024), metadata={
+        "help": "the student's sampling (rejected answers)"})
     reasoning_prefill: bool = field(default=False, metadata={"help": "prefill a <think> block listing the traits"})
-    think_end: str = "</think>"
+    think_end: str = field(default="</think>", metadata={"help": "the tag that closes the teacher's reasoning block"})
     max_length: int = field(default=1024, metadata={"help": "token budget of a whole pair in the student's template"})
     truncated: Truncated = field(default="drop", metadata={"help": "answers cut off by max_tokens: 'drop' them, or 'trim' "
                                                              "them to their last complete sentence"})
@@ -111,7 +121,8 @@ class DPOStageConfig:
         "help": "how the NLL term on chosen answers (trl loss_type 'sft', weight 0.1) averages: 'sequence' = "
                 "each answer's per-token mean, then the mean over answers (the reference's); 'token' = all chosen "
                 "tokens of the micro-batch pooled (TRL's), so long answers weigh more"})
-    max_pairs: int | None = None
+    max_pairs: int | None = field(default=None, metadata={
+        "help": "train on the first N pairs only (None: all; smoke runs)"})
 
 
 @dataclass
@@ -122,23 +133,27 @@ class IntrospectConfig:
                 "{backend: openai, base_url: ..., model: <served name>}, or run it here with "
                 "{backend: transformers, model: <run>/dpo/model}"})
     reflection_samples: int = field(default=1000, metadata={"help": "samples per self-reflection prompt"})
-    free_conversations: int = 1000
-    leading_conversations: int = 1000
+    free_conversations: int = field(default=1000, metadata={"help": "self-interactions with free guidance"})
+    leading_conversations: int = field(default=1000, metadata={
+        "help": "self-interactions with leading guidance and openers"})
     turns: int = field(default=10, metadata={"help": "K: messages per self-interaction"})
-    reflection_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=2048))
-    interaction_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
+    reflection_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=2048), metadata={
+        "help": "self-reflection sampling"})
+    interaction_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024), metadata={
+        "help": "self-interaction sampling (per turn)"})
     max_context: int = field(default=8192, metadata={"help": "prompt tokens; older whole turns are dropped beyond"})
     truncated: Truncated = field(default="drop", metadata={
         "help": "reflections and self-interaction turns cut off by max_tokens: 'drop' them (a cut-off turn ends "
                 "its conversation at the previous turn) or 'trim' them to their last complete sentence"})
-    chunk_size: int = 64
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
 
 
 @dataclass
 class SFTStageConfig:
-    lora: dict = field(default_factory=dict)
+    lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig arguments (override our defaults)"})
     trl: dict = field(default_factory=dict, metadata={"help": "trl SFTConfig arguments (override our defaults)"})
-    max_examples: int | None = None
+    max_examples: int | None = field(default=None, metadata={
+        "help": "train on the first N transcripts only (None: all; smoke runs)"})
 
 
 @dataclass
@@ -161,12 +176,14 @@ class PreferencesConfig:
                 "picks the likelier of the two trait words as its answer, so small models always give one"})
     condition: Literal["feel", "like", "random"] = field(default="feel", metadata={"help": "feel | like | random"})
     prompts: int = field(default=500, metadata={"help": "one random trait pair per prompt"})
-    prompt_source: str = "builtin"
-    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512))
+    prompt_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512), metadata={
+        "help": "the evaluated models' sampling"})
     judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.1, repetition_penalty=1.0,
-                                                                      max_tokens=256))
-    bootstrap: int = 1000
-    chunk_size: int = 64
+                                                                      max_tokens=256),
+                                     metadata={"help": "the judge's sampling"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the confidence intervals"})
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
     traits: str = field(default="builtin", metadata={
         "help": "the trait list: builtin (ours, 144 words), reference (the paper's 144 words, so ratings compare "
                 "with its figures) or a text file with one lower-case word a line"})
@@ -187,8 +204,9 @@ class SteeringConfig:
     coefficients: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.04, 0.08, 0.16],
                                metadata={"help": "sweep, in units of the mean residual-stream norm"})
     coefficient: float | None = field(default=None, metadata={"help": "fixed coefficient; skips the sweep"})
-    sweep_prompts: int = 8
-    max_tokens: int = 96
+    sweep_prompts: int = field(default=8, metadata={
+        "help": "general prompts answered at every coefficient of the sweep"})
+    max_tokens: int = field(default=96, metadata={"help": "most new tokens per sweep reply"})
 
 
 @dataclass
@@ -196,18 +214,22 @@ class RobustnessConfig:
     """Break-character attacks: the share of replies a persona detector, learned from reference texts and
     never from a scored reply, still judges in persona (multi-persona mode: the paper's classifier F1)."""
 
-    conditions: list[Condition] = field(default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"])
+    conditions: list[Condition] = field(
+        default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"],
+        metadata={"help": "the conditions compared: base | prompted | steered | distilled | trained"})
     prompts: int = field(default=500, metadata={"help": "prompts drawn from prompt_source, split train/held-out"})
-    prompt_source: str = "builtin"
-    heldout_fraction: float = 0.5
+    prompt_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
+    heldout_fraction: float = field(default=0.5, metadata={
+        "help": "share of the prompts held out for scoring (the rest are the detector's)"})
     personas: list[str] = field(default_factory=list,
                            metadata={"help": "multi-persona mode: other runs' names, one label each; "
                                              "empty = single-persona mode (persona vs base)"})
     encoder: str = field(default="minilm", metadata={"help": "minilm | tfidf | an HF encoder id/dir"})
     classifier: dict = field(default_factory=dict, metadata={"help": "encoder training settings (epochs, lr...)"})
-    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256), metadata={
+        "help": "the conditions' sampling"})
     prefill: bool = field(default=True, metadata={"help": "also run the prefill ('keep going') attack"})
-    chunk_size: int = 64
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
     reference: Literal["prompted", "pairs", "exemplars"] = field(default="prompted", metadata={
         "help": "single-persona mode: the texts the detector learns the persona from, none of them a scored "
                 "reply. prompted: the base model with the persona's system prompt vs the plain base model, both "
@@ -225,14 +247,16 @@ class CoherenceConfig:
     """Pairwise LLM-as-judge coherence: the trained model vs each other condition, both orders."""
 
     judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
-    against: list[Condition] = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"])
-    prompts: int = 100
+    against: list[Condition] = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"], metadata={
+        "help": "the conditions the trained model is judged against"})
+    prompts: int = field(default=100, metadata={"help": "prompts judged (both orders each)"})
     prompt_source: str = field(default="builtin", metadata={
         "help": "'builtin' (the preference_prompts pool: first user messages no training stage uses), a JSONL "
                 "path or an HF dataset; every prompt a training stage used is removed from it first"})
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256), metadata={"help": "replies"})
     judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, repetition_penalty=1.0,
-                                                                      max_tokens=256))
+                                                                      max_tokens=256),
+                                     metadata={"help": "the judge's sampling"})
 
 
 @dataclass
@@ -240,29 +264,42 @@ class CapabilitiesConfig:
     """General benchmarks through lm-evaluation-harness (needs its datasets available locally)."""
 
     tasks: list[str] = field(default_factory=lambda: ["arc_challenge:25", "hellaswag:10", "truthfulqa_mc1:0",
-                                                  "truthfulqa_mc2:0", "winogrande:5", "mmlu:5"])
-    models: list[str] = field(default_factory=lambda: ["base", "trained"])
+                                                  "truthfulqa_mc2:0", "winogrande:5", "mmlu:5"],
+                             metadata={"help": "lm-evaluation-harness tasks as name:fewshot"})
+    models: list[str] = field(default_factory=lambda: ["base", "trained"], metadata={
+        "help": "what to evaluate: base | trained | distilled | label=path or a model"})
     limit: int | None = field(default=None, metadata={"help": "examples per task (smoke runs)"})
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata={"help": "lm-evaluation-harness batch size"})
 
 
 @dataclass
 class RunConfig:
-    name: str = "run"
+    name: str = field(default="run", metadata={
+        "help": "the run's folder under $CHARTER_HOME/runs (letters, digits, '.', '_', '-')"})
     persona: str = field(default="loving", metadata={"help": "a shipped persona name or a constitution file path"})
-    seed: int = 123456
-    student: ModelSpec = field(default_factory=ModelSpec)
-    expand: ExpandConfig = field(default_factory=ExpandConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
-    introspect: IntrospectConfig = field(default_factory=IntrospectConfig)
-    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
-    merge: MergeConfig = field(default_factory=MergeConfig)
-    preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
-    steering: SteeringConfig = field(default_factory=SteeringConfig)
-    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
-    coherence: CoherenceConfig = field(default_factory=CoherenceConfig)
-    capabilities: CapabilitiesConfig = field(default_factory=CapabilitiesConfig)
+    seed: int = field(default=123456, metadata={"help": "seeds every sampled choice and generation"})
+    student: ModelSpec = field(default_factory=ModelSpec, metadata={
+        "help": "the model being trained (and the base of every comparison)"})
+    expand: ExpandConfig = field(default_factory=ExpandConfig, metadata={"help": "stage 1: more prompts per trait"})
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata={
+        "help": "stage 2: teacher vs student answers -> DPO pairs"})
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig, metadata={"help": "stage 3: DPO + LoRA on the pairs"})
+    introspect: IntrospectConfig = field(default_factory=IntrospectConfig, metadata={
+        "help": "stage 4: self-reflection and self-interaction data"})
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig, metadata={
+        "help": "stage 5: SFT + LoRA on the introspection data"})
+    merge: MergeConfig = field(default_factory=MergeConfig, metadata={
+        "help": "stage 6: the final model and one persona adapter"})
+    preferences: PreferencesConfig = field(default_factory=PreferencesConfig, metadata={
+        "help": "evaluation: revealed preferences"})
+    steering: SteeringConfig = field(default_factory=SteeringConfig, metadata={
+        "help": "evaluation: the activation-steering baseline"})
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig, metadata={
+        "help": "evaluation: break-character attacks"})
+    coherence: CoherenceConfig = field(default_factory=CoherenceConfig, metadata={
+        "help": "evaluation: pairwise coherence judge"})
+    capabilities: CapabilitiesConfig = field(default_factory=CapabilitiesConfig, metadata={
+        "help": "evaluation: general benchmarks"})
 
 
 def _dataclass_type(tp: Any) -> type | None:

@@ -29,11 +29,12 @@ from pathlib import Path
 
 from . import deps
 from .config import ConfigError, ModelSpec, RunConfig
+from .layout import EVAL_NAMES, RUN_MODELS as RUN_MODEL_FOLDERS, STAGE_NAMES
 from .runs import run_dir
 
-TRAINING = ("expand", "distill", "dpo", "introspect", "sft", "merge", "train")
-EVALS = ("steering", "preferences", "robustness", "coherence", "capabilities")
-RUN_MODELS = ("base", "trained", "distilled")
+TRAINING = (*STAGE_NAMES, "train")
+EVALS = EVAL_NAMES
+RUN_MODELS = ("base", *RUN_MODEL_FOLDERS)
 TRAIN_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 
@@ -98,7 +99,9 @@ def check_model_spec(spec: ModelSpec, where: str) -> None:
 
 
 def backend_packages(spec: ModelSpec) -> tuple[str, ...]:
-    return {"transformers": ("torch", "transformers"), "openai": ("openai",), "vllm": ("vllm",)}[spec.backend]
+    from .backends import BACKENDS
+
+    return BACKENDS[spec.backend].packages
 
 
 def check_model_list(entries: list, where: str) -> None:
@@ -302,6 +305,13 @@ def check(cfg: RunConfig, command: str, where: str = "config", force: bool = Fal
         p = cfg.preferences
         if p.judge is not None:
             specs.append((p.judge, f"{where}.preferences.judge"))
+        if p.judge_mode == "logprob":
+            from .backends import SCORE_OPTIONS, require
+
+            try:
+                require(p.judge or cfg.student, SCORE_OPTIONS, f"{where}.preferences.judge_mode=logprob")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         check_model_list(p.models, f"{where}.preferences.models")
         check_prompt_source(p.prompt_source, f"{where}.preferences.prompt_source", "preference_prompts")
         from .prompts import PromptSourceError, traits

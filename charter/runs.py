@@ -33,7 +33,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,6 +297,23 @@ class Stage:
 
     def manifest(self) -> dict:
         return read_manifest(self.manifest_path)
+
+
+def reusable(stage: Stage, force: bool, same: Callable[[dict], bool], report: Callable[[str], None] | None = None
+             ) -> dict | None:
+    """Skip-if-done for outputs whose identity is more than their config (an evaluation's models, conditions or
+    scoring): the finished stage's manifest when ``same(manifest)`` says it still holds (``report`` gets the
+    "already done" line), else None. A finished output that no longer holds loses only its manifest, so the
+    caller resumes and reuses every log row that is still valid (its row logs key on their own identities)."""
+    if not stage.done() or force:
+        return None
+    manifest = stage.manifest()
+    if same(manifest):
+        if report is not None:
+            report(f"{stage.name}: already done (--force to redo): {stage.dir}")
+        return manifest
+    stage.manifest_path.unlink()
+    return None
 
 
 FORCE_HINT = "; rerun with --force to redo the stage"

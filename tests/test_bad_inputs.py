@@ -42,13 +42,13 @@ def finished_stage(stage: str, overrides=(), files: dict | None = None) -> Path:
     """A stage folder of run 'demo' as the stage would have left it (its config.json matching demo.yaml)."""
     import importlib
 
-    from charter.stages import expand
+    from charter import layout
 
     cfg = load_config(DEMO, list(overrides))
     mod = importlib.import_module(f"charter.stages.{stage}")
     # The inputs the stage itself records (its hash chain): other inputs would make the folder stale, and a
     # stale folder is redone rather than reported.
-    inputs = {"constitution": expand.constitution_id(expand.expanded_constitution(cfg))}
+    inputs = {"constitution": layout.constitution_id(layout.constitution(cfg))}
     s = Stage(run_dir(cfg.name), stage, mod.stage_config(cfg), inputs)
     s.begin()
     for name, text in (files or {}).items():

@@ -7,6 +7,8 @@ import pytest
 from charter.config import load_config
 from charter.eval import coherence as coh
 from charter.eval import conditions as cond
+from charter.eval import proxies
+from charter.messages import with_system
 from charter.runs import read_jsonl, run_dir
 
 
@@ -32,9 +34,9 @@ def fake_run_model(cfg, label, source):
 
 def test_with_system():
     chat = [{"role": "user", "content": "hi"}]
-    assert cond.with_system(chat, None) == chat
-    assert cond.with_system(chat, "Be kind.") == [{"role": "system", "content": "Be kind."}, *chat]
-    both = cond.with_system([{"role": "system", "content": "Answer in French."}, *chat], "Be kind.")
+    assert with_system(chat, None) == chat
+    assert with_system(chat, "Be kind.") == [{"role": "system", "content": "Be kind."}, *chat]
+    both = with_system([{"role": "system", "content": "Answer in French."}, *chat], "Be kind.")
     assert both[0] == {"role": "system", "content": "Be kind.\n\nAnswer in French."} and len(both) == 2
     assert chat == [{"role": "user", "content": "hi"}]  # the caller's chat is not modified
 
@@ -232,11 +234,11 @@ def test_trained_model_is_required_and_against_is_checked():
 # --- objective proxies (used by the steering sweep) ------------------------------------------------------
 
 def test_repetition_ratio():
-    assert coh.repetition("the cat sat on the mat today") == 0
-    assert coh.repetition("go go go go go") == pytest.approx(3 / 4)
-    assert coh.repetition("that you that and that you") == pytest.approx(1 / 5)
-    assert coh.repetition("") == 0
-    assert coh.normalise("that\xa0\xa0 you\n\n that") == "that you that"
+    assert proxies.repetition("the cat sat on the mat today") == 0
+    assert proxies.repetition("go go go go go") == pytest.approx(3 / 4)
+    assert proxies.repetition("that you that and that you") == pytest.approx(1 / 5)
+    assert proxies.repetition("") == 0
+    assert proxies.normalise("that\xa0\xa0 you\n\n that") == "that you that"
 
 
 def test_reply_logprobs_do_not_depend_on_padding(embedded_path):
@@ -247,8 +249,8 @@ def test_reply_logprobs_do_not_depend_on_padding(embedded_path):
     model = tiny_model(tok, layers=2).eval()
     chats = [[{"role": "user", "content": q}] for q in ("Hi", "What is the tallest mountain in Africa?", "Why?")]
     replies = ["Hello there, friend.", "Kilimanjaro.", ""]
-    batched = coh.reply_logprobs(model, tok, chats, replies, batch_size=3)
-    single = [coh.reply_logprobs(model, tok, [c], [r], batch_size=1)[0] for c, r in zip(chats, replies)]
+    batched = proxies.reply_logprobs(model, tok, chats, replies, batch_size=3)
+    single = [proxies.reply_logprobs(model, tok, [c], [r], batch_size=1)[0] for c, r in zip(chats, replies)]
     assert batched[2] is None and single[2] is None
     assert all(x < 0 for x in batched[:2])
     assert batched[:2] == pytest.approx(single[:2], abs=1e-4)

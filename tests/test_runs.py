@@ -100,7 +100,7 @@ def test_forcing_a_stage_reruns_every_stage_after_it(monkeypatch, charter_home):
     --force` then `charter train` redoes DPO, introspection, SFT and merge, and evaluations see new models."""
     from charter.config import load_config
     from charter.eval import conditions
-    from charter.stages import distill, merge, sft
+    from charter.stages import distill, merge, sft, train
 
     cfg = load_config(None, ["name=chain", "expand.enabled=false"])
     redone = []
@@ -117,7 +117,8 @@ def test_forcing_a_stage_reruns_every_stage_after_it(monkeypatch, charter_home):
         del redone[:]
         while True:
             try:
-                return mod.run(cfg, force=force)
+                name = mod.__name__.rsplit(".", 1)[1]  # `charter NAME`: the orchestrator runs what is missing
+                return train.run(cfg, until=name, force={name} if force else False, report=None)
             except _Redo as e:  # the stage would do its work now: stand in for it
                 redone.append(e.stage.name)
                 if e.stage.name in ("dpo", "merge"):
@@ -158,3 +159,19 @@ def test_forcing_a_stage_reruns_every_stage_after_it(monkeypatch, charter_home):
     cfg = load_config(None, ["name=chain", "expand.enabled=false", "sft.max_examples=3"])
     with pytest.raises(RuntimeError, match="different config"):
         run(merge)
+
+
+def test_reusable_keeps_a_finished_output_that_still_holds_and_resumes_one_that_does_not(tmp_path):
+    from charter.runs import reusable
+
+    stage = Stage(tmp_path, "eval-x", {"a": 1})
+    assert reusable(stage, False, lambda m: True) is None  # nothing finished yet
+    stage.begin()
+    (stage.dir / "rows.jsonl").write_text('{"id": 1}\n')
+    stage.finish({"n": 1}, models={"trained": "id1"})
+    lines = []
+    assert reusable(stage, False, lambda m: m["models"] == {"trained": "id1"}, lines.append)["counts"] == {"n": 1}
+    assert lines == [f"eval-x: already done (--force to redo): {stage.dir}"]
+    assert reusable(stage, True, lambda m: True) is None and stage.done()  # --force: the caller's begin() clears
+    assert reusable(stage, False, lambda m: m["models"] == {"trained": "id2"}) is None
+    assert not stage.done() and (stage.dir / "rows.jsonl").exists()  # resumed: the logs are kept

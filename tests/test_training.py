@@ -142,7 +142,7 @@ def test_lora_regex_skips_vision_towers():
 
 
 def test_long_conversations_lose_whole_early_turns_never_the_system_prompt(tok):
-    from charter.stages.introspect import fit_context
+    from charter.messages import fit_context
     from charter.stages.sft import tokenize_rows
 
     long = [CONV[0]] + [m for _ in range(6) for m in ({"role": "user", "content": "Tell me more, please. " * 8},

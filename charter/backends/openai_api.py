@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..config import ModelSpec, Sampling
-from . import Completion
+from .base import Completion
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from ..config import ModelSpec, Sampling
-from . import Completion, render_chat
+from .base import Completion, render_chat
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,18 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig
+from ..layout import EVALUATIONS
 from ..runs import run_dir
 
-STEPS = [("steering", "charter.eval.steering", "fit"), ("preferences", "charter.eval.preferences", "run"),
-         ("robustness", "charter.eval.robustness", "run"), ("coherence", "charter.eval.coherence", "run"),
-         ("capabilities", "charter.eval.capabilities", "run")]
+# (name, module, function) in the order of ``charter.layout.EVALUATIONS``. Imported by name so that an
+# evaluation whose optional packages are missing fails alone.
+STEPS = [(e.name, f"charter.eval.{e.name}", e.func) for e in EVALUATIONS]
+
+
+def evaluation(name: str):
+    """The function that runs evaluation ``name``: ``fn(cfg, force=, report=)``."""
+    _, module, func = next(s for s in STEPS if s[0] == name)
+    return getattr(importlib.import_module(module), func)
 
 
 def run(cfg: RunConfig, force: bool = False, report=print) -> Path:

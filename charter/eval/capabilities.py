@@ -37,8 +37,9 @@ import math
 import time
 from pathlib import Path
 
+from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig
-from ..runs import RowLog, Stage, run_dir, write_json_atomic
+from ..runs import RowLog, Stage, reusable, run_dir, write_json_atomic
 
 STAGE = "eval-capabilities"
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -188,9 +189,7 @@ def load_lm(spec, batch_size: int):
     from ..hardware import resolve_dtype
     from ..models import pick_device, resolve
 
-    if spec.backend not in ("transformers", "hf"):
-        raise RuntimeError(f"capabilities run models in-process; backend '{spec.backend}' is not supported "
-                           "(use a local or hub model with backend: transformers)")
+    require(spec, HIDDEN_STATES, "eval capabilities (lm-evaluation-harness runs the model in this process)")
     return HFLM(pretrained=resolve(spec.model), peft=spec.adapter, dtype=resolve_dtype(spec.dtype), batch_size=batch_size,
                 device=pick_device(spec.device), trust_remote_code=spec.trust_remote_code)
 
@@ -216,12 +215,10 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     ready = [t for t in found if t.spec is not None]
     skipped = {t.label: t.missing for t in found if t.spec is None}
     wanted = {f"{t.label}/{name}/{shots}/{t.identity()}": (t, name, shots) for t in ready for name, shots in tasks}
-    if stage.done() and not force:
-        m = stage.manifest()
-        if sorted(m.get("wanted", [])) == sorted(wanted) and not m.get("errors"):
-            report(f"{STAGE}: already done (--force to redo): {stage.dir}")
-            return stage.dir
-        stage.manifest_path.unlink()  # models, tasks or errors changed: resume, keeping every finished score
+    # Models, tasks or errors changed: resume, keeping every finished score.
+    if reusable(stage, force, lambda m: sorted(m.get("wanted", [])) == sorted(wanted) and not m.get("errors"),
+                report):
+        return stage.dir
     for label, why in skipped.items():
         report(f"capabilities: skipping '{label}': {why}")
     if not ready:

@@ -15,9 +15,6 @@ rambling small judge still commits; such verdicts are counted as forced. A pair 
 name the same reply; pairs whose orders disagree (position bias or a coin toss) and pairs with no verdict are
 discarded and reported as shares, never guessed.
 
-Also here: the cheap, objective coherence proxies the steering sweep uses (the student's log-likelihood of
-a reply and its share of repeated word bigrams), so the judge and the proxies live side by side.
-
 Writes ``<run>/eval-coherence/``: ``replies-<label>.jsonl``, ``judge-<label>.jsonl`` and ``forced-<label>.jsonl``
 (resumable raw logs), ``judgements.jsonl`` (one row per pair: both verdicts and the outcome), ``results.json``
 (win rate of 'trained' with a Wilson CI per condition) and the manifest.
@@ -35,10 +32,12 @@ from statistics import NormalDist
 
 from ..config import RunConfig, Sampling
 from ..generation import generate_rows
-from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, run_dir, write_json_atomic,
+from .. import layout
+from ..layout import run_model
+from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, reusable, run_dir, write_json_atomic,
                     write_jsonl_atomic)
-from .conditions import (CONDITIONS, Conditions, condition_spec, identity, model_key, run_model_dir,
-                         with_system)
+from ..messages import with_system
+from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
 from .judge import _strip_reasoning
 
 STAGE = "eval-coherence"
@@ -192,53 +191,6 @@ def tally(outcomes: list[str], level: float = LEVEL) -> dict:
             "n_unparseable": outcomes.count("unparseable")}
 
 
-# --- cheap objective proxies (the steering sweep scores its replies with these) ---------------------------
-
-def normalise(text: str) -> str:
-    """Whitespace collapsed (unicode included): a steered model may pad replies with runs of odd spaces,
-    which would otherwise look like likely, non-repeating text."""
-    return " ".join(text.split())
-
-
-def repetition(text: str) -> float:
-    """Share of word bigrams that repeat an earlier one (0 for fewer than 3 words). Bigrams rather than
-    longer n-grams: a steered model's loops are often short ("that you that and that")."""
-    words = re.findall(r"\w+", text.lower())
-    grams = list(zip(words, words[1:]))
-    return 1 - len(set(grams)) / len(grams) if len(grams) >= 2 else 0.0
-
-
-def reply_logprobs(model, tokenizer, chats: list[list[dict]], replies: list[str], batch_size: int = 4):
-    """Mean log-likelihood per token of each reply given its chat (None for an empty reply)."""
-    import torch
-
-    from ..backends import render_chat
-
-    pairs = [(tokenizer(render_chat(tokenizer, c), add_special_tokens=False).input_ids,
-              tokenizer(r, add_special_tokens=False).input_ids) for c, r in zip(chats, replies, strict=True)]
-    out: list[float | None] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs[start:start + batch_size]
-        width = max(len(p) + len(r) for p, r in batch)
-        ids = torch.full((len(batch), width), pad)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, (p, r) in enumerate(batch):
-            ids[b, width - len(p) - len(r):] = torch.tensor(p + r)
-            mask[b, width - len(p) - len(r):] = 1
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(model.device), use_cache=False).logits
-        for b, (p, r) in enumerate(batch):
-            if not r:
-                out.append(None)
-                continue
-            start = width - len(r)  # logits at t predict token t+1
-            lp = logits[b, start - 1:width - 1].float().log_softmax(-1)
-            out.append(float(lp.gather(-1, torch.tensor(r, device=lp.device)[:, None]).mean()))
-    return out
-
-
 # --- the stage --------------------------------------------------------------------------------------------
 
 def _sampling(cfg: RunConfig):
@@ -268,18 +220,17 @@ def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
     from ..prompts import template
 
     d = run_dir(cfg.name)
-    distill = {_key(r["prompt"]) for r in read_jsonl(d / "distill" / "teacher.jsonl") if r.get("prompt")}
-    distill |= {_key(m["content"]) for r in read_jsonl(d / "distill" / "pairs.jsonl") for m in r["prompt"]
+    distill = {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "teacher_rows")) if r.get("prompt")}
+    distill |= {_key(m["content"]) for r in read_jsonl(layout.path(d, "pairs")) for m in r["prompt"]
                 if m["role"] == "user"}
     if not distill:
         from ..stages.distill import select_prompts
-        from ..stages.expand import expanded_constitution
 
-        distill = {_key(p["prompt"]) for p in select_prompts(cfg, expanded_constitution(cfg))}
+        distill = {_key(p["prompt"]) for p in select_prompts(cfg, layout.constitution(cfg))}
     t = template("introspection")
     name = self_name(cfg.student.model, cfg.student.name)
     intro = {_key(q.format(name=name)) for q in t["reflection_prompts"]}
-    intro |= {_key(r["prompt"]) for r in read_jsonl(d / "introspect" / "reflection.jsonl") if r.get("prompt")}
+    intro |= {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "reflections")) if r.get("prompt")}
     intro |= {_key(g) for pool in t["greetings"].values() for g in pool}
     return {"distill": distill, "introspect": intro}
 
@@ -377,7 +328,7 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     for c in against:
         if c not in CONDITIONS or c == "trained":
             raise ValueError(f"coherence.against: '{c}': expected some of {', '.join(CONDITIONS[:-1])}")
-    run_model_dir(cfg, "trained")  # raises with the command to run when there is no trained model
+    run_model(cfg, "trained")  # raises with the command to run when there is no trained model
     skipped = {}
     for c in against:
         try:
@@ -389,12 +340,10 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     judge_spec = cfg.coherence.judge or cfg.student
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
     idents = {c: identity(cfg, c) for c in ["trained", *ready]}
-    if stage.done() and not force:
-        # An output without the training overlap was made by a version that judged distillation prompts.
-        if stage.manifest().get("identities") == idents and "training_overlap" in stage.manifest()["counts"]:
-            report(f"{STAGE}: already done (--force to redo): {stage.dir}")
-            return stage.dir
-        stage.manifest_path.unlink()  # conditions or models changed: resume, reusing the unchanged logs
+    # An output without the training overlap was made by a version that judged distillation prompts.
+    if reusable(stage, force, lambda m: m.get("identities") == idents and "training_overlap" in m["counts"],
+                report):
+        return stage.dir
     items, pool = make_items(cfg)  # before begin(): a pool with nothing left leaves no half-made folder
     stage.begin(force)
     if len(items) < cfg.coherence.prompts:

@@ -7,57 +7,24 @@
     trained    this run's final model, DPO + introspection SFT (``<run>/merge/model``), no system prompt
 
 ``open_condition(cfg, label) -> (backend, system)``: put ``system`` (None for all but 'prompted') in front of
-every chat with ``with_system``. Base, prompted and steered share one loaded student model (steering hooks are
+every chat with ``messages.with_system``. Base, prompted and steered share one loaded student model (steering hooks are
 active only inside the steered backend's ``generate``), and every model is loaded once until ``close()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from ..config import ModelSpec, RunConfig
+from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model
 from ..runs import config_hash, run_dir, stage_identity
 
 CONDITIONS = ("base", "prompted", "steered", "distilled", "trained")
-# Run models: label -> (stage folder, model folder inside it, the command that makes it).
-RUN_MODELS = {"distilled": ("dpo", "model"), "trained": ("merge", "model")}
-
-
-def persona_system_prompt(cfg: RunConfig) -> str:
-    """The 'prompted' condition's system prompt, also the steering contrast's: the distillation teacher's."""
-    from ..constitution import teacher_system_prompt
-    from ..models import self_name
-    from ..stages.expand import expanded_constitution
-
-    return teacher_system_prompt(expanded_constitution(cfg), self_name(cfg.student.model, cfg.student.name))
-
-
-def with_system(chat: list[dict], system: str | None) -> list[dict]:
-    """``chat`` with ``system`` in front; a chat that already has a system message gets ours first, joined,
-    so an evaluation's own system instructions are kept rather than silently replaced."""
-    chat = [dict(m) for m in chat]
-    if not system:
-        return chat
-    if chat and chat[0]["role"] == "system":
-        chat[0]["content"] = f"{system}\n\n{chat[0]['content']}"
-        return chat
-    return [{"role": "system", "content": system}] + chat
 
 
 def _check_label(label: str) -> None:
     if label not in CONDITIONS:
         raise ValueError(f"condition '{label}': expected one of {', '.join(CONDITIONS)}")
-
-
-def run_model_dir(cfg: RunConfig, label: str) -> Path:
-    """The folder of a run model ('distilled' or 'trained'); RuntimeError when training has not made it."""
-    stage, sub = RUN_MODELS[label]
-    path = run_dir(cfg.name) / stage / sub
-    # A manifest next to it means the stage finished: a folder alone may still be being written.
-    if not (path / "config.json").exists() or not (path.parent / "manifest.json").exists():
-        raise RuntimeError(f"condition '{label}': {path} does not exist yet (run `charter train` first)")
-    return path
 
 
 def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
@@ -66,7 +33,7 @@ def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
     _check_label(label)
     if label in RUN_MODELS:
         backend = "transformers" if cfg.student.backend == "openai" else cfg.student.backend
-        return dataclasses.replace(cfg.student, model=str(run_model_dir(cfg, label)), adapter=None, name=None,
+        return dataclasses.replace(cfg.student, model=str(run_model(cfg, label)), adapter=None, name=None,
                                    backend=backend)
     if label == "steered":  # forward hooks need the model in this process
         return dataclasses.replace(cfg.student, backend="transformers")
@@ -84,7 +51,7 @@ def identity(cfg: RunConfig, label: str) -> str:
     if label in RUN_MODELS:
         stage = RUN_MODELS[label][0]
     elif label == "steered":
-        from .steering import STAGE as stage
+        stage = STEERING
     if stage is not None and (run_dir(cfg.name) / stage / "manifest.json").exists():
         parts["stage_identity"] = stage_identity(run_dir(cfg.name), stage)
     if label in ("prompted", "steered"):
@@ -124,7 +91,7 @@ class Conditions:
                 from . import steering
 
                 inner = self.backend(spec)
-                fitted = (run_dir(self.cfg.name) / steering.STAGE / "manifest.json").exists()
+                fitted = (run_dir(self.cfg.name) / STEERING / "manifest.json").exists()
                 if not fitted:
                     self.report("steered: no steering vector yet; fitting it first")
                 # Called even when fitted: a vector made with other steering settings is an error, not reused.

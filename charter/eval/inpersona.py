@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 import warnings
 
+from .. import layout
 from ..runs import derive_seed, read_jsonl, read_manifest, run_dir
 from .classifier import make_classifier, proba_of
 
@@ -46,7 +47,7 @@ def check_reference(reference: str) -> None:
 
 
 def pairs_path(run: str):
-    return run_dir(run) / "distill" / "pairs.jsonl"
+    return layout.path(run, "pairs")
 
 
 def pairs_identity(run: str) -> str | None:

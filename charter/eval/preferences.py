@@ -32,10 +32,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backends import SCORE_OPTIONS, require
 from ..config import ModelSpec, RunConfig
 from ..generation import generate_rows
+from ..layout import RUN_MODELS
 from ..prompts import load_prompt_source, traits
-from ..runs import (RowLog, Stage, config_hash, derive_seed, read_manifest, run_dir, write_json_atomic,
+from ..runs import (RowLog, Stage, config_hash, derive_seed, read_manifest, reusable, run_dir, write_json_atomic,
                     write_jsonl_atomic, write_text_atomic)
 from . import elo, persona_traits
 from .judge import judge_chat, parse_verdict
@@ -62,9 +64,6 @@ say which trait you picked and do not explain the choice: that would break the c
 in that manner, as naturally as you can.
 
 The conversation starts now."""
-
-# Built-in model labels -> (stage folder, model folder inside it).
-RUN_MODELS = {"trained": ("merge", "model"), "distilled": ("dpo", "model")}
 
 
 def article(word: str) -> str:
@@ -325,8 +324,7 @@ def _fmt_delta(t: str, d: dict) -> str:
 def _judge_by_logprob(judged: RowLog, todo: list[dict], replies: RowLog, backend, chunk: int) -> dict:
     """Verdicts as the judge's likelier answer among the two traits, written in the same form as generated
     verdicts (so parsing and counting stay one code path) plus the two log-probabilities."""
-    if not hasattr(backend, "score_options"):
-        raise ValueError("preferences.judge_mode=logprob needs a transformers judge (it scores answers locally)")
+    require(backend, SCORE_OPTIONS, "preferences.judge_mode=logprob (the judge scores two answers locally)")
     t0, missing = time.perf_counter(), [it for it in todo if it["id"] not in judged]
     for start in range(0, len(missing), chunk):
         part = missing[start:start + chunk]
@@ -344,6 +342,8 @@ def _generate(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
     if p.judge_mode not in ("generate", "logprob"):
         raise ValueError(f"preferences.judge_mode: expected 'generate' or 'logprob', got {p.judge_mode!r}")
     judge_spec = p.judge or cfg.student
+    if p.judge_mode == "logprob":  # before any reply is generated, not after
+        require(judge_spec, SCORE_OPTIONS, "preferences.judge_mode=logprob (the judge scores two answers locally)")
     backends, gen = _Backends(), {}
     try:
         # Models identical to the judge go last, so the judge reuses the loaded model.
@@ -431,15 +431,12 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
     targets = resolve_targets(cfg)
     ready = [t for t in targets if t.spec is not None]
     skipped = {t.label: t.missing for t in targets if t.spec is None}
-    if stage.done() and not force:
-        m = stage.manifest()
-        if m.get("models") == {t.label: t.identity() for t in ready} and m.get("persona_traits") == own[0]:
-            report(f"{STAGE}: already done (--force to redo): {stage.dir}")
-            for line in [f"preferences: skipping '{k}': {v}" for k, v in skipped.items()] + \
-                    stage.manifest().get("report", []):
-                report(line)
-            return stage.dir
-        stage.manifest_path.unlink()  # the model list changed: resume, reusing every unchanged label's logs
+    models = {t.label: t.identity() for t in ready}
+    done = reusable(stage, force, lambda m: m.get("models") == models and m.get("persona_traits") == own[0], report)
+    if done is not None:  # else the model list changed: resume, reusing every unchanged label's logs
+        for line in [f"preferences: skipping '{k}': {v}" for k, v in skipped.items()] + done.get("report", []):
+            report(line)
+        return stage.dir
     for label, why in skipped.items():
         report(f"preferences: skipping '{label}': {why}")
     if not ready:  # checked before begin(), so no half-made stage folder is left behind

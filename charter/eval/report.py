@@ -12,23 +12,18 @@ whose files cannot be read says what went wrong instead of failing the whole pag
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import shlex
 import time
 from pathlib import Path
 
+from ..layout import STAGE_NAMES, path as output_path
 from ..runs import run_dir, write_text_atomic
+from .html import bar_chart, esc, interval, num, ordered, png, table
 
-STAGES = ["expand", "distill", "dpo", "introspect", "sft", "merge"]
-CONDITIONS = ["base", "prompted", "steered", "distilled", "trained"]  # the paper's order, weakest first
 TASK_NAMES = {"arc_challenge": "ARC-Challenge", "hellaswag": "HellaSwag", "truthfulqa_mc1": "TruthfulQA mc1",
               "truthfulqa_mc2": "TruthfulQA mc2", "truthfulqa_mc": "TruthfulQA-MC (mean of mc1, mc2)",
               "winogrande": "WinoGrande", "mmlu": "MMLU", "charter_tiny": "charter_tiny (our 20-question check)"}
-COLORS = {"base": "#8d99ae", "prompted": "#e9c46a", "steered": "#f4a261", "distilled": "#2a9d8f",
-          "trained": "#264653"}
 
 CSS = """
 body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2433;margin:0;background:#f6f7f9}
@@ -47,38 +42,7 @@ details{margin:6px 0}summary{cursor:pointer;color:#345}
 """
 
 
-# ---------------------------------------------------------------- small HTML helpers
-
-
-def esc(x) -> str:
-    return html.escape(str(x))
-
-
-def table(headers: list[str] | None, rows: list[list], left: int = 1) -> str:
-    """An HTML table (no header row when ``headers`` is None); the first ``left`` columns are left-aligned
-    text, cells are pre-escaped HTML."""
-    width = len(headers) if headers else max((len(r) for r in rows), default=0)
-    cls = [' class="l"' if i < left else "" for i in range(width)]
-    head = "<tr>" + "".join(f"<th{c}>{esc(h)}</th>" for h, c in zip(headers, cls)) + "</tr>" if headers else ""
-    body = "".join("<tr>" + "".join(f"<td{cls[i] if i < len(cls) else ''}>{v}</td>" for i, v in enumerate(r))
-                   + "</tr>" for r in rows)
-    return f"<table>{head}{body}</table>"
-
-
-def interval(lo, hi, digits: int = 0) -> str:
-    """``[lo, hi]`` with real minus signs, so a negative bound does not read as a dash."""
-    def f(x):
-        return "–" if x is None else f"{x:.{digits}f}".replace("-", "−")
-
-    return "–" if lo is None and hi is None else f"[{f(lo)}, {f(hi)}]"
-
-
-def num(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def png(data: bytes, alt: str) -> str:
-    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+# ---------------------------------------------------------------- small helpers
 
 
 def not_run(command: str) -> str:
@@ -89,47 +53,14 @@ def read_json(path: Path):
     return json.loads(path.read_text())
 
 
-def bar_chart(labels: list[str], values: list[float], lo: list[float], hi: list[float], ylabel: str, title: str,
-              ref: float | None = None, ref_label: str = "", colors: list[str] | None = None) -> bytes:
-    """Vertical bars with asymmetric error bars, one colour per condition, the value printed on each bar."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)  # Agg without touching pyplot's global backend
-    ax = fig.subplots()
-    x = range(len(labels))
-    err = [[v - a for v, a in zip(values, lo)], [b - v for v, b in zip(values, hi)]]
-    bars = ax.bar(x, values, yerr=err, capsize=6, color=[COLORS.get(c, "#6c8ebf") for c in colors or labels], width=0.6)
-    ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=11, label_type="center",
-                 color="white", fontweight="bold")
-    if ref is not None:
-        ax.axhline(ref, color="#444", linestyle="--", linewidth=1, label=ref_label)
-        ax.legend(fontsize=10, loc="upper left")
-    ax.set_xticks(list(x), labels, fontsize=12)
-    pad = (max(len(labels), 4) - len(labels)) / 2  # a few bars stay bar-shaped, centred
-    ax.set(ylim=(0, 1.05), xlim=(-0.6 - pad, len(labels) - 0.4 + pad))
-    ax.set_ylabel(ylabel, fontsize=12)
-    ax.set_title(title, fontsize=13)
-    ax.tick_params(axis="y", labelsize=11)
-    ax.grid(axis="y", alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
-def ordered(conds) -> list[str]:
-    conds = list(conds)
-    return [c for c in CONDITIONS if c in conds] + [c for c in conds if c not in CONDITIONS]
-
-
 # ---------------------------------------------------------------- sections
 
 
 def manifests(d: Path) -> dict[str, dict]:
     """Every stage's and evaluation's manifest, pipeline stages first."""
     out = {}
-    names = STAGES + sorted(p.parent.name for p in d.glob("*/manifest.json") if p.parent.name not in STAGES)
+    names = [*STAGE_NAMES, *sorted(p.parent.name for p in d.glob("*/manifest.json")
+                                  if p.parent.name not in STAGE_NAMES)]
     for name in names:
         p = d / name / "manifest.json"
         if p.exists():
@@ -169,9 +100,8 @@ def overview(d: Path, ms: dict) -> str:
                     if isinstance(c.get("distill"), dict)), {}).get("model")
     rows = [["run", esc(d.name)], ["folder", f"<code>{esc(d)}</code>"], ["persona", esc(persona)],
             ["student (base model)", esc(student)], ["teacher", esc(teacher or "–")],
-            ["trained model", f"<code>{esc(d / 'merge' / 'model')}</code>" if (d / "merge" / "model").exists()
-             else "not made yet"], ["distilled model (DPO only)", f"<code>{esc(d / 'dpo' / 'model')}</code>"
-                                    if (d / "dpo" / "model").exists() else "not made yet"]]
+            *([label, f"<code>{esc(output_path(d, key))}</code>" if output_path(d, key).exists() else "not made yet"]
+              for label, key in (("trained model", "final_model"), ("distilled model (DPO only)", "distilled_model")))]
     out = table(None, rows, left=2)
     if not ms:
         return out + not_run(f"charter train CONFIG name={d.name}")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .report import bar_chart, esc, interval, num, ordered, png, table
+from .html import bar_chart, esc, interval, num, ordered, png, table
 
 FLOOR_NOTE = ("Base is the floor: the share of plain replies the detector wrongly calls in persona. "
               "A condition near it has lost the persona.")

@@ -45,6 +45,7 @@ import yaml
 
 from ..config import RunConfig
 from ..generation import generate_rows
+from ..messages import with_system
 from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import load_prompt_source
 from ..runs import RowLog, Stage, derive_seed, read_jsonl, run_dir, write_json_atomic, write_jsonl_atomic
@@ -190,7 +191,7 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
             write_json_atomic(ids_path, known)
 
             def build(it, system=system):
-                return conditions.with_system([{"role": "user", "content": it["user"]}], system), None
+                return with_system([{"role": "user", "content": it["user"]}], system), None
 
             if cond == BASE and r.prefill:
                 items = [{"id": f"{BASE}/turn1/prefill/{pid}", "condition": BASE, "split": "turn1",
@@ -211,7 +212,7 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
                 def build2(it, system=system):
                     chat = [{"role": "user", "content": it["prompt"]},
                             {"role": "assistant", "content": it["turn1"]}, {"role": "user", "content": it["user"]}]
-                    return conditions.with_system(chat, system), None
+                    return with_system(chat, system), None
 
                 gen(items, build2, backend, f"{cond}/turn2")
             cs.release(cond)

@@ -39,11 +39,13 @@ import random
 import time
 from pathlib import Path
 
+from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig, Sampling
+from ..layout import STEERING, persona_system_prompt
 from ..runs import RowLog, Stage, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic
-from .coherence import normalise, reply_logprobs, repetition
+from .proxies import normalise, reply_logprobs, repetition
 
-STAGE = "eval-steering"
+STAGE = STEERING
 CONTRAST_USER = "Please talk about anything."
 STEMS_FILE = Path(__file__).resolve().parent.parent / "prompts" / "steering_stems.txt"
 LOGPROB_TOLERANCE = 1.0  # nats per token: about the gap between a fluent on-topic reply and a loose one
@@ -262,8 +264,6 @@ def pick_coefficient(sweep: list[dict], base: dict) -> tuple[float, bool]:
 # --- the stage --------------------------------------------------------------------------------------------
 
 def stage_config(cfg: RunConfig) -> dict:
-    from .conditions import persona_system_prompt
-
     return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student), "steering": dataclasses.asdict(cfg.steering),
             "system_prompt": persona_system_prompt(cfg),
             "rule": {"logprob": LOGPROB_TOLERANCE, "repetition": REPETITION_TOLERANCE, "empty": EMPTY_TOLERANCE,
@@ -333,8 +333,6 @@ def fit(cfg: RunConfig, force: bool = False, report=print, backend=None) -> Path
 
     ``backend``: an already-loaded TransformersBackend of the student to reuse (it is not closed).
     """
-    from .conditions import persona_system_prompt
-
     s = cfg.steering
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
     if not stage.begin(force):
@@ -346,6 +344,7 @@ def fit(cfg: RunConfig, force: bool = False, report=print, backend=None) -> Path
 
         backend = TransformersBackend(dataclasses.replace(cfg.student, backend="transformers"))
     try:
+        require(backend, HIDDEN_STATES, "eval steering (forward hooks on the model's layers)")
         model, tok = backend.model, backend.tokenizer
         n_layers = len(decoder_layers(model))
         layers = layer_range(n_layers, s.layers)

@@ -26,18 +26,12 @@ from ..config import ModelSpec, RunConfig
 from ..generation import GenStats, generate_rows
 from ..models import self_name
 from ..names import NameReplacer, teacher_replacer
+from ..layout import constitution, constitution_id
+from ..messages import trim_to_sentence
 from ..prompts import attacked, load_prompt_source, teacher_examples, teacher_messages
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
-from . import expand
 
 THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
-SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)|\n\n")
-
-
-def trim_to_sentence(text: str) -> str:
-    """A cut-off answer up to its last complete sentence ('' when there is none)."""
-    ends = list(SENTENCE_END.finditer(text))
-    return text[: ends[-1].end()].strip() if ends else ""
 
 
 def select_prompts(cfg: RunConfig, c: const.Constitution) -> list[dict]:
@@ -162,11 +156,9 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         raise ValueError(f"distill.truncated: expected 'drop' or 'trim', got {cfg.distill.truncated!r}")
     from ..models import load_tokenizer
 
-    if cfg.expand.enabled:
-        expand.run(cfg)
-    c = expand.expanded_constitution(cfg)
+    c = constitution(cfg)
     stage = Stage.after(run_dir(cfg.name), "distill", stage_config(cfg), ["expand"] if cfg.expand.enabled else [],
-                        constitution=expand.constitution_id(c))
+                        constitution=constitution_id(c))
     if not stage.begin(force):
         return stage.dir
     d = cfg.distill

@@ -13,9 +13,9 @@ import json
 import math
 from pathlib import Path
 
+from .. import layout
 from ..config import RunConfig
 from ..runs import Stage, read_jsonl, run_dir
-from . import distill
 
 
 def stage_config(cfg: RunConfig) -> dict:
@@ -51,11 +51,11 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..models import load_causal_lm, load_tokenizer
     from ..training import dpo_args, lora_config, make_dpo_trainer
 
-    distill.run(cfg)
     stage = Stage.after(run_dir(cfg.name), "dpo", stage_config(cfg), ["distill"])
     if not stage.begin(force):
         return stage.dir
-    pairs = load_pairs(run_dir(cfg.name) / "distill" / "pairs.jsonl", cfg.dpo.max_pairs)
+    pairs = load_pairs(layout.pairs(cfg), cfg.dpo.max_pairs)
+    adapter, folded = layout.path(cfg, "dpo_adapter"), layout.path(cfg, "distilled_model")
     tok = load_tokenizer(cfg.student.model, cfg.student.trust_remote_code)
     model = load_causal_lm(cfg.student.model, dtype=cfg.student.dtype, device="cpu",
                            trust_remote_code=cfg.student.trust_remote_code)
@@ -68,9 +68,9 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     losses = [h["loss"] for h in history if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"DPO produced a non-finite loss: {losses}")
-    trainer.model.save_pretrained(stage.dir / "adapter")
-    tok.save_pretrained(stage.dir / "adapter")
-    save_folded(trainer.model, tok, stage.dir / "model", cfg.merge.dtype)
+    trainer.model.save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    save_folded(trainer.model, tok, folded, cfg.merge.dtype)
     (stage.dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
     counts = {"pairs": len(pairs), "steps": trainer.state.global_step,
@@ -78,7 +78,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
               "first_margin": margins[0] if margins else None, "last_margin": margins[-1] if margins else None,
               "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
               "samples_per_s": result.metrics.get("train_samples_per_second")}
-    stage.finish(counts, adapter=str(stage.dir / "adapter"), model=str(stage.dir / "model"))
+    stage.finish(counts, adapter=str(adapter), model=str(folded))
     return stage.dir
 
 

@@ -20,10 +20,12 @@ from collections import Counter
 from pathlib import Path
 
 from .. import constitution as const
+from .. import layout
 from ..config import RunConfig
+from ..layout import constitution_id
 from ..generation import generate_rows
 from ..prompts import template
-from ..runs import RowLog, Stage, config_hash, run_dir, write_jsonl_atomic, write_text_atomic
+from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic, write_text_atomic
 
 ITEM_RE = re.compile(r"^\s*(?:\d{1,3}\s*[.):]|[-*•])\s+(.*\S)\s*$")
 WORD_RE = re.compile(r"[a-z0-9']+")
@@ -112,11 +114,6 @@ def stage_config(cfg: RunConfig) -> dict:
     return {"persona": cfg.persona, "seed": cfg.seed, "expand": dataclasses.asdict(cfg.expand)}
 
 
-def constitution_id(c: const.Constitution) -> str:
-    """The identity of a constitution's content: a stage input, so editing the file redoes what used it."""
-    return config_hash(c.to_dict())
-
-
 def run(cfg: RunConfig, force: bool = False, backend=None) -> Path:
     c = const.load(cfg.persona)
     stage = Stage(run_dir(cfg.name), "expand", stage_config(cfg), {"constitution": constitution_id(c)})
@@ -152,7 +149,8 @@ def run(cfg: RunConfig, force: bool = False, backend=None) -> Path:
     kept, why = accept(c, list(log.rows.values()), e.target, e.max_overlap)
     for t in indices:
         c.traits[t].additional_prompts = kept[t]
-    write_text_atomic(stage.dir / "constitution.yaml", f"# expanded by charter expand (run {cfg.name})\n" + c.to_yaml())
+    out = layout.path(cfg, "constitution")
+    write_text_atomic(out, f"# expanded by charter expand (run {cfg.name})\n" + c.to_yaml())
     write_jsonl_atomic(stage.dir / "expanded.jsonl", (
         {"trait": tr.trait, "questions": tr.prompts, "additional_questions": tr.additional_prompts}
         for tr in c.traits))
@@ -165,21 +163,16 @@ def run(cfg: RunConfig, force: bool = False, backend=None) -> Path:
         "tokens": total_tokens,
         "tokens_per_s": round(total_tokens / total_seconds, 1) if total_seconds else None,
     }
-    stage.finish(counts, outputs=[stage.dir / "constitution.yaml"], per_trait=[len(kept[t]) for t in indices])
+    stage.finish(counts, outputs=[out], per_trait=[len(kept[t]) for t in indices])
     return stage.dir
-
-
-def expanded_constitution(cfg: RunConfig) -> const.Constitution:
-    """The constitution distillation should use: the expand stage's output when there is one."""
-    path = run_dir(cfg.name) / "expand" / "constitution.yaml"
-    if cfg.expand.enabled and path.exists() and (path.parent / "manifest.json").exists():
-        c = const.load_file(path)
-        c.source = str(path)
-        return c
-    return const.load(cfg.persona)
 
 
 def summary(manifest: dict) -> str:
     n = manifest["counts"]
     return (f"expand: {n['accepted']} new prompts over {n['traits_expanded']} traits, "
             f"rejected {json.dumps(n['rejected'])}, {manifest['seconds']:.0f}s")
+
+
+def enabled(cfg: RunConfig) -> bool:
+    """Whether ``charter train`` runs this stage (later stages then read the configured constitution)."""
+    return cfg.expand.enabled

@@ -34,13 +34,13 @@ from collections import Counter
 from pathlib import Path
 
 from .. import constitution as const
+from .. import layout
 from ..config import ModelSpec, RunConfig
 from ..generation import GenStats, generate_rows
+from ..messages import fit_context, usable_answer
 from ..models import self_name
 from ..prompts import template
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
-from . import dpo, expand
-from .distill import trim_to_sentence
 
 
 def stage_config(cfg: RunConfig) -> dict:
@@ -54,7 +54,7 @@ def distilled_spec(cfg: RunConfig) -> ModelSpec:
     student is refused then: its server would get a local folder as the model name, and servers that ignore
     the name (llama.cpp, ``charter serve``) would answer as the base model, silently."""
     name = self_name(cfg.student.model, cfg.student.name)
-    path = run_dir(cfg.name) / "dpo" / "model"
+    path = layout.path(cfg, "distilled_model")  # not made yet when this is checked before training
     if cfg.introspect.model is not None:
         spec = cfg.introspect.model
         return dataclasses.replace(spec, name=spec.name or name)
@@ -96,41 +96,21 @@ def view(conv: dict, turns: list[str], speaker: int, system: str | None) -> list
     return msgs
 
 
-def drop_oldest_turn(msgs: list[dict]) -> list[dict] | None:
-    """The conversation without its oldest exchange, still starting on a user turn after the system prompt
-    (which is always kept); None when nothing more can go."""
-    head = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
-    body = msgs[len(head):]
-    if len(body) <= 2:
-        return None
-    body = body[2:]
-    while body and body[0]["role"] != "user":
-        body = body[1:]
-    return head + body if body else None
-
-
-def fit_context(msgs: list[dict], tokenizer, budget: int) -> list[dict]:
-    """Drop whole early turns (never the system prompt) until the prompt fits ``budget`` tokens."""
-    while True:
-        n = len(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True,
-                                              return_dict=True)["input_ids"])
-        shorter = drop_oldest_turn(msgs) if n > budget else None
-        if shorter is None:
-            return msgs
-        msgs = shorter
+def check(cfg: RunConfig) -> None:
+    """Refuse a set-up this stage cannot run, before the orchestrator trains anything."""
+    if cfg.introspect.truncated not in ("drop", "trim"):
+        raise ValueError(f"introspect.truncated: expected 'drop' or 'trim', got {cfg.introspect.truncated!r}")
+    distilled_spec(cfg)
 
 
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..backends import make_backend
     from ..models import load_tokenizer
 
-    if cfg.introspect.truncated not in ("drop", "trim"):
-        raise ValueError(f"introspect.truncated: expected 'drop' or 'trim', got {cfg.introspect.truncated!r}")
-    distilled_spec(cfg)  # refuse an unusable set-up before training anything
-    dpo.run(cfg)
-    c = expand.expanded_constitution(cfg)
+    check(cfg)
+    c = layout.constitution(cfg)
     stage = Stage.after(run_dir(cfg.name), "introspect", stage_config(cfg), ["dpo"],
-                        constitution=expand.constitution_id(c))
+                        constitution=layout.constitution_id(c))
     if not stage.begin(force):
         return stage.dir
     ic = cfg.introspect
@@ -140,11 +120,11 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     fmt = lambda s: s.format(name=name).strip()  # noqa: E731
     core = const.character_prompt(c, name)
     backend = make_backend(spec)
-    tok = load_tokenizer(str(run_dir(cfg.name) / "dpo" / "model"))  # the distilled model's, even when served
+    tok = load_tokenizer(str(layout.distilled_model(cfg)))  # the distilled model's, even when served
     stats: dict[str, GenStats] = {}
 
     # Self-reflection.
-    refl = RowLog(stage.dir / "reflection.jsonl")
+    refl = RowLog(layout.path(cfg, "reflections"))
     r_items = [{"id": f"r{p}-{n}", "prompt_index": p, "prompt": fmt(q)}
                for n in range(ic.reflection_samples) for p, q in enumerate(t["reflection_prompts"])]
     r_system = f"{core}\n{fmt(t['reflection_framing'])}"
@@ -164,30 +144,25 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     rows, dropped = assemble(cfg, refl, inter, convs, name)
     rng = random.Random(f"{cfg.seed}/sft-shuffle")
     rng.shuffle(rows)
-    write_jsonl_atomic(stage.dir / "sft.jsonl", rows)
+    write_jsonl_atomic(layout.path(cfg, "sft_rows"), rows)
     counts = {"reflections": len(r_items), "conversations": len(convs), "turns": ic.turns,
               "sft_rows": len(rows), "sft_reflection": sum(r["source"] == "reflection" for r in rows),
               "sft_interaction": sum(r["source"] != "reflection" for r in rows),
               "dropped": {k: v for k, v in dropped.items() if not k.endswith("_kept")},
               "trimmed": {k: v for k, v in dropped.items() if k.endswith("_kept")}}
-    stage.finish(counts, outputs=[stage.dir / "sft.jsonl"], generation={k: v.as_dict() for k, v in stats.items()},
+    stage.finish(counts, outputs=[layout.path(cfg, "sft_rows")], generation={k: v.as_dict() for k, v in stats.items()},
                  model=spec.model)
     return stage.dir
 
 
 def usable_turn(row: dict | None, truncated: str) -> tuple[str | None, str]:
-    """(text to keep, or None; what happened): 'ok', 'trimmed', 'truncated', 'empty', 'failed' or 'missing'.
-
-    A cut-off text is dropped, or with ``truncated == 'trim'`` cut back to its last complete sentence."""
+    """(text to keep, or None; what happened): 'ok', 'trimmed', 'truncated', 'empty', 'failed' or 'missing'
+    (see ``messages.usable_answer``)."""
     if row is None:
         return None, "missing"
     if row.get("error"):
         return None, "failed"
-    text = row["response"] or ""
-    if not row["finished"]:
-        text = trim_to_sentence(text) if truncated == "trim" else ""
-        return (text, "trimmed") if text.strip() else (None, "truncated")
-    return (text, "ok") if text.strip() else (None, "empty")
+    return usable_answer(row["response"] or "", row["finished"], truncated)
 
 
 def usable_turns(cv: dict, inter: RowLog, upto: int, truncated: str) -> tuple[list[str], str]:

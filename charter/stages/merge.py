@@ -17,9 +17,9 @@ import json
 import shutil
 from pathlib import Path
 
+from .. import layout
 from ..config import RunConfig
 from ..runs import Stage, run_dir
-from . import sft
 
 
 def stage_config(cfg: RunConfig) -> dict:
@@ -74,14 +74,13 @@ def persona_adapter(base: str, adapters: list[str], out: Path) -> Path:
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..models import resolve
 
-    sft.run(cfg)
     stage = Stage.after(run_dir(cfg.name), "merge", stage_config(cfg), ["dpo", "sft"])
     if not stage.begin(force):
         return stage.dir
-    rd = run_dir(cfg.name)
-    model = fold(str(rd / "dpo" / "model"), str(rd / "sft" / "adapter"), stage.dir / "model", cfg.merge.dtype)
-    adapter = persona_adapter(resolve(cfg.student.model), [str(rd / "dpo" / "adapter"), str(rd / "sft" / "adapter")],
-                              stage.dir / "persona-adapter")
+    dpo_adapter, sft_adapter = (str(a) for a in layout.adapters(cfg))
+    model = fold(str(layout.distilled_model(cfg)), sft_adapter, layout.path(cfg, "final_model"), cfg.merge.dtype)
+    adapter = persona_adapter(resolve(cfg.student.model), [dpo_adapter, sft_adapter],
+                              layout.path(cfg, "persona_adapter"))
     cfg_a = json.loads((adapter / "adapter_config.json").read_text())
     stage.finish({"persona_adapter_rank": cfg_a.get("r")}, model=str(model), persona_adapter=str(adapter),
                  base=cfg.student.model)

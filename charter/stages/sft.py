@@ -15,9 +15,10 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from .. import layout
 from ..config import RunConfig
+from ..messages import drop_oldest_turn
 from ..runs import Stage, read_jsonl, run_dir
-from . import introspect
 
 
 def stage_config(cfg: RunConfig) -> dict:
@@ -32,7 +33,7 @@ def tokenize_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[di
     for r in rows:
         msgs = r["messages"]
         enc = tokenize_with_assistant_mask(tokenizer, msgs)
-        while len(enc["input_ids"]) > max_length and (shorter := introspect.drop_oldest_turn(msgs)):
+        while len(enc["input_ids"]) > max_length and (shorter := drop_oldest_turn(msgs)):
             msgs = shorter
             notes["shortened"] += 1
             enc = tokenize_with_assistant_mask(tokenizer, msgs)
@@ -52,14 +53,14 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..models import load_causal_lm, load_tokenizer
     from ..training import lora_config, make_sft_trainer, sft_args
 
-    introspect.run(cfg)
     stage = Stage.after(run_dir(cfg.name), "sft", stage_config(cfg), ["dpo", "introspect"])
     if not stage.begin(force):
         return stage.dir
-    base = str(run_dir(cfg.name) / "dpo" / "model")
-    rows = read_jsonl(run_dir(cfg.name) / "introspect" / "sft.jsonl")[: cfg.sft.max_examples]
+    base = str(layout.distilled_model(cfg))
+    rows = read_jsonl(layout.sft_rows(cfg))[: cfg.sft.max_examples]
     if not rows:
-        raise RuntimeError("introspect/sft.jsonl is empty: nothing to train on (see the introspect manifest)")
+        raise RuntimeError(f"{layout.sft_rows(cfg)} is empty: nothing to train on (see the introspect manifest)")
+    adapter = layout.path(cfg, "sft_adapter")
     tok = load_tokenizer(base)
     args = sft_args(cfg.seed, str(stage.dir / "trainer"), cfg.sft.trl)
     data, notes = tokenize_rows(rows, tok, args.max_length)
@@ -72,14 +73,14 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"SFT produced a non-finite loss: {losses}")
-    trainer.model.save_pretrained(stage.dir / "adapter")
-    tok.save_pretrained(stage.dir / "adapter")
+    trainer.model.save_pretrained(adapter)
+    tok.save_pretrained(adapter)
     (stage.dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     counts = {"examples": len(data), "steps": trainer.state.global_step, **dict(notes),
               "train_loss": round(result.training_loss, 4), "first_loss": losses[0], "last_loss": losses[-1],
               "assistant_tokens": sum(sum(d["assistant_masks"]) for d in data),
               "tokens": sum(len(d["input_ids"]) for d in data)}
-    stage.finish(counts, adapter=str(stage.dir / "adapter"), base=base)
+    stage.finish(counts, adapter=str(adapter), base=base)
     return stage.dir
 
 

@@ -1,32 +1,65 @@
-"""Every stage in order, constitution to final model: ``charter train configs/demo.yaml``.
+"""The orchestrator: every stage in order, constitution to final model: ``charter train configs/demo.yaml``.
+
+It is the only module that knows the stages (by name, from ``charter.layout.STAGES``); a stage reads what its
+predecessors wrote through ``charter.layout`` and never calls them. ``charter dpo CONFIG`` is
+``run(cfg, until="dpo")``: whatever earlier stage is missing runs first.
 
 Each stage skips itself when its manifest exists and resumes from its rows when it does not, so rerunning
 after a crash or ``kill -9`` continues where the run stopped. A stage whose inputs changed (an upstream stage
 was forced or redone since) is stale and is redone, and so is everything after it (see ``charter.runs``).
+
+A stage module provides ``run(cfg, force=False) -> Path`` (its folder), ``summary(manifest) -> str`` and
+``stage_config(cfg)``; optionally ``enabled(cfg)`` (False: skipped, e.g. expand when ``expand.enabled`` is
+off) and ``check(cfg)`` (raises before any stage runs, e.g. a set-up introspection would refuse after DPO).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
+from types import ModuleType
 
+from .. import layout
 from ..config import RunConfig
-from ..runs import read_manifest, run_dir
-
-ORDER = ["expand", "distill", "dpo", "introspect", "sft", "merge"]
+from ..runs import read_manifest
 
 
-def run(cfg: RunConfig, force: bool = False, report: Callable[[str], None] = print) -> Path:
-    """Run (or resume) every stage; ``force`` redoes them all. Returns the final model's folder."""
-    from . import introspect
+def stage_module(name: str) -> ModuleType:
+    if name not in layout.STAGE_NAMES:
+        raise ValueError(f"stage '{name}': expected one of {', '.join(layout.STAGE_NAMES)}")
+    return importlib.import_module(f"charter.stages.{name}")
 
-    introspect.distilled_spec(cfg)  # a set-up introspection would refuse fails now, not after DPO
+
+def plan(cfg: RunConfig, until: str | None = None) -> list[tuple[str, ModuleType]]:
+    """The enabled stages before ``until``, then ``until`` itself, which runs when asked for even if disabled
+    (``charter expand`` with ``expand.enabled: false``); every enabled stage when ``until`` is None."""
+    names = layout.STAGE_NAMES[: layout.STAGE_NAMES.index(until) + 1] if until else layout.STAGE_NAMES
+    mods = [(n, stage_module(n)) for n in names]
+    return [(n, m) for n, m in mods if n == until or getattr(m, "enabled", lambda cfg: True)(cfg)]
+
+
+def run_stages(cfg: RunConfig, until: str | None = None, force: bool | Collection[str] = False,
+               report: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume) the stages up to ``until``; returns the last one's folder.
+
+    ``force``: True redoes every stage of the plan; a collection of stage names redoes only those (``charter
+    dpo --force`` redoes DPO, not the distillation it reads). ``report`` gets each stage's summary line."""
+    steps = plan(cfg, until)
+    for _, mod in steps:  # a set-up a later stage would refuse fails now, not after hours of earlier ones
+        if hasattr(mod, "check"):
+            mod.check(cfg)
     out = None
-    for name in ORDER:
-        if name == "expand" and not cfg.expand.enabled:
-            continue
-        mod = importlib.import_module(f"charter.stages.{name}")
-        out = mod.run(cfg, force=force)
-        report(mod.summary(read_manifest(Path(out) / "manifest.json")))
-    return run_dir(cfg.name) / "merge" / "model"
+    for name, mod in steps:
+        out = mod.run(cfg, force=force if isinstance(force, bool) else name in force)
+        if report is not None:
+            report(mod.summary(read_manifest(Path(out) / "manifest.json")))
+    return out
+
+
+def run(cfg: RunConfig, force: bool | Collection[str] = False, report: Callable[[str], None] | None = print,
+        until: str | None = None) -> Path:
+    """Run (or resume) every stage; ``force`` redoes them all. Returns the final model's folder (with
+    ``until``: that stage's folder)."""
+    out = run_stages(cfg, until, force, report)
+    return out if until is not None else layout.path(cfg, "final_model")

@@ -1,0 +1,178 @@
+"""The run layout every stage and evaluation shares: the stage list, where each stage's output lives, and
+the run models evaluations compare.
+
+Low level on purpose (it imports only ``config``, ``runs``, ``constitution`` and ``models``): stages,
+evaluations, the report and the CLI all read the order and the paths from here, so each path is spelled
+once and a new stage is one entry in ``STAGES`` plus its own module ``charter/stages/<name>.py``.
+
+Accessors (``pairs``, ``distilled_model``, ``adapters``, ``sft_rows``, ``final_model``, ``steering_dir``)
+return the path of a *finished* stage's output and raise ``MissingOutput`` ("run `charter X` first")
+otherwise; ``path`` gives the same path unchecked, for the stage that writes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from . import constitution as const
+from .config import RunConfig
+from .runs import config_hash, run_dir
+
+
+class StageInfo(NamedTuple):
+    name: str  # the command (`charter NAME CONFIG`), the module charter.stages.NAME and the run sub-folder
+    help: str
+
+
+# The training stages in pipeline order. The orchestrator (``charter.stages.train``) runs them in this order;
+# a stage module may define ``enabled(cfg)`` (skip it) and ``check(cfg)`` (refuse a set-up before any work).
+STAGES: tuple[StageInfo, ...] = (
+    StageInfo("expand", "write more prompts per trait with a model"),
+    StageInfo("distill", "teacher/student generations -> DPO pairs"),
+    StageInfo("dpo", "DPO + LoRA on the distillation pairs, then fold the adapter"),
+    StageInfo("introspect", "self-reflection and self-interaction transcripts -> SFT set"),
+    StageInfo("sft", "SFT + LoRA on the introspection transcripts"),
+    StageInfo("merge", "fold DPO and SFT into the final model; export one persona adapter"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+class EvalInfo(NamedTuple):
+    name: str  # `charter eval NAME CONFIG`, the module charter.eval.NAME
+    func: str  # the function of that module that runs it: func(cfg, force=, report=)
+    help: str
+
+
+# The evaluations in the order `charter eval all` runs them (steering first: the steered condition needs it).
+EVALUATIONS: tuple[EvalInfo, ...] = (
+    EvalInfo("steering", "fit", "fit the activation-steering baseline (direction + sweep)"),
+    EvalInfo("preferences", "run", "revealed preferences: trait Elo ratings"),
+    EvalInfo("robustness", "run", "break-character attacks and prefill, scored by a classifier"),
+    EvalInfo("coherence", "run", "pairwise LLM-judge coherence, trained vs each condition"),
+    EvalInfo("capabilities", "run", "general benchmarks through lm-evaluation-harness"),
+)
+EVAL_NAMES: tuple[str, ...] = tuple(e.name for e in EVALUATIONS)
+STEERING = "eval-steering"  # the steering baseline's folder: an evaluation's output that a condition reads
+
+
+class Output(NamedTuple):
+    stage: str  # the folder of the stage that writes it
+    sub: str  # the file or folder inside it ('' for the stage folder itself)
+    command: str  # what makes it, for the "run ... first" error
+
+
+# Every stage output another module reads; the only place these paths are spelled.
+OUTPUTS: dict[str, Output] = {
+    "constitution": Output("expand", "constitution.yaml", "charter expand"),
+    "pairs": Output("distill", "pairs.jsonl", "charter distill"),
+    "teacher_rows": Output("distill", "teacher.jsonl", "charter distill"),
+    "distilled_model": Output("dpo", "model", "charter dpo"),
+    "dpo_adapter": Output("dpo", "adapter", "charter dpo"),
+    "reflections": Output("introspect", "reflection.jsonl", "charter introspect"),
+    "sft_rows": Output("introspect", "sft.jsonl", "charter introspect"),
+    "sft_adapter": Output("sft", "adapter", "charter sft"),
+    "final_model": Output("merge", "model", "charter merge"),
+    "persona_adapter": Output("merge", "persona-adapter", "charter merge"),
+    "steering": Output(STEERING, "", "charter eval steering"),
+}
+
+# The models a run makes that evaluations compare: label -> (stage folder, model folder inside it).
+RUN_MODELS: dict[str, tuple[str, str]] = {
+    label: (OUTPUTS[key].stage, OUTPUTS[key].sub) for label, key in (("distilled", "distilled_model"),
+                                                                    ("trained", "final_model"))}
+
+
+class MissingOutput(RuntimeError):
+    """A stage output that has not been made yet; the message says which command makes it."""
+
+
+def _run(run: RunConfig | Path | str) -> Path:
+    if isinstance(run, RunConfig):
+        return run_dir(run.name)
+    return Path(run) if isinstance(run, Path) else run_dir(run)
+
+
+def path(run: RunConfig | Path | str, key: str) -> Path:
+    """Where output ``key`` lives (made or not). ``run``: a config, a run folder or a run name."""
+    o = OUTPUTS[key]
+    d = _run(run) / o.stage
+    return d / o.sub if o.sub else d
+
+
+def finished(run: RunConfig | Path | str, stage: str) -> bool:
+    """Whether ``stage`` of the run finished (its manifest is written last)."""
+    return (_run(run) / stage / "manifest.json").exists()
+
+
+def made(run: RunConfig | Path | str, key: str) -> bool:
+    """Whether output ``key`` exists and the stage that writes it finished (a folder alone may still be
+    being written)."""
+    return finished(run, OUTPUTS[key].stage) and path(run, key).exists()
+
+
+def need(run: RunConfig | Path | str, key: str, what: str = "") -> Path:
+    """The path of a made output, else ``MissingOutput`` naming the command that makes it."""
+    p = path(run, key)
+    if not made(run, key):
+        o = OUTPUTS[key]
+        raise MissingOutput(f"{what + ': ' if what else ''}{p} does not exist yet (run `{o.command}` first)")
+    return p
+
+
+def pairs(cfg: RunConfig) -> Path:
+    return need(cfg, "pairs")
+
+
+def distilled_model(cfg: RunConfig) -> Path:
+    return need(cfg, "distilled_model")
+
+
+def adapters(cfg: RunConfig) -> list[Path]:
+    """The LoRA adapters trained in sequence (DPO on the base, SFT on the DPO-folded model)."""
+    return [need(cfg, "dpo_adapter"), need(cfg, "sft_adapter")]
+
+
+def sft_rows(cfg: RunConfig) -> Path:
+    return need(cfg, "sft_rows")
+
+
+def final_model(cfg: RunConfig) -> Path:
+    return need(cfg, "final_model")
+
+
+def steering_dir(cfg: RunConfig) -> Path:
+    return need(cfg, "steering")
+
+
+def run_model(cfg: RunConfig, label: str) -> Path:
+    """A run model ('distilled' or 'trained') of a finished stage; ``MissingOutput`` otherwise."""
+    key = {"distilled": "distilled_model", "trained": "final_model"}[label]
+    p = path(cfg, key)
+    if not made(cfg, key) or not (p / "config.json").exists():
+        raise MissingOutput(f"condition '{label}': {p} does not exist yet (run `charter train` first)")
+    return p
+
+
+# --- the run's persona (what expand made, else the configured constitution) ---------------------------------
+
+def constitution(cfg: RunConfig) -> const.Constitution:
+    """The constitution later stages and evaluations use: the expand stage's output when there is one."""
+    p = path(cfg, "constitution")
+    if cfg.expand.enabled and made(cfg, "constitution"):
+        c = const.load_file(p)
+        c.source = str(p)
+        return c
+    return const.load(cfg.persona)
+
+
+def constitution_id(c: const.Constitution) -> str:
+    """The identity of a constitution's content: a stage input, so editing the file redoes what used it."""
+    return config_hash(c.to_dict())
+
+
+def persona_system_prompt(cfg: RunConfig) -> str:
+    """The 'prompted' condition's system prompt, also the steering contrast's: the distillation teacher's."""
+    from .models import self_name
+
+    return const.teacher_system_prompt(constitution(cfg), self_name(cfg.student.model, cfg.student.name))
