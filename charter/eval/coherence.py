@@ -35,8 +35,8 @@ from statistics import NormalDist
 
 from ..config import RunConfig, Sampling
 from ..generation import generate_rows
-from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, run_dir, write_json_atomic,
-                    write_jsonl_atomic)
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, run_dir,
+                    write_json_atomic, write_jsonl_atomic)
 from .conditions import (CONDITIONS, Conditions, condition_spec, identity, model_key, run_model_dir,
                          with_system)
 from .judge import _strip_reasoning
@@ -414,7 +414,7 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
             conds.release(label, keep=judge_spec)
         rows, results, lines, forced = [], {}, [], {}
         for c in ready:
-            ident = config_hash([idents["trained"], idents[c], dataclasses.asdict(judge_spec)])
+            ident = identity_hash([idents["trained"], idents[c], dataclasses.asdict(judge_spec)])
             here = _judge_against(c, d, cfg, items, ident, lambda: conds.backend(judge_spec), gen, report)
             rows += here
             results[c] = r = tally([x["outcome"] for x in here])

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import ModelSpec, RunConfig
-from ..runs import config_hash, run_dir, stage_identity
+from ..runs import config_hash, identity_hash, run_dir, stage_identity
 
 CONDITIONS = ("base", "prompted", "steered", "distilled", "trained")
 # Run models: label -> (stage folder, model folder inside it, the command that makes it).
@@ -89,7 +89,7 @@ def identity(cfg: RunConfig, label: str) -> str:
         parts["stage_identity"] = stage_identity(run_dir(cfg.name), stage)
     if label in ("prompted", "steered"):
         parts["system"] = persona_system_prompt(cfg)
-    return config_hash(parts)
+    return identity_hash(parts)
 
 
 def model_key(spec: ModelSpec) -> str:
