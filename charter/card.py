@@ -90,13 +90,18 @@ def _counts(ms: dict) -> list[str]:
     return lines
 
 
-def _evaluations(run: Path, ms: dict) -> list[str]:
+# evaluation folder -> (renderer, the file whose presence means it has results)
+SECTIONS = {"eval-preferences": ("_preferences", "comparison.json"), "eval-steering": ("_steering", "steering.json"),
+            "eval-robustness": ("_robustness", "results.json"), "eval-coherence": ("_coherence", "results.json"),
+            "eval-capabilities": ("_capabilities", "results.json")}
+
+
+def _evaluations(run: Path) -> list[str]:
     out = []
-    for name, fn in (("eval-preferences", _preferences), ("eval-steering", _steering),
-                     ("eval-robustness", _robustness), ("eval-coherence", _coherence),
-                     ("eval-capabilities", _capabilities)):
+    for name, (fn, marker) in SECTIONS.items():
+        fn = globals()[fn]
         title = name.removeprefix("eval-")
-        if name not in ms:
+        if not (run / name / marker).is_file():
             out += [f"### {title}", "", f"Not run (`charter eval {title} CONFIG`).", ""]
             continue
         try:
@@ -108,10 +113,7 @@ def _evaluations(run: Path, ms: dict) -> list[str]:
 
 
 def _preferences(d: Path) -> list[str]:
-    p = d / "comparison.json"
-    if not p.is_file():
-        return ["Ratings made, no comparison with a baseline (`preferences.models` needs two models)."]
-    c = read_json(p)
+    c = read_json(d / "comparison.json")
     rows = ["| model vs " + str(c.get("baseline")) + " | Spearman ρ | rises | falls | persona's own traits, mean change |",
             "|---|---|---|---|---|"]
     for label, a in (c.get("against") or {}).items():
@@ -139,7 +141,7 @@ def _robustness(d: Path) -> list[str]:
     else:
         from .eval.robustness import format_table
 
-        text = format_table(r, list(r.get("attacks") or next(iter(r["table"].values()), {}).keys() - {"none"}))
+        text = format_table(r, r.get("attacks") or [a for a in next(iter(r["table"].values()), {}) if a != "none"])
     return ["Break-character attacks, scored on held-out prompts:", "", "```", *text, "```"]
 
 
@@ -227,7 +229,7 @@ def render(run: Path, ms: dict, *, repo: str | None = None, local: Path | None =
         "",
         "## Evaluations",
         "",
-        *_evaluations(run, ms),
+        *_evaluations(run),
         "## Commands",
         "",
         "The run was made with:",

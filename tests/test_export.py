@@ -210,3 +210,23 @@ def test_card_names_the_hub_base_model(tmp_path):
     assert hub_base_model("gemma3-270m") == "google/gemma-3-270m"
     (tmp_path / "m").mkdir()
     assert hub_base_model(str(tmp_path / "m")) is None and hub_base_model("./m") is None
+
+
+def test_card_shows_every_evaluation_that_exists(charter_home):
+    """Evaluation folders shaped as the evaluations write them (the report's test run): each lands in the card
+    with its numbers; a broken file costs only its section."""
+    from charter.card import manifests, render
+
+    from .test_report import make_run
+
+    d = make_run("card")
+    card = render(d, manifests(d))
+    for needle in ("| trained vs steered | 0.70 | [0.60, 0.80] | 80 |", "| arc_challenge | 0.592 ± 0.014 | 0.571",
+                   "robustness in-persona rate on 20 held-out prompts", "coefficient 2.0 (chosen by sweep)",
+                   "| trained | ", "Spearman", "charter train configs/demo.yaml", "- distill: 39 DPO pairs",
+                   "base_model: HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert needle in card, needle
+    assert "Not run" not in card and "Could not read" not in card
+    (d / "eval-coherence" / "results.json").write_text("{not json")
+    card = render(d, manifests(d))
+    assert card.count("Could not read") == 1 and "0.592 ± 0.014" in card
