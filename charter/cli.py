@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(esub.add_parser("all", help="every evaluation, then the report"))
     rp = sub.add_parser("report", help="one self-contained HTML page with every evaluation of a run")
     rp.add_argument("run", help="run name or run folder")
+    ex = sub.add_parser("export", help="a run's merged model + persona adapter with a model card, as one folder")
+    ex.add_argument("run", help="run name or run folder")
+    ex.add_argument("--to", required=True, help="folder to write (must not exist, or be empty)")
+    ex.add_argument("--hub", metavar="REPO", help="also push the folder to this Hugging Face repo (user/name)")
+    ex.add_argument("--gguf", nargs="?", const="f16", metavar="TYPE",
+                    help="also convert to GGUF with llama.cpp's converter (f16 by default; f32, bf16, q8_0, auto)")
     return parser
 
 
@@ -263,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args)
+        if args.command == "export":
+            from .export import export
+
+            print(export(_report_run(args.run), args.to, hub=args.hub, gguf=args.gguf,
+                         report=lambda line: print(line, file=sys.stderr, flush=True)))
+            return 0
         if args.command == "report":
             from .eval.report import build
 

@@ -24,6 +24,7 @@ HINTS = {
     "scipy": ("scipy", "pip install 'charter[train]'"),
     "numpy": ("numpy", "pip install 'charter[train]'"),
     "openai": ("openai", "pip install 'charter[api]'"),
+    "huggingface_hub": ("huggingface_hub", "pip install huggingface_hub"),
     "vllm": ("vllm", "pip install 'charter[vllm]' (Linux, CUDA)"),
     "lm_eval": ("lm-eval", "pip install 'charter[eval]'"),
     "deepspeed": ("deepspeed", "pip install 'charter[gpu]'"),

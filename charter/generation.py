@@ -33,6 +33,12 @@ class GenStats:
                 "tokens_per_s": round(self.tokens_per_s, 1)}
 
 
+def chunk_rows(backend, configured: int) -> int:
+    """Rows per chunk: the configured size, raised to the backend's ``min_chunk_rows`` (vLLM batches
+    internally and needs many rows in flight; a 64-row chunk leaves it idle at every chunk's tail)."""
+    return max(configured, getattr(backend, "min_chunk_rows", 1))
+
+
 def generate_rows(log: RowLog, items: list[dict], build: Callable[[dict], tuple[list[dict], str | None]],
                   backend, sampling: Sampling, seed_parts: tuple, chunk_size: int, desc: str) -> GenStats:
     """Generate a response for every item missing from ``log``; returns what this call generated.
@@ -45,6 +51,7 @@ def generate_rows(log: RowLog, items: list[dict], build: Callable[[dict], tuple[
     if not todo:
         return stats
     bar = tqdm(total=len(items), initial=len(items) - todo, desc=desc, unit="row", leave=False)
+    chunk_size = chunk_rows(backend, chunk_size)
     for c, start in enumerate(range(0, len(items), chunk_size)):
         chunk = items[start:start + chunk_size]
         if all(it["id"] in log for it in chunk):

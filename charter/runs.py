@@ -175,6 +175,28 @@ def machine_info() -> dict:
     return machine()
 
 
+# Knobs that change how fast a stage runs, not what it computes (beyond floating-point rounding and which
+# sample a batch draws): every identity sees them at one fixed value (ModelSpec's defaults, so identities of
+# configs that never set them are what they were), so tuning them on a live run neither errors nor redoes
+# finished work. The manifests still record the values used.
+SPEED_KNOBS = {"batch_size": 32, "max_concurrency": 8, "max_retries": 5, "timeout": 300.0, "chunk_size": 64,
+               "prefix_cache": True}
+
+
+def identity_view(obj: Any) -> Any:
+    """``obj`` (a config as plain dicts and lists) with every speed knob, at any depth, at its fixed value."""
+    if isinstance(obj, dict):
+        return {k: SPEED_KNOBS[k] if k in SPEED_KNOBS else identity_view(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [identity_view(v) for v in obj]
+    return obj
+
+
+def identity_hash(obj: Any) -> str:
+    """The hash of ``obj`` that identities use: speed knobs do not count (see ``SPEED_KNOBS``)."""
+    return config_hash(identity_view(obj))
+
+
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -248,10 +270,13 @@ class Stage:
                 raise RuntimeError(f"{self.dir}: not a stage folder inside {self.run_dir}; not deleting it")
             shutil.rmtree(self.dir)
         cfg_path = self.dir / "config.json"
-        h = config_hash(self.config)
+        h = identity_hash(self.config)
         if cfg_path.exists():
             saved = read_json(cfg_path, "a stage config", FORCE_HINT)
-            if saved.get("hash") != h:
+            # Compared through the saved config itself, so folders made before speed knobs were left out of
+            # the hash still match when only those knobs differ.
+            before = identity_hash(saved["config"]) if isinstance(saved.get("config"), dict) else saved.get("hash")
+            if before != h:
                 raise RuntimeError(
                     f"{self.dir}: existing output was made with a different config; rerun with --force to "
                     "replace it, or use another run name"
@@ -275,7 +300,7 @@ class Stage:
         """Write the manifest. ``outputs``: the files whose content identifies the result (data stages);
         None: the result gets a fresh identity (trained models)."""
         digest = file_digest(outputs) if outputs is not None else os.urandom(8).hex()
-        identity = config_hash({"config": config_hash(self.config), "inputs": self.inputs, "output": digest})
+        identity = config_hash({"config": identity_hash(self.config), "inputs": self.inputs, "output": digest})
         manifest = {
             "stage": self.name,
             "identity": identity,

@@ -175,3 +175,42 @@ def test_reusable_keeps_a_finished_output_that_still_holds_and_resumes_one_that_
     assert reusable(stage, True, lambda m: True) is None and stage.done()  # --force: the caller's begin() clears
     assert reusable(stage, False, lambda m: m["models"] == {"trained": "id2"}) is None
     assert not stage.done() and (stage.dir / "rows.jsonl").exists()  # resumed: the logs are kept
+
+
+def test_speed_knobs_do_not_make_a_finished_stage_stale(charter_home):
+    """Tuning batch size, chunk size, concurrency, retries or timeouts on a live run keeps finished stages (and
+    what was made from them); a knob that changes the data, like a temperature, is still a config change."""
+    from charter.config import load_config
+    from charter.eval import conditions
+    from charter.stages import distill
+
+    def stage(*overrides):
+        cfg = load_config(None, ["name=knobs", "expand.enabled=false", *overrides])
+        return Stage(charter_home / "runs" / "knobs", "distill", distill.stage_config(cfg)), cfg
+
+    first, cfg = stage("student.batch_size=4")
+    assert first.begin()
+    first.finish({"pairs": 1})
+    done = first.identity()
+    for knob in ("student.batch_size=64", "distill.chunk_size=1024", "distill.teacher.max_concurrency=32",
+                 "distill.teacher.max_retries=0", "distill.teacher.timeout=30", "student.prefix_cache=false"):
+        again, tuned = stage(knob)
+        assert not again.begin(), knob  # finished: skipped, neither an error nor redone
+        assert again.identity() == done
+        assert conditions.identity(tuned, "base") == conditions.identity(cfg, "base"), knob
+    with pytest.raises(RuntimeError, match="different config"):
+        stage("distill.teacher_sampling.temperature=0.3")[0].begin()
+    assert conditions.identity(load_config(None, ["name=knobs", "student.dtype=float32"]), "base") != \
+        conditions.identity(cfg, "base")
+
+
+def test_stage_folders_hashed_with_their_speed_knobs_still_match(tmp_path):
+    """A stage folder written before speed knobs left the hash (its config.json hash covers batch_size)."""
+    from charter.runs import config_hash
+
+    old = {"student": {"model": "embedded", "batch_size": 4}, "seed": 1}
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "config.json").write_text(json.dumps({"hash": config_hash(old), "config": old, "inputs": {}}))
+    assert Stage(tmp_path, "s", {"student": {"model": "embedded", "batch_size": 16}, "seed": 1}).begin()
+    with pytest.raises(RuntimeError, match="different config"):
+        Stage(tmp_path, "s", {"student": {"model": "other", "batch_size": 4}, "seed": 1}).begin()

@@ -7,8 +7,8 @@
 Needs ``pip install 'lm-eval[hf]>=0.4.13,<0.5'``. Each entry of ``capabilities.tasks`` is ``name:fewshot``
 with an lm-evaluation-harness task or group name (defaults: ARC-Challenge 25-shot, HellaSwag 10,
 TruthfulQA mc1 and mc2 0, WinoGrande 5, MMLU 5, as the paper). Every model runs in-process through the
-harness's HF backend (log-likelihood scoring, no chat template, as the reference's lighteval runs), loaded
-once per model. On a GPU machine with the datasets in the HF cache (or reachable), the real invocation is
+harness's HF backend (log-likelihood scoring, no chat template, as the reference's lighteval runs), or its
+``vllm`` model type when the model's backend is vllm, loaded once per model. On a GPU machine with the datasets in the HF cache (or reachable), the real invocation is
 the first line above; ``HF_DATASETS_OFFLINE=1`` makes a dataset that is not cached fail fast instead of
 retrying the network. A task whose dataset cannot be loaded is recorded as
 ``{"error": "dataset not available offline"}``; the other tasks still run.
@@ -189,9 +189,19 @@ def load_lm(spec, batch_size: int):
     from ..hardware import resolve_dtype
     from ..models import pick_device, resolve
 
+    if spec.backend == "vllm":  # the harness's own vLLM model type: same engine settings as generation
+        from lm_eval.models.vllm_causallms import VLLM
+
+        from ..backends.vllm import lm_eval_args
+
+        return VLLM(**lm_eval_args(spec, resolve(spec.model)))
     require(spec, HIDDEN_STATES, "eval capabilities (lm-evaluation-harness runs the model in this process)")
     return HFLM(pretrained=resolve(spec.model), peft=spec.adapter, dtype=resolve_dtype(spec.dtype), batch_size=batch_size,
                 device=pick_device(spec.device), trust_remote_code=spec.trust_remote_code)
+
+
+def spec_is_vllm(spec) -> bool:
+    return getattr(spec, "backend", None) == "vllm"
 
 
 def targets(cfg: RunConfig):
@@ -244,6 +254,10 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
                 errors.update({f"{t.label}/{n}": f"model failed to load: {e}" for n, _ in mine})
                 continue
             got = score(lm, mine, tm, c.limit, report, t.label)
+            if spec_is_vllm(t.spec):  # an engine holds its GPU memory until shut down
+                from ..backends.vllm import shutdown
+
+                shutdown(getattr(lm, "model", None))
             del lm  # free the weights before the next model
             # Only successes are kept: a task that failed is tried again on the next run.
             log.append([{"id": f"{t.label}/{n}/{s}/{t.identity()}", "label": t.label, "task": n, "fewshot": s,

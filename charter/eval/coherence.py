@@ -34,9 +34,9 @@ from ..config import RunConfig, Sampling
 from ..generation import generate_rows
 from .. import layout
 from ..layout import run_model
-from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, reusable, run_dir, write_json_atomic,
-                    write_jsonl_atomic)
 from ..messages import with_system
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir,
+                    write_json_atomic, write_jsonl_atomic)
 from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
 from .judge import _strip_reasoning
 
@@ -363,7 +363,7 @@ def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
             conds.release(label, keep=judge_spec)
         rows, results, lines, forced = [], {}, [], {}
         for c in ready:
-            ident = config_hash([idents["trained"], idents[c], dataclasses.asdict(judge_spec)])
+            ident = identity_hash([idents["trained"], idents[c], dataclasses.asdict(judge_spec)])
             here = _judge_against(c, d, cfg, items, ident, lambda: conds.backend(judge_spec), gen, report)
             rows += here
             results[c] = r = tally([x["outcome"] for x in here])

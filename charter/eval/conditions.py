@@ -17,7 +17,7 @@ import dataclasses
 
 from ..config import ModelSpec, RunConfig
 from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model
-from ..runs import config_hash, run_dir, stage_identity
+from ..runs import config_hash, identity_hash, run_dir, stage_identity
 
 CONDITIONS = ("base", "prompted", "steered", "distilled", "trained")
 
@@ -56,12 +56,21 @@ def identity(cfg: RunConfig, label: str) -> str:
         parts["stage_identity"] = stage_identity(run_dir(cfg.name), stage)
     if label in ("prompted", "steered"):
         parts["system"] = persona_system_prompt(cfg)
-    return config_hash(parts)
+    return identity_hash(parts)
 
 
 def model_key(spec: ModelSpec) -> str:
     """Two specs with the same key load the same model (the self-name does not matter)."""
     return config_hash(dataclasses.asdict(dataclasses.replace(spec, name=None)))
+
+
+def evictions(resident: dict[str, str], new_backend: str) -> list[str]:
+    """Which resident backends (key -> backend name) to close before loading a model on ``new_backend``: with
+    vLLM on either side, every other local model (served ``openai`` models hold no memory here)."""
+    if new_backend == "openai":  # a served model loads nothing here
+        return []
+    local = [k for k, name in resident.items() if name != "openai"]
+    return local if new_backend == "vllm" or "vllm" in (resident[k] for k in local) else []
 
 
 class Conditions:
@@ -73,11 +82,19 @@ class Conditions:
         self._steered = None
 
     def backend(self, spec: ModelSpec):
-        """A loaded backend for ``spec``, reused when the same model is asked for again."""
+        """A loaded backend for ``spec``, reused when the same model is asked for again. A vLLM engine takes
+        most of the GPU up front, so it never shares it: loading a model next to one (or one next to other
+        local models) first closes the others, which load again when next asked for."""
         key = model_key(spec)
         if key not in self._backends:
             from ..backends import make_backend
 
+            resident = {k: getattr(b, "name", "") for k, b in self._backends.items()}
+            for k in evictions(resident, spec.backend):
+                b = self._backends.pop(k)
+                if self._steered is not None and getattr(self._steered, "inner", None) is b:
+                    self._steered = None
+                b.close()
             self._backends[key] = make_backend(spec)
         return self._backends[key]
 

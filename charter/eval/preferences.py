@@ -37,8 +37,8 @@ from ..config import ModelSpec, RunConfig
 from ..generation import generate_rows
 from ..layout import RUN_MODELS
 from ..prompts import load_prompt_source, traits
-from ..runs import (RowLog, Stage, config_hash, derive_seed, read_manifest, reusable, run_dir, write_json_atomic,
-                    write_jsonl_atomic, write_text_atomic)
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_manifest, reusable, run_dir,
+                    write_json_atomic, write_jsonl_atomic, write_text_atomic)
 from . import elo, persona_traits
 from .judge import judge_chat, parse_verdict
 
@@ -110,7 +110,7 @@ class Target:
 
     def identity(self) -> str:
         """What the label's outputs depend on: if it changes, that label's logs are redone."""
-        return config_hash({"spec": dataclasses.asdict(self.spec), "finished_at": self.finished_at})
+        return identity_hash({"spec": dataclasses.asdict(self.spec), "finished_at": self.finished_at})
 
 
 def _slug(text: str) -> str:
