@@ -26,8 +26,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIRNAME = "smollm2-135m-instruct"
 
 
-class ModelNotFound(FileNotFoundError):
-    pass
+from .packaged import ModelNotFound  # noqa: E402,F401  (defined below models in the layering; re-exported)
 
 
 def is_embedded(ref: str | None) -> bool:

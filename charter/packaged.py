@@ -23,6 +23,10 @@ from pathlib import Path
 
 from .runs import charter_home
 
+
+class ModelNotFound(FileNotFoundError):
+    """A model reference that resolves to nothing usable here; the message says how to fix it."""
+
 # Gemma 3's chat template (google/gemma-3-*-it), text only: a system message becomes the first user turn's
 # prefix, the assistant role is called "model".
 GEMMA3_TEMPLATE = (
@@ -78,8 +82,6 @@ def install_hint(name: str) -> str:
 
 def converted_dir(name: str) -> Path:
     """The converted model folder for packaged model ``name``, converting it on first use."""
-    from .models import ModelNotFound
-
     p = PACKAGED[name]
     out = charter_home() / "models" / p.dirname
     if (out / "config.json").exists() and (out / "model.safetensors").exists():

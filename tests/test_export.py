@@ -39,7 +39,7 @@ def run(embedded_path, tmp_path_factory):
     """A run folder made by the real stage wiring: the training stages stand in with real artifacts (random
     LoRA adapters on a tiny model, folded), the merge stage runs for real, and one evaluation has results."""
     from charter.config import load_config
-    from charter.stages import merge
+    from charter.stages import train
     from charter.stages.merge import fold
 
     d = tmp_path_factory.mktemp("export")
@@ -65,7 +65,7 @@ def run(embedded_path, tmp_path_factory):
             mp.setattr(Stage, "begin", stand_in)
             while True:
                 try:
-                    merge.run(cfg)
+                    train.run_stages(cfg, until="merge")  # the orchestrator, as `charter merge` runs it
                     break
                 except _Redo as e:
                     s = e.stage
