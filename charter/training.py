@@ -388,6 +388,15 @@ def make_sft_trainer(model, tokenizer, dataset, args, lora, eval_dataset=None):
                       processing_class=tokenizer, peft_config=lora)
 
 
+def save_trained(trainer, out) -> None:
+    """Save the adapter through the trainer, on every process: it gathers ZeRO-3 / FSDP shards and writes on
+    the main process. FSDP saves nothing through ``save_model`` under a sharded state-dict type (its
+    checkpoints use that), so the final save switches to a full one, as TRL's own scripts do."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out))
+
+
 def trainable_state(model) -> dict:
     """Copies of trainable (LoRA) and frozen parameters, for before/after checks."""
     return {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -214,7 +214,8 @@ def test_effective_batch_is_the_configured_one_on_any_number_of_processes(tmp_pa
     # Defaults: 2 x 16 on one process; 8 processes accumulate 2 micro-batches each, still 32 per step.
     assert batch_plan({}, None, "dpo", processes=1)["gradient_accumulation_steps"] == 16
     plan = batch_plan({}, None, "dpo", processes=8)
-    assert (plan["per_device_train_batch_size"], plan["gradient_accumulation_steps"], plan["effective_batch"]) == (2, 2, 32)
+    assert plan["per_device_train_batch_size"] == 2 and plan["gradient_accumulation_steps"] == 2
+    assert plan["effective_batch"] == 32
     assert batch_plan({"per_device_train_batch_size": 4}, 64, "sft", processes=4)["gradient_accumulation_steps"] == 4
     with pytest.raises(ConfigError, match=r"dpo\.batch_size: the effective batch 32 .* 3 x 2 processes"):
         batch_plan({"per_device_train_batch_size": 3}, 32, "dpo", processes=2)
@@ -246,7 +247,8 @@ def test_checkpoint_cadence_is_not_part_of_a_stage_identity():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("dpo.model_kwargs={attn_implmentation: sdpa}", r"dpo\.model_kwargs: unknown key 'attn_implmentation' \(did you mean 'attn_implementation'"),
+    ("dpo.model_kwargs={attn_implmentation: sdpa}",
+     r"dpo\.model_kwargs: unknown key 'attn_implmentation' \(did you mean 'attn_implementation'"),
     ("sft.model_kwargs={dtype: bfloat16}", r"sft\.model_kwargs\.dtype: set student\.dtype instead"),
     ("dpo.model_kwargs={device_map: 3}", r"dpo\.model_kwargs\.device_map: expected str or a mapping, got int"),
     ("dpo.model_kwargs={load_in_4bit: 'yes'}", r"load_in_4bit: expected bool"),

@@ -4,6 +4,11 @@
 
 Reads ``distill/pairs.jsonl``; writes ``dpo/adapter`` (the LoRA) and ``dpo/model`` (base + adapter folded:
 the "distilled" model that introspection generates with and SFT trains on).
+
+Crash-safe: a checkpoint every ``dpo.checkpoint_steps`` steps under ``dpo/trainer/``; a rerun after a crash
+or ``kill -9`` resumes from the newest complete one (weights, optimizer, scheduler, RNG, data position).
+Multi-process (``accelerate launch --num_processes N -m charter.cli dpo ...``): the effective batch stays
+the configured one, and only the main process deletes, folds and writes (see ``charter.distributed``).
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ def train_counts(trainer, args, result, resumed, eval_metrics: dict) -> dict:
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..distributed import drop_checkpoints, in_solo, last_checkpoint, on_main, require_upstream, world_size
     from ..models import load_tokenizer
-    from ..training import check_setup, dpo_args, load_for_training, lora_config, make_dpo_trainer, split_eval
+    from ..training import (check_setup, dpo_args, load_for_training, lora_config, make_dpo_trainer, save_trained,
+                            split_eval)
 
     d, rd = cfg.dpo, run_dir(cfg.name)
     check_setup(cfg.report_to, d.model_kwargs, "dpo")
@@ -116,7 +122,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     losses = [h["loss"] for h in history if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"DPO produced a non-finite loss: {losses}")
-    trainer.save_model(str(stage.dir / "adapter"))  # every process: gathers ZeRO-3/FSDP shards, main writes
+    save_trained(trainer, stage.dir / "adapter")
     eval_metrics = trainer.evaluate() if eval_rows else {}
     margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
     counts = {"pairs": len(train_rows), **train_counts(trainer, args, result, resumed, eval_metrics),

@@ -5,6 +5,7 @@
 Reads ``introspect/sft.jsonl``, trains on top of ``dpo/model`` with the loss on every assistant turn and
 nothing else (masks computed for any chat template, see ``training.assistant_spans``); writes
 ``sft/adapter``. Conversations longer than ``max_length`` lose whole early turns, never the system prompt.
+Checkpoints, resume and multi-process launches work as in the DPO stage (``charter.stages.dpo``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
 
     from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
     from ..models import load_tokenizer
-    from ..training import check_setup, load_for_training, lora_config, make_sft_trainer, sft_args, split_eval
+    from ..training import (check_setup, load_for_training, lora_config, make_sft_trainer, save_trained, sft_args,
+                            split_eval)
     from .dpo import train_counts
 
     s, rd = cfg.sft, run_dir(cfg.name)
@@ -83,7 +85,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"SFT produced a non-finite loss: {losses}")
-    trainer.save_model(str(stage.dir / "adapter"))  # every process: gathers ZeRO-3/FSDP shards, main writes
+    save_trained(trainer, stage.dir / "adapter")
     eval_metrics = trainer.evaluate() if held else {}
     counts = {"examples": len(train), **train_counts(trainer, args, result, resumed, eval_metrics), **dict(notes),
               "first_loss": losses[0], "last_loss": losses[-1],
