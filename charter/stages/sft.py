@@ -77,7 +77,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     if not data:
         raise RuntimeError(f"no SFT example fits max_length={args.max_length}: {dict(notes)}")
     train, held = split_eval(data, s.eval_fraction, derive_seed(cfg.seed, "sft-eval"), "sft")
-    model = load_for_training(base, cfg.student.dtype, False, s.model_kwargs, args)
+    model = load_for_training(base, cfg.student.dtype, cfg.student.trust_remote_code, s.model_kwargs, args)
     trainer = make_sft_trainer(model, tok, Dataset.from_list(train), args, lora_config(model, s.lora),
                                eval_dataset=Dataset.from_list(held) if held else None)
     resumed = on_main(lambda: last_checkpoint(args.output_dir, world_size(), clean=True), args)
