@@ -499,8 +499,12 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     problem = run_name_problem(cfg.name)
     if problem:
         raise ConfigError(f"{where}.name: {problem}")
+    from .training import batch_plan  # light: TRL is imported only where arguments are built
+
     for section in ("dpo", "sft"):
-        check_model_kwargs(getattr(cfg, section).model_kwargs, f"{where}.{section}.model_kwargs")
+        stage = getattr(cfg, section)
+        check_model_kwargs(stage.model_kwargs, f"{where}.{section}.model_kwargs")
+        batch_plan(stage.trl, stage.batch_size, f"{where}.{section}")  # under a launcher: its process count
     for i, other in enumerate(cfg.robustness.personas):
         problem = run_name_problem(other)
         if problem:

@@ -256,6 +256,8 @@ def test_checkpoint_cadence_is_not_part_of_a_stage_identity():
     ("report_to=tensorbord", r"config\.report_to: expected one of none \| tensorboard \| wandb \| trackio"),
     ("dpo.eval_fraction=1", r"dpo\.eval_fraction: expected 0 <= x < 1"),
     ("sft.batch_size=0", r"sft\.batch_size: expected a number > 0"),
+    ("dpo.batch_size=31", r"config\.dpo\.batch_size: the effective batch 31 .* 2 x 1 process;"),
+    ("sft.trl={per_device_train_batch_size: two}", r"config\.sft\.trl\.per_device_train_batch_size: expected a whole"),
 ])
 def test_training_fields_are_checked_when_the_config_loads(override, message):
     from charter.config import ConfigError, load_config
