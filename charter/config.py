@@ -112,6 +112,26 @@ class DistillConfig:
     chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
 
 
+BATCH_HELP = ("effective batch: examples per optimizer step over all processes together; gradient accumulation "
+              "is derived from it, trl.per_device_train_batch_size and the number of launched processes (an "
+              "error when it does not divide). Unset: per_device_train_batch_size x gradient_accumulation_steps "
+              "as written in trl for one process (our defaults 2 x 16 = 32), kept on any number of processes")
+CHECKPOINT_HELP = ("save a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) every N optimizer "
+                   "steps; a rerun after a crash or kill -9 continues from the last one; 0 = never. Not part of "
+                   "the stage's identity: changing it on a live run does not force a restart")
+MODEL_KWARGS_HELP = ("keyword arguments for from_pretrained when this stage loads the model it trains: "
+                     "attn_implementation (eager | sdpa | flash_attention_2 | ...), device_map (single process "
+                     "only), load_in_4bit / load_in_8bit (QLoRA through bitsandbytes: nf4, double quantization, "
+                     "compute in the student dtype), quantization_config (BitsAndBytesConfig arguments), "
+                     "low_cpu_mem_usage, max_memory, revision. The dtype is student.dtype")
+# model_kwargs key -> the types it accepts (checked when the config is loaded)
+MODEL_KWARGS = {"attn_implementation": (str,), "device_map": (str, dict), "load_in_4bit": (bool,),
+                "load_in_8bit": (bool,), "quantization_config": (dict,), "low_cpu_mem_usage": (bool,),
+                "max_memory": (dict,), "revision": (str,)}
+MODEL_KWARGS_ELSEWHERE = {"dtype": "student.dtype", "torch_dtype": "student.dtype",
+                          "trust_remote_code": "student.trust_remote_code"}
+
+
 @dataclass
 class DPOStageConfig:
     lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig arguments (override our defaults)"})
@@ -123,6 +143,12 @@ class DPOStageConfig:
                 "tokens of the micro-batch pooled (TRL's), so long answers weigh more"})
     max_pairs: int | None = field(default=None, metadata={
         "help": "train on the first N pairs only (None: all; smoke runs)"})
+    batch_size: int | None = field(default=None, metadata={"help": BATCH_HELP})
+    checkpoint_steps: int = field(default=50, metadata={"help": CHECKPOINT_HELP})
+    eval_fraction: float = field(default=0.0, metadata={
+        "help": "share of prompts held out (all pairs of a prompt together) to log eval loss and reward accuracy "
+                "every quarter of training and at the end (manifest: eval_loss, eval_reward_accuracy); 0 = off"})
+    model_kwargs: dict = field(default_factory=dict, metadata={"help": MODEL_KWARGS_HELP})
 
 
 @dataclass
@@ -154,6 +180,11 @@ class SFTStageConfig:
     trl: dict = field(default_factory=dict, metadata={"help": "trl SFTConfig arguments (override our defaults)"})
     max_examples: int | None = field(default=None, metadata={
         "help": "train on the first N transcripts only (None: all; smoke runs)"})
+    batch_size: int | None = field(default=None, metadata={"help": BATCH_HELP})
+    checkpoint_steps: int = field(default=50, metadata={"help": CHECKPOINT_HELP})
+    eval_fraction: float = field(default=0.0, metadata={
+        "help": "share of transcripts held out to log eval loss every quarter of training and at the end; 0 = off"})
+    model_kwargs: dict = field(default_factory=dict, metadata={"help": MODEL_KWARGS_HELP})
 
 
 @dataclass
@@ -276,6 +307,11 @@ class CapabilitiesConfig:
 class RunConfig:
     name: str = field(default="run", metadata={
         "help": "the run's folder under $CHARTER_HOME/runs (letters, digits, '.', '_', '-')"})
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = field(default="none", metadata={
+        "help": "where DPO and SFT log their metrics as they train (TensorBoard: event files under "
+                "<run>/<stage>/trainer/runs/, readable offline); none = only log_history.json"})
+    run_name: str | None = field(default=None, metadata={
+        "help": "the name tracking tools show; default the run's name (each stage adds -dpo / -sft)"})
     persona: str = field(default="loving", metadata={"help": "a shipped persona name or a constitution file path"})
     seed: int = field(default=123456, metadata={"help": "seeds every sampled choice and generation"})
     student: ModelSpec = field(default_factory=ModelSpec, metadata={
@@ -468,11 +504,13 @@ RANGES: dict[str, dict[str, tuple]] = {
                      "max_overlap": _SHARE},
     "DistillConfig": {"samples_per_prompt": _POS, "constitution_prompts": _NONNEG, "general_prompts": _NONNEG,
                       "max_length": _POS, "chunk_size": _POS, "attack_share": _SHARE},
-    "DPOStageConfig": {"sq_logratio_coef": _NONNEG, "max_pairs": _POS},
+    "DPOStageConfig": {"sq_logratio_coef": _NONNEG, "max_pairs": _POS, "batch_size": _POS,
+                       "checkpoint_steps": _NONNEG, "eval_fraction": _num(0, 1, hi_open=True)},
     "IntrospectConfig": {"reflection_samples": _NONNEG, "free_conversations": _NONNEG,
                          "leading_conversations": _NONNEG, "turns": _num(2), "max_context": _POS,
                          "chunk_size": _POS},
-    "SFTStageConfig": {"max_examples": _POS},
+    "SFTStageConfig": {"max_examples": _POS, "batch_size": _POS, "checkpoint_steps": _NONNEG,
+                       "eval_fraction": _num(0, 1, hi_open=True)},
     "PreferencesConfig": {"prompts": _POS, "bootstrap": _POS, "chunk_size": _POS},
     "SteeringConfig": {"stems": _POS, "sweep_prompts": _POS, "max_tokens": _POS,
                        "layers": (_layers_ok, "[start, end) with 0 <= start < end <= 1"),
@@ -506,7 +544,32 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     problem = run_name_problem(cfg.name)
     if problem:
         raise ConfigError(f"{where}.name: {problem}")
+    from .training import batch_plan  # light: TRL is imported only where arguments are built
+
+    for section in ("dpo", "sft"):
+        stage = getattr(cfg, section)
+        check_model_kwargs(stage.model_kwargs, f"{where}.{section}.model_kwargs")
+        batch_plan(stage.trl, stage.batch_size, f"{where}.{section}")  # under a launcher: its process count
     for i, other in enumerate(cfg.robustness.personas):
         problem = run_name_problem(other)
         if problem:
             raise ConfigError(f"{where}.robustness.personas[{i}]: {problem}")
+
+
+def check_model_kwargs(kwargs: dict, where: str) -> None:
+    """Keys and value types of a training stage's ``model_kwargs`` (see MODEL_KWARGS_HELP)."""
+    for key, value in kwargs.items():
+        if key in MODEL_KWARGS_ELSEWHERE:
+            raise ConfigError(f"{where}.{key}: set {MODEL_KWARGS_ELSEWHERE[key]} instead")
+        if key not in MODEL_KWARGS:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), MODEL_KWARGS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}; expected one of {', '.join(MODEL_KWARGS)}")
+        types_ = MODEL_KWARGS[key]
+        if not isinstance(value, types_) or (bool not in types_ and isinstance(value, bool)):
+            names = " or ".join("a mapping" if t is dict else t.__name__ for t in types_)
+            raise ConfigError(f"{where}.{key}: expected {names}, got {type(value).__name__} {value!r}")
+    if kwargs.get("load_in_4bit") and kwargs.get("load_in_8bit"):
+        raise ConfigError(f"{where}: load_in_4bit and load_in_8bit are exclusive; set one")

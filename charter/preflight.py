@@ -352,5 +352,10 @@ def check(cfg: RunConfig, command: str, where: str = "config", force: bool = Fal
         deps.require(f"{at} (backend {spec.backend})", *backend_packages(spec))
     if command in ("dpo", "introspect", "sft", "merge", "train"):
         deps.require(f"charter {command}", *TRAIN_PACKAGES)
+        from .training import check_setup  # light: the tracking package and bitsandbytes, before any stage runs
+
+        check_setup(cfg.report_to, cfg.dpo.model_kwargs, f"{where}.dpo")
+        if command != "dpo":
+            check_setup(cfg.report_to, cfg.sft.model_kwargs, f"{where}.sft")
     if command == "capabilities":
         deps.require("charter eval capabilities", "lm_eval")

@@ -71,6 +71,41 @@ def device_defaults() -> dict:
             "dataloader_num_workers": 0}
 
 
+PER_DEVICE, ACCUMULATION = 2, 16  # effective batch 32 on one process
+
+
+def batch_plan(overrides: dict, batch_size: int | None, where: str, processes: int | None = None) -> dict:
+    """``per_device_train_batch_size`` and ``gradient_accumulation_steps`` such that per-device batch x
+    accumulation x processes = the effective batch, on any number of processes: ``batch_size`` when set,
+    else per-device x accumulation as written in ``trl`` (what one process would use). Without this, N
+    processes would each accumulate the configured batch and train with N times the batch and N times
+    fewer steps."""
+    from .config import ConfigError
+    from .distributed import world_size
+
+    n = processes or world_size()
+    per_device = overrides.get("per_device_train_batch_size", PER_DEVICE)
+    ga = overrides.get("gradient_accumulation_steps", ACCUMULATION)
+    for key, v in (("per_device_train_batch_size", per_device), ("gradient_accumulation_steps", ga)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{where}.trl.{key}: expected a whole number >= 1, got {v!r}")
+    if batch_size is None:
+        effective, field = per_device * ga, f"{where}.trl.gradient_accumulation_steps"
+        source = f"trl.per_device_train_batch_size {per_device} x gradient_accumulation_steps {ga}"
+    elif "gradient_accumulation_steps" in overrides:
+        raise ConfigError(f"{where}.trl.gradient_accumulation_steps: derived from {where}.batch_size "
+                          f"({batch_size}) and the number of processes; remove one of the two")
+    else:
+        effective, field, source = batch_size, f"{where}.batch_size", "the configured batch"
+    if effective % (per_device * n):
+        raise ConfigError(
+            f"{field}: the effective batch {effective} ({source}) is not a multiple of "
+            f"trl.per_device_train_batch_size {per_device} x {n} process{'es' if n > 1 else ''}; choose a "
+            f"per-device batch and a number of processes whose product divides {effective}, or another batch")
+    return {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": effective // (per_device * n),
+            "effective_batch": effective, "world_size": n}
+
+
 def common_defaults(seed: int, output_dir: str) -> dict:
     return {
         "output_dir": output_dir,
@@ -78,8 +113,8 @@ def common_defaults(seed: int, output_dir: str) -> dict:
         "lr_scheduler_type": "cosine_with_min_lr",
         "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
         "warmup_steps": 0.1,  # a float < 1 is a ratio of total steps
-        "per_device_train_batch_size": 2,
-        "gradient_accumulation_steps": 16,  # effective batch 32
+        "per_device_train_batch_size": PER_DEVICE,
+        "gradient_accumulation_steps": ACCUMULATION,
         "num_train_epochs": 1,
         "max_grad_norm": 1.0,
         "adam_beta2": 0.98,
@@ -94,20 +129,132 @@ def common_defaults(seed: int, output_dir: str) -> dict:
     }
 
 
-def dpo_args(seed: int, output_dir: str, overrides: dict):
+def run_defaults(checkpoint_steps: int = 0, report_to: str = "none", run_name: str | None = None,
+                 evaluate: bool = False) -> dict:
+    """What a stage's own fields set (the ``trl`` dict still wins): resumable checkpoints every N steps (the
+    newest only: rotation deletes the older one after the new one is complete), tracking, the eval split."""
+    kw: dict = {"report_to": report_to}
+    if run_name:
+        kw["run_name"] = run_name
+    if checkpoint_steps:
+        kw.update(save_strategy="steps", save_steps=checkpoint_steps, save_total_limit=1)
+    if evaluate:
+        kw.update(eval_strategy="steps", eval_steps=0.25)  # a float < 1: every quarter of the steps
+    return kw
+
+
+def _training_kwargs(defaults: dict, overrides: dict, batch_size, where, run: dict) -> tuple[dict, dict]:
+    plan = batch_plan(overrides, batch_size, where)
+    kw = {**defaults, **run_defaults(**run), **overrides,
+          "per_device_train_batch_size": plan["per_device_train_batch_size"],
+          "gradient_accumulation_steps": plan["gradient_accumulation_steps"]}
+    return kw, plan
+
+
+def dpo_args(seed: int, output_dir: str, overrides: dict, batch_size: int | None = None, where: str = "dpo",
+             **run):
+    """DPOConfig: our defaults, then ``run_defaults(**run)``, then the config's ``trl`` dict; gradient
+    accumulation from ``batch_plan``. The plan is kept as ``args.charter_batch`` for the manifest."""
     from trl import DPOConfig
 
     # DPOConfig's own defaults (lr 1e-6, gradient checkpointing on) are overridden explicitly here.
-    kw = {**common_defaults(seed, output_dir), "max_length": 1024, "beta": 0.1,
-          "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.1], **overrides}
-    return DPOConfig(**kw)
+    kw, plan = _training_kwargs({**common_defaults(seed, output_dir), "max_length": 1024, "beta": 0.1,
+                                 "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.1]},
+                                overrides, batch_size, where, run)
+    args = DPOConfig(**kw)
+    args.charter_batch = plan
+    return args
 
 
-def sft_args(seed: int, output_dir: str, overrides: dict):
+def sft_args(seed: int, output_dir: str, overrides: dict, batch_size: int | None = None, where: str = "sft",
+             **run):
     from trl import SFTConfig
 
-    kw = {**common_defaults(seed, output_dir), "max_length": 3072, "dataset_kwargs": {}, **overrides}
-    return SFTConfig(**kw)
+    kw, plan = _training_kwargs({**common_defaults(seed, output_dir), "max_length": 3072, "dataset_kwargs": {}},
+                                overrides, batch_size, where, run)
+    args = SFTConfig(**kw)
+    args.charter_batch = plan
+    return args
+
+
+# Stage fields that do not change what is trained (checkpoint cadence), and fields added after runs existed
+# whose default means "as before": left out of the stage identity, so neither tuning a live run nor
+# upgrading charter forces a finished stage to be redone.
+NOT_IDENTITY = {"checkpoint_steps"}
+AS_BEFORE = {"batch_size": None, "eval_fraction": 0.0, "model_kwargs": {}}
+
+
+def section_identity(section: dict) -> dict:
+    return {k: v for k, v in section.items()
+            if k not in NOT_IDENTITY and not (k in AS_BEFORE and v == AS_BEFORE[k])}
+
+
+REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",)}
+
+
+def check_setup(report_to: str, model_kwargs: dict, where: str) -> None:
+    """What a training stage needs beyond its config's types, checked before any work: the tracking
+    package, bitsandbytes for 4/8-bit loading, no ``device_map`` under a multi-process launch."""
+    from . import deps
+    from .config import ConfigError
+    from .distributed import world_size
+
+    if report_to in REPORT_PACKAGES and not any(deps.installed(m) for m in REPORT_PACKAGES[report_to]):
+        deps.require(f"report_to: {report_to}", REPORT_PACKAGES[report_to][0])
+    if model_kwargs.get("load_in_4bit") or model_kwargs.get("load_in_8bit") or "quantization_config" in model_kwargs:
+        deps.require(f"{where}.model_kwargs (bitsandbytes quantization)", "bitsandbytes")
+    if "device_map" in model_kwargs and world_size() > 1:
+        raise ConfigError(f"{where}.model_kwargs.device_map: not with a multi-process launch (WORLD_SIZE="
+                          f"{world_size()}): the launcher places each process's copy of the model; remove it")
+
+
+def load_for_training(ref: str, dtype: str, trust_remote_code: bool, model_kwargs: dict, args=None):
+    """The model to train, in train mode, with ``model_kwargs`` passed to ``from_pretrained``. Call it after
+    the trainer's arguments exist (``args``, kept alive here): under DeepSpeed ZeRO-3 they register the
+    config that makes ``from_pretrained`` shard the weights while loading, and FSDP's RAM-efficient loading
+    reads its flag from them, so no process holds the whole model. 4/8-bit loading is QLoRA: the
+    quantized base is prepared for k-bit training; the adapter is folded later into an unquantized base."""
+    from transformers import AutoModelForCausalLM
+
+    from .models import resolve, torch_dtype
+
+    kw = dict(model_kwargs)
+    quant: dict = {}
+    if kw.pop("load_in_4bit", False):
+        quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                 "bnb_4bit_compute_dtype": torch_dtype(dtype)}
+    if kw.pop("load_in_8bit", False):
+        quant = {"load_in_8bit": True}
+    quant.update(kw.pop("quantization_config", {}))
+    if quant:
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(**quant)
+    model = AutoModelForCausalLM.from_pretrained(resolve(ref), dtype=torch_dtype(dtype),
+                                                 trust_remote_code=trust_remote_code, **kw)
+    if quant:
+        from peft import prepare_model_for_kbit_training
+
+        gc = bool(getattr(args, "gradient_checkpointing", False))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    model.train()
+    return model
+
+
+def split_eval(rows: list, fraction: float, seed: int, where: str, key=None) -> tuple[list, list]:
+    """(train, held out): a seeded share ``fraction`` of the groups ``key(row)`` (all rows of a group on one
+    side, so a held-out prompt is never trained on), at least one group when ``fraction`` > 0."""
+    import random
+
+    if fraction <= 0:
+        return rows, []
+    key = key or (lambda r: id(r))
+    groups = list(dict.fromkeys(key(r) for r in rows))
+    n = max(1, round(fraction * len(groups)))
+    if n >= len(groups):
+        raise ValueError(f"{where}.eval_fraction: {fraction} of {len(groups)} groups leaves nothing to train on")
+    held = set(random.Random(seed).sample(groups, n))
+    return [r for r in rows if key(r) not in held], [r for r in rows if key(r) in held]
 
 
 NLL_AVERAGES = ("sequence", "token")
@@ -130,7 +277,8 @@ def chosen_nll(per_token_logps, mask, average: str = "sequence"):
     raise ValueError(f"dpo.nll_average: expected one of {', '.join(NLL_AVERAGES)}, got {average!r}")
 
 
-def make_dpo_trainer(model, tokenizer, dataset, args, lora, sq_logratio_coef: float, nll_average: str = "sequence"):
+def make_dpo_trainer(model, tokenizer, dataset, args, lora, sq_logratio_coef: float, nll_average: str = "sequence",
+                     eval_dataset=None):
     """A TRL DPOTrainer (peft LoRA, reference = base with the adapter off) plus the reference's loss terms
     that TRL computes differently or not at all, added by capturing the per-token log-probs of TRL's own
     policy and reference forwards, not by forking its loss:
@@ -191,8 +339,8 @@ def make_dpo_trainer(model, tokenizer, dataset, args, lora, sq_logratio_coef: fl
                 return result[0] + extra, result[1]
             return result + extra
 
-    return CharterDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=lora)
+    return CharterDPOTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                             processing_class=tokenizer, peft_config=lora)
 
 
 # --- SFT: loss on every assistant turn, for any chat template -----------------------------------------
@@ -232,11 +380,21 @@ def tokenize_with_assistant_mask(tokenizer, messages: list[dict]) -> dict:
     return {"input_ids": enc["input_ids"], "assistant_masks": mask}
 
 
-def make_sft_trainer(model, tokenizer, dataset, args, lora):
+def make_sft_trainer(model, tokenizer, dataset, args, lora, eval_dataset=None):
     """TRL SFTTrainer on a pre-tokenized dataset: TRL turns ``assistant_masks`` into -100 labels."""
     from trl import SFTTrainer
 
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                      processing_class=tokenizer, peft_config=lora)
+
+
+def save_trained(trainer, out) -> None:
+    """Save the adapter through the trainer, on every process: it gathers ZeRO-3 / FSDP shards and writes on
+    the main process. FSDP saves nothing through ``save_model`` under a sharded state-dict type (its
+    checkpoints use that), so the final save switches to a full one, as TRL's own scripts do."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out))
 
 
 def trainable_state(model) -> dict:

@@ -203,3 +203,183 @@ def test_dpo_loss_uses_the_chosen_nll_average(tok, tmp_path, average):
         loss = trainer.compute_loss(trainer.model, batch).item()
     expected = per_answer.mean().item() if average == "sequence" else pooled.item()
     assert loss == pytest.approx(math.log(2) + 0.1 * expected, abs=1e-4)
+
+
+# --- effective batch, identity, model loading, eval split, checkpoints (issue 10) ----------------------
+
+def test_effective_batch_is_the_configured_one_on_any_number_of_processes(tmp_path, monkeypatch):
+    from charter.config import ConfigError
+    from charter.training import batch_plan
+
+    # Defaults: 2 x 16 on one process; 8 processes accumulate 2 micro-batches each, still 32 per step.
+    assert batch_plan({}, None, "dpo", processes=1)["gradient_accumulation_steps"] == 16
+    plan = batch_plan({}, None, "dpo", processes=8)
+    assert plan["per_device_train_batch_size"] == 2 and plan["gradient_accumulation_steps"] == 2
+    assert plan["effective_batch"] == 32
+    assert batch_plan({"per_device_train_batch_size": 4}, 64, "sft", processes=4)["gradient_accumulation_steps"] == 4
+    with pytest.raises(ConfigError, match=r"dpo\.batch_size: the effective batch 32 .* 3 x 2 processes"):
+        batch_plan({"per_device_train_batch_size": 3}, 32, "dpo", processes=2)
+    with pytest.raises(ConfigError, match=r"sft\.trl\.gradient_accumulation_steps: .* 4 x 2 processes"):
+        batch_plan({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}, None, "sft", processes=2)
+    with pytest.raises(ConfigError, match=r"dpo\.trl\.gradient_accumulation_steps: derived from dpo\.batch_size"):
+        batch_plan({"gradient_accumulation_steps": 4}, 32, "dpo", processes=1)
+    # On one process the arguments carry the plan for the manifest; a launcher's WORLD_SIZE sets the count
+    # (a real 2-process launch: tests/test_multiprocess.py).
+    args = dpo_args(0, str(tmp_path), {})
+    assert args.gradient_accumulation_steps == 16 and args.charter_batch == {
+        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 16, "effective_batch": 32, "world_size": 1}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert batch_plan({}, None, "dpo")["gradient_accumulation_steps"] == 4
+
+
+def test_checkpoint_cadence_is_not_part_of_a_stage_identity():
+    from charter.config import load_config
+    from charter.stages import dpo, sft
+
+    base = load_config(None)
+    # A config without the new fields set hashes as before they existed (finished runs stay finished).
+    assert set(dpo.stage_config(base)["dpo"]) == {"lora", "trl", "sq_logratio_coef", "nll_average", "max_pairs"}
+    assert set(sft.stage_config(base)["sft"]) == {"lora", "trl", "max_examples"}
+    tuned = load_config(None, ["dpo.checkpoint_steps=5", "sft.checkpoint_steps=0"])
+    assert dpo.stage_config(tuned) == dpo.stage_config(base) and sft.stage_config(tuned) == sft.stage_config(base)
+    changed = load_config(None, ["dpo.batch_size=64", "dpo.eval_fraction=0.1"])
+    assert dpo.stage_config(changed)["dpo"]["batch_size"] == 64 and dpo.stage_config(changed) != dpo.stage_config(base)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("dpo.model_kwargs={attn_implmentation: sdpa}",
+     r"dpo\.model_kwargs: unknown key 'attn_implmentation' \(did you mean 'attn_implementation'"),
+    ("sft.model_kwargs={dtype: bfloat16}", r"sft\.model_kwargs\.dtype: set student\.dtype instead"),
+    ("dpo.model_kwargs={device_map: 3}", r"dpo\.model_kwargs\.device_map: expected str or a mapping, got int"),
+    ("dpo.model_kwargs={load_in_4bit: 'yes'}", r"load_in_4bit: expected bool"),
+    ("dpo.model_kwargs={load_in_4bit: true, load_in_8bit: true}", r"exclusive"),
+    ("report_to=tensorbord", r"config\.report_to: expected one of none \| tensorboard \| wandb \| trackio"),
+    ("dpo.eval_fraction=1", r"dpo\.eval_fraction: expected 0 <= x < 1"),
+    ("sft.batch_size=0", r"sft\.batch_size: expected a number > 0"),
+    ("dpo.batch_size=31", r"config\.dpo\.batch_size: the effective batch 31 .* 2 x 1 process;"),
+    ("sft.trl={per_device_train_batch_size: two}", r"config\.sft\.trl\.per_device_train_batch_size: expected a whole"),
+])
+def test_training_fields_are_checked_when_the_config_loads(override, message):
+    from charter.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_training_setup_checks_packages_and_launch(monkeypatch):
+    from charter import deps
+    from charter.config import ConfigError
+    from charter.training import check_setup
+
+    has_tb = deps.installed("tensorboard") or deps.installed("tensorboardX")
+    if has_tb:
+        check_setup("tensorboard", {}, "dpo")
+    else:
+        with pytest.raises(deps.MissingDependency, match="report_to: tensorboard needs the 'tensorboard' package"):
+            check_setup("tensorboard", {}, "dpo")
+    if not deps.installed("bitsandbytes"):
+        with pytest.raises(deps.MissingDependency, match=r"dpo\.model_kwargs \(bitsandbytes quantization\)"):
+            check_setup("none", {"load_in_4bit": True}, "dpo")
+    check_setup("none", {"device_map": "auto"}, "sft")  # one process: allowed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"sft\.model_kwargs\.device_map: not with a multi-process launch"):
+        check_setup("none", {"device_map": "auto"}, "sft")
+
+
+def test_model_kwargs_reach_from_pretrained(tok, tmp_path):
+    from charter.training import load_for_training
+
+    from .tiny import save_tiny
+
+    path = save_tiny(tok, tmp_path / "m")
+    eager = load_for_training(path, "float32", False, {"attn_implementation": "eager"})
+    sdpa = load_for_training(path, "float32", False, {"attn_implementation": "sdpa"})
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    assert eager.training and eager.dtype == torch.float32
+
+
+def test_eval_split_holds_out_whole_groups_seeded():
+    from charter.training import split_eval
+
+    rows = [{"p": i // 3, "k": i % 3} for i in range(30)]  # 10 prompts, 3 pairs each
+    train, held = split_eval(rows, 0.2, 5, "dpo", key=lambda r: r["p"])
+    assert len(held) == 6 and {r["p"] for r in held}.isdisjoint({r["p"] for r in train})
+    assert split_eval(rows, 0.2, 5, "dpo", key=lambda r: r["p"]) == (train, held)
+    assert split_eval(rows, 0.2, 6, "dpo", key=lambda r: r["p"])[1] != held
+    assert split_eval(rows, 0.0, 5, "dpo") == (rows, [])
+    assert len(split_eval(rows[:3], 0.01, 5, "sft")[1]) == 1  # at least one held out
+    with pytest.raises(ValueError, match=r"dpo\.eval_fraction: 0\.9 of 1 groups"):
+        split_eval(rows[:3], 0.9, 5, "dpo", key=lambda r: r["p"])
+
+
+def test_only_complete_checkpoints_are_resumed(tmp_path):
+    from charter.distributed import last_checkpoint
+
+    tmp_path = tmp_path / "trainer"
+    tmp_path.mkdir()
+
+    def ckpt(step, state='{"global_step": 1}', rng=("rng_state.pth",)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+        for f in rng:
+            (d / f).write_bytes(b"r")
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
+        return d
+
+    assert last_checkpoint(tmp_path / "none") is None
+    ok = ckpt(2)
+    ckpt(10, state=None)  # killed before the trainer state was written
+    ckpt(11, state='{"global_st')  # killed while writing it
+    two = ckpt(12, rng=("rng_state_0.pth",))  # a 2-process checkpoint missing rank 1's RNG
+    assert last_checkpoint(tmp_path) == ok
+    assert last_checkpoint(tmp_path, clean=True) == ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]  # torn ones deleted
+    assert not two.exists()
+
+
+def test_multi_process_launch_refuses_to_generate(monkeypatch, charter_home):
+    from charter.distributed import on_main, require_upstream
+
+    run = charter_home / "runs" / "r"
+    require_upstream(run, "distill", "dpo")  # one process: upstream stages run as usual
+    assert on_main(lambda: 41 + 1) == 42
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"run `charter distill CONFIG` first .* charter\.cli dpo CONFIG"):
+        require_upstream(run, "distill", "dpo")
+    (run / "distill").mkdir(parents=True)
+    (run / "distill" / "manifest.json").write_text("{}")
+    require_upstream(run, "distill", "dpo")
+
+
+def test_dpo_eval_split_logs_eval_loss_and_reward_accuracy(tok, tmp_path):
+    from datasets import Dataset
+
+    rows = [{"prompt": [{"role": "user", "content": f"Tell me something, number {i}."}],
+             "chosen": [{"role": "assistant", "content": "With all my heart: you matter."}],
+             "rejected": [{"role": "assistant", "content": "No."}]} for i in range(12)]
+    model = tiny_model(tok)
+    args = dpo_args(0, str(tmp_path), {**CPU_FP32, "max_steps": 4}, evaluate=True, report_to="none",
+                    run_name="persona-dpo")
+    assert args.eval_strategy == "steps" and args.run_name == "persona-dpo"
+    trainer = make_dpo_trainer(model, tok, Dataset.from_list(rows[:8]), args, lora_config(model, {"r": 8}),
+                               sq_logratio_coef=0.001, eval_dataset=Dataset.from_list(rows[8:]))
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert len(evals) == 4 and all(math.isfinite(h["eval_loss"]) for h in evals)  # every quarter of 4 steps
+    assert all(0 <= h["eval_rewards/accuracies"] <= 1 for h in evals)
+    assert evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"]  # held-out pairs improve too
+
+
+def test_tensorboard_event_files_appear_offline(tok, tmp_path):
+    pytest.importorskip("tensorboard", reason="report_to: tensorboard needs the tensorboard package")
+    from datasets import Dataset
+
+    data = [tokenize_with_assistant_mask(tok, CONV) for _ in range(4)]
+    model = tiny_model(tok)
+    args = sft_args(0, str(tmp_path), {**CPU_FP32, "max_steps": 2, "max_length": 256}, report_to="tensorboard",
+                    run_name="persona-sft")
+    make_sft_trainer(model, tok, Dataset.from_list(data), args, lora_config(model, {"r": 8})).train()
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)

@@ -4,6 +4,11 @@
 
 Reads ``distill/pairs.jsonl``; writes ``dpo/adapter`` (the LoRA) and ``dpo/model`` (base + adapter folded:
 the "distilled" model that introspection generates with and SFT trains on).
+
+Crash-safe: a checkpoint every ``dpo.checkpoint_steps`` steps under ``dpo/trainer/``; a rerun after a crash
+or ``kill -9`` resumes from the newest complete one (weights, optimizer, scheduler, RNG, data position).
+Multi-process (``accelerate launch --num_processes N -m charter.cli dpo ...``): the effective batch stays
+the configured one, and only the main process deletes, folds and writes (see ``charter.distributed``).
 """
 
 from __future__ import annotations
@@ -15,70 +20,124 @@ from pathlib import Path
 
 from .. import layout
 from ..config import RunConfig
-from ..runs import Stage, read_jsonl, run_dir
+from ..runs import Stage, derive_seed, read_jsonl, run_dir, write_json_atomic
 
 
 def stage_config(cfg: RunConfig) -> dict:
-    return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student), "dpo": dataclasses.asdict(cfg.dpo)}
+    from ..training import section_identity
+
+    return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student),
+            "dpo": section_identity(dataclasses.asdict(cfg.dpo))}
+
+
+def load_rows(path: Path, limit: int | None) -> list[dict]:
+    rows = read_jsonl(path)
+    if not rows:
+        raise RuntimeError(f"{path}: no DPO pairs (the distill stage dropped everything; see its manifest)")
+    rows = rows[:limit] if limit else rows
+    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
 
 
 def load_pairs(path: Path, limit: int | None):
     from datasets import Dataset
 
-    rows = read_jsonl(path)
-    if not rows:
-        raise RuntimeError(f"{path}: no DPO pairs (the distill stage dropped everything; see its manifest)")
-    rows = rows[:limit] if limit else rows
-    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    return Dataset.from_list(load_rows(path, limit))
 
 
 def log_history(trainer) -> list[dict]:
     return [h for h in trainer.state.log_history if "loss" in h or "train_loss" in h]
 
 
-def save_folded(peft_model, tokenizer, out: Path, dtype: str) -> None:
-    """Fold the adapter into a copy of the base weights and save a full HF model."""
-    from ..models import torch_dtype
+def save_folded(base: str, adapter: Path, out: Path, dtype: str, trust_remote_code: bool = False) -> None:
+    """Fold the saved adapter into a fresh float32 copy of the base and save a full HF model (written to a
+    temporary folder, then renamed). From the saved adapter rather than the trainer's model: under
+    ZeRO-3/FSDP no process holds the whole trained model, and a QLoRA base is quantized."""
+    import shutil
 
-    merged = peft_model.merge_and_unload()
+    from ..models import load_causal_lm, load_tokenizer, torch_dtype
+
+    from peft import PeftModel
+
+    model = load_causal_lm(base, dtype="float32", device="cpu", trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     merged.to(torch_dtype(dtype))
-    merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    merged.generation_config.save_pretrained(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    load_tokenizer(str(adapter)).save_pretrained(tmp)
+    merged.generation_config.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def train_counts(trainer, args, result, resumed, eval_metrics: dict) -> dict:
+    """What every training stage's manifest says about the run: batch plan, steps, resume, eval."""
+    plan = args.charter_batch
+    counts = {"steps": trainer.state.global_step, "world_size": plan["world_size"],
+              "effective_batch": plan["effective_batch"], "per_device_batch": plan["per_device_train_batch_size"],
+              "gradient_accumulation_steps": plan["gradient_accumulation_steps"],
+              "resumed_from_step": int(resumed.name.split("-")[-1]) if resumed else 0,
+              "train_loss": round(result.training_loss, 4),
+              "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
+              "samples_per_s": result.metrics.get("train_samples_per_second")}
+    if eval_metrics:
+        counts["eval_loss"] = eval_metrics.get("eval_loss")
+    return counts
 
 
 def run(cfg: RunConfig, force: bool = False) -> Path:
-    from ..models import load_causal_lm, load_tokenizer
-    from ..training import dpo_args, lora_config, make_dpo_trainer
+    from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
+    from ..models import load_tokenizer
+    from ..training import (check_setup, dpo_args, load_for_training, lora_config, make_dpo_trainer, save_trained,
+                            split_eval)
 
-    stage = Stage.after(run_dir(cfg.name), "dpo", stage_config(cfg), ["distill"])
-    if not stage.begin(force):
+    d, rd = cfg.dpo, run_dir(cfg.name)
+    check_setup(cfg.report_to, d.model_kwargs, "dpo")
+    # The trainer's arguments come first: they start the process group, and under ZeRO-3 / FSDP they decide
+    # how the model is loaded (sharded, not one whole copy per process).
+    args = dpo_args(cfg.seed, str(rd / "dpo" / "trainer"), d.trl, d.batch_size, checkpoint_steps=d.checkpoint_steps,
+                    report_to=cfg.report_to, run_name=f"{cfg.run_name or cfg.name}-dpo", evaluate=d.eval_fraction > 0)
+    require_upstream(rd, "distill", "dpo")  # the orchestrator made it single-process; a launch only checks
+    stage = Stage.after(rd, "dpo", stage_config(cfg), ["distill"])
+    if not on_main(lambda: stage.begin(force), args):
         return stage.dir
-    pairs = load_pairs(layout.pairs(cfg), cfg.dpo.max_pairs)
-    adapter, folded = layout.path(cfg, "dpo_adapter"), layout.path(cfg, "distilled_model")
+    rows = load_rows(layout.pairs(cfg), d.max_pairs)
+    train_rows, eval_rows = split_eval(rows, d.eval_fraction, derive_seed(cfg.seed, "dpo-eval"), "dpo",
+                                       key=lambda r: json.dumps(r["prompt"], sort_keys=True))
+    from datasets import Dataset
+
     tok = load_tokenizer(cfg.student.model, cfg.student.trust_remote_code)
-    model = load_causal_lm(cfg.student.model, dtype=cfg.student.dtype, device="cpu",
-                           trust_remote_code=cfg.student.trust_remote_code)
-    model.train()
-    args = dpo_args(cfg.seed, str(stage.dir / "trainer"), cfg.dpo.trl)
-    trainer = make_dpo_trainer(model, tok, pairs, args, lora_config(model, cfg.dpo.lora), cfg.dpo.sq_logratio_coef,
-                               cfg.dpo.nll_average)
-    result = trainer.train()
+    model = load_for_training(cfg.student.model, cfg.student.dtype, cfg.student.trust_remote_code, d.model_kwargs,
+                              args)
+    trainer = make_dpo_trainer(model, tok, Dataset.from_list(train_rows), args, lora_config(model, d.lora),
+                               d.sq_logratio_coef, d.nll_average,
+                               eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None)
+    resumed = on_main(lambda: last_checkpoint(args.output_dir, world_size(), clean=True), args)
+    result = trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
     history = log_history(trainer)
     losses = [h["loss"] for h in history if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"DPO produced a non-finite loss: {losses}")
-    trainer.model.save_pretrained(adapter)
-    tok.save_pretrained(adapter)
-    save_folded(trainer.model, tok, folded, cfg.merge.dtype)
-    (stage.dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    adapter, folded = layout.path(cfg, "dpo_adapter"), layout.path(cfg, "distilled_model")
+    save_trained(trainer, adapter)
+    eval_metrics = trainer.evaluate() if eval_rows else {}
     margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
-    counts = {"pairs": len(pairs), "steps": trainer.state.global_step,
-              "train_loss": round(result.training_loss, 4),
-              "first_margin": margins[0] if margins else None, "last_margin": margins[-1] if margins else None,
-              "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
-              "samples_per_s": result.metrics.get("train_samples_per_second")}
-    stage.finish(counts, adapter=str(adapter), model=str(folded))
+    counts = {"pairs": len(train_rows), **train_counts(trainer, args, result, resumed, eval_metrics),
+              "first_margin": margins[0] if margins else None, "last_margin": margins[-1] if margins else None}
+    if eval_rows:
+        counts.update(eval_pairs=len(eval_rows), eval_reward_accuracy=eval_metrics.get("eval_rewards/accuracies"),
+                      eval_margin=eval_metrics.get("eval_rewards/margins"))
+    log_rows = trainer.state.log_history
+    del trainer, model
+
+    def finish() -> None:
+        save_folded(cfg.student.model, adapter, folded, cfg.merge.dtype,
+                    cfg.student.trust_remote_code)
+        write_json_atomic(stage.dir / "log_history.json", log_rows)
+        stage.finish(counts, adapter=str(adapter), model=str(folded))
+        drop_checkpoints(Path(args.output_dir))
+
+    on_main(finish, args)
     return stage.dir
 
 

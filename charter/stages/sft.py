@@ -5,24 +5,27 @@
 Reads ``introspect/sft.jsonl``, trains on top of ``dpo/model`` with the loss on every assistant turn and
 nothing else (masks computed for any chat template, see ``training.assistant_spans``); writes
 ``sft/adapter``. Conversations longer than ``max_length`` lose whole early turns, never the system prompt.
+Checkpoints, resume and multi-process launches work as in the DPO stage (``charter.stages.dpo``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import Counter
 from pathlib import Path
 
-from .. import layout
 from ..config import RunConfig
+from .. import layout
 from ..messages import drop_oldest_turn
-from ..runs import Stage, read_jsonl, run_dir
+from ..runs import Stage, derive_seed, read_jsonl, run_dir, write_json_atomic
 
 
 def stage_config(cfg: RunConfig) -> dict:
-    return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student), "sft": dataclasses.asdict(cfg.sft)}
+    from ..training import section_identity
+
+    return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student),
+            "sft": section_identity(dataclasses.asdict(cfg.sft))}
 
 
 def tokenize_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], Counter]:
@@ -50,37 +53,55 @@ def tokenize_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[di
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from datasets import Dataset
 
-    from ..models import load_causal_lm, load_tokenizer
-    from ..training import lora_config, make_sft_trainer, sft_args
+    from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
+    from ..models import load_tokenizer
+    from ..training import (check_setup, load_for_training, lora_config, make_sft_trainer, save_trained, sft_args,
+                            split_eval)
+    from .dpo import train_counts
 
-    stage = Stage.after(run_dir(cfg.name), "sft", stage_config(cfg), ["dpo", "introspect"])
-    if not stage.begin(force):
+    s, rd = cfg.sft, run_dir(cfg.name)
+    check_setup(cfg.report_to, s.model_kwargs, "sft")
+    # Arguments before the model (see dpo.run): process group, ZeRO-3 / FSDP loading.
+    args = sft_args(cfg.seed, str(rd / "sft" / "trainer"), s.trl, s.batch_size, checkpoint_steps=s.checkpoint_steps,
+                    report_to=cfg.report_to, run_name=f"{cfg.run_name or cfg.name}-sft", evaluate=s.eval_fraction > 0)
+    require_upstream(rd, "introspect", "sft")  # the orchestrator made it single-process; a launch only checks
+    stage = Stage.after(rd, "sft", stage_config(cfg), ["dpo", "introspect"])
+    if not on_main(lambda: stage.begin(force), args):
         return stage.dir
     base = str(layout.distilled_model(cfg))
-    rows = read_jsonl(layout.sft_rows(cfg))[: cfg.sft.max_examples]
+    rows = read_jsonl(layout.sft_rows(cfg))[: s.max_examples]
     if not rows:
         raise RuntimeError(f"{layout.sft_rows(cfg)} is empty: nothing to train on (see the introspect manifest)")
-    adapter = layout.path(cfg, "sft_adapter")
     tok = load_tokenizer(base)
-    args = sft_args(cfg.seed, str(stage.dir / "trainer"), cfg.sft.trl)
     data, notes = tokenize_rows(rows, tok, args.max_length)
     if not data:
         raise RuntimeError(f"no SFT example fits max_length={args.max_length}: {dict(notes)}")
-    model = load_causal_lm(base, dtype=cfg.student.dtype, device="cpu")
-    model.train()
-    trainer = make_sft_trainer(model, tok, Dataset.from_list(data), args, lora_config(model, cfg.sft.lora))
-    result = trainer.train()
+    train, held = split_eval(data, s.eval_fraction, derive_seed(cfg.seed, "sft-eval"), "sft")
+    model = load_for_training(base, cfg.student.dtype, cfg.student.trust_remote_code, s.model_kwargs, args)
+    trainer = make_sft_trainer(model, tok, Dataset.from_list(train), args, lora_config(model, s.lora),
+                               eval_dataset=Dataset.from_list(held) if held else None)
+    resumed = on_main(lambda: last_checkpoint(args.output_dir, world_size(), clean=True), args)
+    result = trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"SFT produced a non-finite loss: {losses}")
-    trainer.model.save_pretrained(adapter)
-    tok.save_pretrained(adapter)
-    (stage.dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    counts = {"examples": len(data), "steps": trainer.state.global_step, **dict(notes),
-              "train_loss": round(result.training_loss, 4), "first_loss": losses[0], "last_loss": losses[-1],
-              "assistant_tokens": sum(sum(d["assistant_masks"]) for d in data),
-              "tokens": sum(len(d["input_ids"]) for d in data)}
-    stage.finish(counts, adapter=str(adapter), base=base)
+    adapter = layout.path(cfg, "sft_adapter")
+    save_trained(trainer, adapter)
+    eval_metrics = trainer.evaluate() if held else {}
+    counts = {"examples": len(train), **train_counts(trainer, args, result, resumed, eval_metrics), **dict(notes),
+              "first_loss": losses[0], "last_loss": losses[-1],
+              "assistant_tokens": sum(sum(d["assistant_masks"]) for d in train),
+              "tokens": sum(len(d["input_ids"]) for d in train)}
+    if held:
+        counts.update(eval_examples=len(held), eval_token_accuracy=eval_metrics.get("eval_mean_token_accuracy"))
+    log_rows = trainer.state.log_history
+
+    def finish() -> None:
+        write_json_atomic(stage.dir / "log_history.json", log_rows)
+        stage.finish(counts, adapter=str(adapter), base=base)
+        drop_checkpoints(Path(args.output_dir))
+
+    on_main(finish, args)
     return stage.dir
 
 

@@ -22,7 +22,10 @@ from types import ModuleType
 
 from .. import layout
 from ..config import RunConfig
-from ..runs import read_manifest
+from ..runs import read_manifest, run_dir
+
+
+TRAINING = ("dpo", "sft")  # the stages a multi-process launch runs on every process
 
 
 def stage_module(name: str) -> ModuleType:
@@ -49,9 +52,22 @@ def run_stages(cfg: RunConfig, until: str | None = None, force: bool | Collectio
     for _, mod in steps:  # a set-up a later stage would refuse fails now, not after hours of earlier ones
         if hasattr(mod, "check"):
             mod.check(cfg)
-    out = None
+    from ..distributed import on_main, require_upstream, world_size
+
+    out, launched, trained = None, world_size() > 1, False
     for name, mod in steps:
-        out = mod.run(cfg, force=force if isinstance(force, bool) else name in force)
+        redo = force if isinstance(force, bool) else name in force
+        if launched and name not in TRAINING:
+            # Under `accelerate launch`, only the training stages run on every process. Generation stages
+            # before them must exist already (made by one process); later ones (merge) run on the main one.
+            if not trained:
+                require_upstream(run_dir(cfg.name), name, until or "train")
+                out = run_dir(cfg.name) / name
+                continue
+            out = on_main(lambda mod=mod, redo=redo: mod.run(cfg, force=redo))
+        else:
+            trained = trained or name in TRAINING
+            out = mod.run(cfg, force=redo)
         if report is not None:
             report(mod.summary(read_manifest(Path(out) / "manifest.json")))
     return out

@@ -1,0 +1,134 @@
+"""Multi-process launches (accelerate / DeepSpeed / FSDP / torchrun) and crash-safe training checkpoints.
+
+Under ``accelerate launch --num_processes N -m charter.cli dpo ...`` every process runs the same stage code.
+Training itself is collective (each rank trains on its share of every batch), but side effects are not:
+deleting a folder on ``--force``, writing ``config.json`` and manifests, folding adapters and generating
+upstream data happen on the main process only. ``on_main`` runs such a step there and hands its result (or
+its error) to every rank, which doubles as the barrier: no rank goes on before the step is done, and an
+error on the main process stops every rank with the same message instead of leaving them waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_solo = False  # True while the main process runs a main-only step: nested stages see one process
+
+
+def world_size() -> int:
+    """Processes training together: ``WORLD_SIZE`` set by every launcher (accelerate, torchrun, deepspeed)."""
+    if _solo:
+        return 1
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}: expected a whole number of processes") from None
+
+
+def rank() -> int:
+    return 0 if _solo else int(os.environ.get("RANK", "0") or 0)
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def in_solo() -> bool:
+    """Whether this code runs inside a main-only step of a multi-process launch."""
+    return _solo
+
+
+def on_main(fn: Callable[[], Any], args=None) -> Any:
+    """Run ``fn`` on the main process only; every rank returns its result or raises its error.
+
+    ``args``: the stage's TrainingArguments, whose device set-up starts the process group (gloo on CPU, NCCL
+    on GPUs, DeepSpeed's) the same way the trainer will; stages create them before anything else."""
+    global _solo
+    if world_size() == 1:
+        return fn()
+    if args is not None:
+        _ = args.device  # starts the process group once, with the trainer's own settings
+    import torch.distributed as dist
+
+    payload: list = [None]
+    error: BaseException | None = None
+    if is_main():
+        _solo = True
+        try:
+            payload[0] = ("ok", fn())
+        except Exception as e:  # handed to the other ranks below, then raised here
+            error = e
+            payload[0] = ("error", f"{type(e).__name__}: {e}")
+        finally:
+            _solo = False
+    dist.broadcast_object_list(payload, src=0)
+    if error is not None:
+        raise error
+    status, value = payload[0]
+    if status == "error":
+        raise RuntimeError(f"on the main process: {value}")
+    return value
+
+
+def require_upstream(run: Path, stage: str, command: str) -> None:
+    """Under a multi-process launch, refuse to start generation stages: they run on one process (or on a
+    vLLM server), so the main process would generate while the others wait on a collective that times out."""
+    if world_size() > 1 and not (run / stage / "manifest.json").exists():
+        raise RuntimeError(
+            f"{run / stage}: stage '{stage}' has not finished, and generation stages do not run under a "
+            f"multi-process launch (WORLD_SIZE={world_size()}): run `charter {stage} CONFIG` first (one process; "
+            f"the vllm backend with tensor_parallel_size for big models), then `accelerate launch ... -m "
+            f"charter.cli {command} CONFIG`")
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_complete(path: Path, processes: int) -> bool:
+    """The trainer writes a checkpoint's model, optimizer, scheduler and RNG files first and
+    ``trainer_state.json`` last, so a folder killed mid-write lacks it (or holds torn JSON)."""
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return False
+    try:
+        json.loads(state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    rng = ["rng_state.pth"] if processes == 1 else [f"rng_state_{r}.pth" for r in range(processes)]
+    return all((path / f).is_file() for f in rng)
+
+
+def last_checkpoint(output_dir: Path, processes: int = 1, clean: bool = False) -> Path | None:
+    """The newest complete ``checkpoint-N`` under ``output_dir``; ``clean`` deletes torn ones newer than it
+    (main process only), so the trainer's rotation never counts them."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = sorted(((int(m.group(1)), p) for p in output_dir.iterdir()
+                    if p.is_dir() and (m := CHECKPOINT.match(p.name))), reverse=True)
+    for _, path in found:
+        if checkpoint_complete(path, processes):
+            return path
+        if clean:
+            log.warning("%s: incomplete checkpoint (killed while saving); deleting it", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def drop_checkpoints(output_dir: Path) -> None:
+    """After a stage finished: its checkpoints (optimizer state included) are no longer needed."""
+    if Path(output_dir).is_dir():
+        for p in Path(output_dir).iterdir():
+            if p.is_dir() and CHECKPOINT.match(p.name):
+                shutil.rmtree(p, ignore_errors=True)
