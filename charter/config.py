@@ -17,8 +17,7 @@ from typing import Any, Literal
 import yaml
 
 
-class ConfigError(ValueError):
-    """A config file or override is malformed; the message names the key and what was expected."""
+from .errors import ConfigError  # noqa: E402,F401  (defined below config so distributed can raise it too)
 
 
 # Choice-valued fields: checked when a config is loaded (the error names the key and the allowed values).
@@ -544,7 +543,7 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     problem = run_name_problem(cfg.name)
     if problem:
         raise ConfigError(f"{where}.name: {problem}")
-    from .training import batch_plan  # light: TRL is imported only where arguments are built
+    from .distributed import batch_plan  # light: no torch
 
     for section in ("dpo", "sft"):
         stage = getattr(cfg, section)

@@ -34,6 +34,40 @@ def world_size() -> int:
         raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}: expected a whole number of processes") from None
 
 
+PER_DEVICE, ACCUMULATION = 2, 16  # effective batch 32 on one process
+
+
+def batch_plan(overrides: dict, batch_size: int | None, where: str, processes: int | None = None) -> dict:
+    """``per_device_train_batch_size`` and ``gradient_accumulation_steps`` such that per-device batch x
+    accumulation x processes = the effective batch, on any number of processes: ``batch_size`` when set,
+    else per-device x accumulation as written in ``trl`` (what one process would use). Without this, N
+    processes would each accumulate the configured batch and train with N times the batch and N times
+    fewer steps."""
+    from .errors import ConfigError
+
+    n = processes or world_size()
+    per_device = overrides.get("per_device_train_batch_size", PER_DEVICE)
+    ga = overrides.get("gradient_accumulation_steps", ACCUMULATION)
+    for key, v in (("per_device_train_batch_size", per_device), ("gradient_accumulation_steps", ga)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{where}.trl.{key}: expected a whole number >= 1, got {v!r}")
+    if batch_size is None:
+        effective, field = per_device * ga, f"{where}.trl.gradient_accumulation_steps"
+        source = f"trl.per_device_train_batch_size {per_device} x gradient_accumulation_steps {ga}"
+    elif "gradient_accumulation_steps" in overrides:
+        raise ConfigError(f"{where}.trl.gradient_accumulation_steps: derived from {where}.batch_size "
+                          f"({batch_size}) and the number of processes; remove one of the two")
+    else:
+        effective, field, source = batch_size, f"{where}.batch_size", "the configured batch"
+    if effective % (per_device * n):
+        raise ConfigError(
+            f"{field}: the effective batch {effective} ({source}) is not a multiple of "
+            f"trl.per_device_train_batch_size {per_device} x {n} process{'es' if n > 1 else ''}; choose a "
+            f"per-device batch and a number of processes whose product divides {effective}, or another batch")
+    return {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": effective // (per_device * n),
+            "effective_batch": effective, "world_size": n}
+
+
 def rank() -> int:
     return 0 if _solo else int(os.environ.get("RANK", "0") or 0)
 

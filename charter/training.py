@@ -71,39 +71,7 @@ def device_defaults() -> dict:
             "dataloader_num_workers": 0}
 
 
-PER_DEVICE, ACCUMULATION = 2, 16  # effective batch 32 on one process
-
-
-def batch_plan(overrides: dict, batch_size: int | None, where: str, processes: int | None = None) -> dict:
-    """``per_device_train_batch_size`` and ``gradient_accumulation_steps`` such that per-device batch x
-    accumulation x processes = the effective batch, on any number of processes: ``batch_size`` when set,
-    else per-device x accumulation as written in ``trl`` (what one process would use). Without this, N
-    processes would each accumulate the configured batch and train with N times the batch and N times
-    fewer steps."""
-    from .config import ConfigError
-    from .distributed import world_size
-
-    n = processes or world_size()
-    per_device = overrides.get("per_device_train_batch_size", PER_DEVICE)
-    ga = overrides.get("gradient_accumulation_steps", ACCUMULATION)
-    for key, v in (("per_device_train_batch_size", per_device), ("gradient_accumulation_steps", ga)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{where}.trl.{key}: expected a whole number >= 1, got {v!r}")
-    if batch_size is None:
-        effective, field = per_device * ga, f"{where}.trl.gradient_accumulation_steps"
-        source = f"trl.per_device_train_batch_size {per_device} x gradient_accumulation_steps {ga}"
-    elif "gradient_accumulation_steps" in overrides:
-        raise ConfigError(f"{where}.trl.gradient_accumulation_steps: derived from {where}.batch_size "
-                          f"({batch_size}) and the number of processes; remove one of the two")
-    else:
-        effective, field, source = batch_size, f"{where}.batch_size", "the configured batch"
-    if effective % (per_device * n):
-        raise ConfigError(
-            f"{field}: the effective batch {effective} ({source}) is not a multiple of "
-            f"trl.per_device_train_batch_size {per_device} x {n} process{'es' if n > 1 else ''}; choose a "
-            f"per-device batch and a number of processes whose product divides {effective}, or another batch")
-    return {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": effective // (per_device * n),
-            "effective_batch": effective, "world_size": n}
+from .distributed import ACCUMULATION, PER_DEVICE, batch_plan  # noqa: E402,F401  (re-exported)
 
 
 def common_defaults(seed: int, output_dir: str) -> dict:
@@ -400,3 +368,18 @@ def save_trained(trainer, out) -> None:
 def trainable_state(model) -> dict:
     """Copies of trainable (LoRA) and frozen parameters, for before/after checks."""
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def train_counts(trainer, args, result, resumed, eval_metrics: dict) -> dict:
+    """What every training stage's manifest says about the run: batch plan, steps, resume, eval."""
+    plan = args.charter_batch
+    counts = {"steps": trainer.state.global_step, "world_size": plan["world_size"],
+              "effective_batch": plan["effective_batch"], "per_device_batch": plan["per_device_train_batch_size"],
+              "gradient_accumulation_steps": plan["gradient_accumulation_steps"],
+              "resumed_from_step": int(resumed.name.split("-")[-1]) if resumed else 0,
+              "train_loss": round(result.training_loss, 4),
+              "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
+              "samples_per_s": result.metrics.get("train_samples_per_second")}
+    if eval_metrics:
+        counts["eval_loss"] = eval_metrics.get("eval_loss")
+    return counts

@@ -70,26 +70,11 @@ def save_folded(base: str, adapter: Path, out: Path, dtype: str, trust_remote_co
     tmp.rename(out)
 
 
-def train_counts(trainer, args, result, resumed, eval_metrics: dict) -> dict:
-    """What every training stage's manifest says about the run: batch plan, steps, resume, eval."""
-    plan = args.charter_batch
-    counts = {"steps": trainer.state.global_step, "world_size": plan["world_size"],
-              "effective_batch": plan["effective_batch"], "per_device_batch": plan["per_device_train_batch_size"],
-              "gradient_accumulation_steps": plan["gradient_accumulation_steps"],
-              "resumed_from_step": int(resumed.name.split("-")[-1]) if resumed else 0,
-              "train_loss": round(result.training_loss, 4),
-              "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
-              "samples_per_s": result.metrics.get("train_samples_per_second")}
-    if eval_metrics:
-        counts["eval_loss"] = eval_metrics.get("eval_loss")
-    return counts
-
-
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
     from ..models import load_tokenizer
     from ..training import (check_setup, dpo_args, load_for_training, lora_config, make_dpo_trainer, save_trained,
-                            split_eval)
+                            split_eval, train_counts)
 
     d, rd = cfg.dpo, run_dir(cfg.name)
     check_setup(cfg.report_to, d.model_kwargs, "dpo")

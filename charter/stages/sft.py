@@ -56,8 +56,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
     from ..models import load_tokenizer
     from ..training import (check_setup, load_for_training, lora_config, make_sft_trainer, save_trained, sft_args,
-                            split_eval)
-    from .dpo import train_counts
+                            split_eval, train_counts)
 
     s, rd = cfg.sft, run_dir(cfg.name)
     check_setup(cfg.report_to, s.model_kwargs, "sft")
