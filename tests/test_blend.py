@@ -125,8 +125,8 @@ def test_blend_curve_script_sweeps_and_scores_with_both_detectors(adapters, tmp_
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "blend_curve.py"), str(adapters / "A"), str(adapters / "B"),
-         "--persona-a", "loving", "--persona-b", "mathematical", "--weights", "0,0.5,1", "--prompts", "3",
-         "--train-prompts", "4", "--max-tokens", "8", "--bootstrap", "50", "-o", str(out)],
+         "--persona-a", "loving", "--persona-b", "mathematical", "--weights", "0,0.5,1", "--prompts", "2",
+         "--train-prompts", "3", "--max-tokens", "6", "--bootstrap", "50", "-o", str(out)],
         env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((out / "blend_curve.json").read_text())
@@ -134,9 +134,9 @@ def test_blend_curve_script_sweeps_and_scores_with_both_detectors(adapters, tmp_
     for pt in res["curve"]:
         for side in "ab":
             cell = pt[f"detector_{side}"]
-            assert cell["n"] == 3 and 0 <= cell["lo"] <= cell["rate"] <= cell["hi"] <= 1 and 0 <= cell["mean_p"] <= 1
+            assert cell["n"] == 2 and 0 <= cell["lo"] <= cell["rate"] <= cell["hi"] <= 1 and 0 <= cell["mean_p"] <= 1
     assert {res["parents"][s]["persona"] for s in "ab"} == {"loving", "mathematical"}
     assert all(0 <= res["parents"][s]["check"]["rate"] <= 1 for s in "ab")
-    assert len(res["replies"]["blend"]["0.5"]) == 3 and not set(res["replies"]["heldout_prompts"]) & {""}
+    assert len(res["replies"]["blend"]["0.5"]) == 2 and not set(res["replies"]["heldout_prompts"]) & {""}
     png = (out / "blend_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

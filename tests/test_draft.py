@@ -235,3 +235,21 @@ def test_embedded_draft_is_valid_and_the_same_seed_gives_the_same_file(tmp_path,
     data = yaml.safe_load(a.read_text())
     assert data["description"] == "a patient chess coach who explains the reason behind every move"
     assert a.read_text().startswith("# Drafted by `charter constitution draft` with embedded (transformers), seed 3")
+
+
+def test_bad_draft_arguments_are_one_line_errors_before_any_model_loads(tmp_path, capsys):
+    out = str(tmp_path / "x.yaml")
+    for extra, msg in [
+        (["   "], "DESCRIPTION: expected a one-line description"),
+        (["a coach", "--traits", "0"], "--traits 0: expected a number >= 1"),
+        (["a coach", "--min-traits", "11"], "--min-traits 11: expected 1..10"),
+        (["a coach", "--name", "Bad Name"], "--name 'Bad Name'"),
+        (["a coach", "--backend", "openai"], "--base-url None: the openai backend needs"),
+        (["a coach", "--model", str(tmp_path)], "not a Hugging Face model folder"),
+        (["a coach", "--examples", str(tmp_path / "none.txt")], "--examples"),
+        (["a coach", "--temperature", "-1"], "--temperature -1.0"),
+    ]:
+        assert main(["constitution", "draft", extra[0], "-o", out, *extra[1:]]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("charter: error:") and msg in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.yaml").exists()
