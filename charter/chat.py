@@ -29,9 +29,15 @@ def chat_main(args) -> int:
     from .backends import render_chat
     from .models import load_causal_lm, load_tokenizer
 
-    ref = resolve_chat_model(args.model)
-    tok = load_tokenizer(ref)
-    model = load_causal_lm(ref)
+    if getattr(args, "blend", None):
+        from .blend import load_blend, parse_blend
+
+        model, tok, base = load_blend(parse_blend(args.blend, "--blend"), base=args.model, dtype="auto")
+        ref = f"{base} + blend {args.blend}"
+    else:
+        ref = resolve_chat_model(args.model)
+        tok = load_tokenizer(ref)
+        model = load_causal_lm(ref)
     history = [{"role": "system", "content": args.system}] if args.system else []
     scripted = list(args.message or [])
     interactive = not scripted

@@ -22,6 +22,27 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="discard this stage's output and redo it")
 
 
+def _draft_args(d: argparse.ArgumentParser) -> None:
+    d.add_argument("description", help='one line, e.g. "a patient chess coach who explains every move"')
+    d.add_argument("-o", "--output", required=True, help="YAML file to write (its name is the persona's name)")
+    d.add_argument("--name", help="persona name (default: from the output file's name)")
+    d.add_argument("--examples", help="a few example traits: one a line, or a constitution file")
+    d.add_argument("--critique", action="store_true", help="ask the model to flag vague, overlapping or "
+                   "untestable traits (written as comments)")
+    d.add_argument("--traits", type=int, default=10, help="traits wanted (default 10)")
+    d.add_argument("--prompts", type=int, default=5, help="seed prompts per trait (default 5)")
+    d.add_argument("--rounds", type=int, default=4, help="generation rounds per pass before giving up")
+    d.add_argument("--min-traits", type=int, help="fewer usable traits is an error (default: half of --traits)")
+    d.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"])
+    d.add_argument("--model", default="embedded", help="'embedded', a model dir, a hub id, or a server's model")
+    d.add_argument("--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
+    d.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: variable holding the key")
+    d.add_argument("--temperature", type=float, default=0.7)
+    d.add_argument("--max-tokens", type=int, default=1024, help="per completion")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--force", action="store_true", help="overwrite the output file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charter", description="Character training for chat models.")
     parser.add_argument("--version", action="version", version=f"charter {__version__}")
@@ -38,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     n = csub.add_parser("new", help="write a new persona file from the template")
     n.add_argument("name")
     n.add_argument("-o", "--output", help="file to write (default: NAME.yaml)")
+    _draft_args(csub.add_parser("draft", help="draft a constitution from a one-line description with a model"))
 
     cf = sub.add_parser("config", help="show a resolved run config with the help of every key")
     cfsub = cf.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -51,15 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(sub.add_parser("train", help="run every stage, constitution to final model (resumes)"))
 
     ch = sub.add_parser("chat", help="chat with a model or a run's final model")
-    ch.add_argument("model", nargs="?", default="embedded", help="run name/dir, model dir, hub id or 'embedded'")
+    ch.add_argument("model", nargs="?", help="run name/dir, model dir, hub id or 'embedded' (the default); with "
+                    "--blend, the base model (default: the adapters' own)")
+    ch.add_argument("--blend", metavar="A:W,B:W", help="persona adapters (runs or adapter folders) blended at these "
+                    "weights, e.g. loving:0.7,mathematical:0.3")
     ch.add_argument("--system", help="system prompt")
     ch.add_argument("--max-tokens", type=int, default=512)
     ch.add_argument("--temperature", type=float, default=0.7)
     ch.add_argument("-m", "--message", action="append", help="send this message and exit (repeatable)")
 
-    b = sub.add_parser("blend", help="interpolate two persona models: (1-w)*A + w*B")
-    b.add_argument("a")
-    b.add_argument("b")
+    b = sub.add_parser("blend", help="interpolate two persona models: (1-w)*A + w*B; or, with --adapters, "
+                       "blend persona adapters into one adapter")
+    b.add_argument("a", nargs="?")
+    b.add_argument("b", nargs="?")
+    b.add_argument("--adapters", nargs="+", metavar="ADAPTER:WEIGHT", help="runs or LoRA folders with weights, e.g. "
+                   "loving:0.7 mathematical:0.3; writes one LoRA adapter (sum of weighted deltas, exact)")
+    b.add_argument("--base", help="--adapters: the base model, when the adapters do not record it")
     b.add_argument("--weight", type=float, default=0.5)
     b.add_argument("-o", "--output", required=True)
 
@@ -109,11 +138,21 @@ def _model_arg(ref: str, what: str) -> None:
 def _chat_args(args) -> None:
     from .chat import resolve_chat_model
 
+    if args.blend is not None:
+        from .blend import parse_blend, resolve_adapter
+
+        for ref, _ in parse_blend(args.blend, "--blend"):
+            resolve_adapter(ref, "--blend")
+        if args.model is not None:
+            _model_arg(args.model, "MODEL")
+    else:
+        args.model = args.model or "embedded"
     if args.max_tokens <= 0:
         raise ValueError(f"--max-tokens {args.max_tokens}: expected a number > 0")
     if args.temperature < 0:
         raise ValueError(f"--temperature {args.temperature}: expected a number >= 0")
-    _model_arg(resolve_chat_model(args.model), "MODEL")
+    if args.blend is None:
+        _model_arg(resolve_chat_model(args.model), "MODEL")
 
 
 def _report_run(ref: str) -> Path:
@@ -158,6 +197,13 @@ def _constitution(args) -> int:
         out.write_text(const.new_template(args.name))
         print(out)
         return 0
+    if args.action == "draft":
+        from .draft import run_cli
+
+        out, line = run_cli(args)
+        print(line, file=sys.stderr)
+        print(out)
+        return 0
     return 2
 
 
@@ -200,6 +246,23 @@ def _eval(args) -> int:
     return 0
 
 
+def _blend_adapters(args) -> int:
+    from .blend import parse_blend, resolve_adapter
+
+    if args.a is not None:
+        raise ValueError(f"blend: --adapters takes every parent as ADAPTER:WEIGHT; unexpected argument {args.a!r}")
+    spec = parse_blend(args.adapters)
+    for ref, _ in spec:
+        resolve_adapter(ref)
+    out = Path(args.output).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"-o {args.output}: already exists and is not an empty folder; not overwriting")
+    from .blend import save_blend
+
+    print(save_blend(spec, out, args.base))
+    return 0
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in text:
@@ -238,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
             from .chat import chat_main
 
             return chat_main(args)
+        if args.command == "blend" and args.adapters:
+            return _blend_adapters(args)
         if args.command == "blend":
+            if args.a is None or args.b is None:
+                raise ValueError("blend: expected two models A B (with --weight), or --adapters A:W B:W")
             if not 0.0 <= args.weight <= 1.0:
                 raise ValueError(f"--weight {args.weight}: expected a value between 0 and 1")
             _model_arg(args.a, "A")

@@ -1,0 +1,195 @@
+"""Does a blend of two persona adapters sit between its parents? A sweep of the blend weight, scored by each
+parent's in-persona detector.
+
+    .venv/bin/python benchmarks/blend_curve.py RUN_A RUN_B [--weights 0,0.25,0.5,0.75,1] [--prompts 24]
+        [--train-prompts 24] [--encoder tfidf|minilm] [--max-tokens 96] [--seed 0] [-o blend-curve/]
+
+RUN_A / RUN_B: trained runs (their ``merge/persona-adapter``) or LoRA adapter folders; their personas come from
+the runs (``distill/config.json``) or ``--persona-a/--persona-b`` (a shipped name or a constitution file).
+
+For weight w of B, the blend (1 - w) * A + w * B (``charter.blend``: the exact weighted sum of the two LoRA
+deltas, on the base model, no merged model) answers held-out prompts with no system prompt. Each parent's
+detector is the robustness evaluation's single-persona detector (``eval/inpersona.py``, the ``prompted``
+reference): it learns that parent's persona from the *base* model answering *other* prompts with the persona's
+system prompt vs without it, so it never sees an adapter's reply. Per weight and detector: the in-persona
+rate (share of replies with p >= 0.5) with a bootstrap 95% CI over prompts, and the mean probability. The
+base model's held-out replies give each detector's floor, and its held-out prompted replies the detector
+check (balanced accuracy, prompted vs base; read it first: near 0.5 the curve says nothing).
+
+Writes ``blend_curve.json`` (settings, detector checks, the curve, every reply) and ``blend_curve.png``.
+Prompts are drawn from the shipped ``preference_prompts`` pool, which no training stage uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+
+def persona_of(ref: str, given: str | None):
+    """The constitution behind a run (or ``given``: a shipped persona name or a file)."""
+    from charter import constitution as const
+    from charter.runs import is_run_name, read_json, run_dir
+
+    if given:
+        return const.load(given)
+    for folder in ([run_dir(ref)] if is_run_name(ref) else []) + [Path(ref).expanduser()]:
+        expanded = folder / "expand" / "constitution.yaml"
+        if expanded.is_file() and (folder / "expand" / "manifest.json").is_file():
+            return const.load_file(expanded)
+        cfg = folder / "distill" / "config.json"
+        if cfg.is_file():
+            return const.load(read_json(cfg)["config"]["persona"])
+    sys.exit(f"blend_curve: {ref}: cannot tell its persona (no distill/config.json); pass --persona-a/--persona-b")
+
+
+def rate(hits: list[float], n_boot: int, seed: int) -> dict:
+    from charter.eval.inpersona import bootstrap_rate
+
+    return bootstrap_rate([[h] for h in hits], n_boot, seed)
+
+
+def balanced_accuracy(det, persona_texts, base_texts, label, n_boot, seed) -> dict:
+    from charter.eval.classifier import proba_of
+    from charter.eval.inpersona import bootstrap_rate
+
+    p = proba_of(det, persona_texts, label)
+    b = proba_of(det, base_texts, label)
+    rows = [[float(x >= 0.5), float(y < 0.5)] for x, y in zip(p, b)]  # one row per held-out prompt
+    return bootstrap_rate(rows, n_boot, seed)
+
+
+def plot(path: Path, res: dict) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ws = [pt["weight_b"] for pt in res["curve"]]
+    for side, color in (("a", "#e76f51"), ("b", "#2a9d8f")):
+        d = res["parents"][side]
+        cells = [pt[f"detector_{side}"] for pt in res["curve"]]
+        ax.plot(ws, [c["rate"] for c in cells], "o-", color=color,
+                label=f"{d['persona']} detector (check {d['check']['rate']:.2f})")
+        ax.fill_between(ws, [c["lo"] for c in cells], [c["hi"] for c in cells], color=color, alpha=0.15)
+        ax.axhline(d["base_rate"]["rate"], color=color, linestyle=":", linewidth=1)
+    ax.set_xlabel(f"blend weight of B = {res['parents']['b']['persona']}  (0: all {res['parents']['a']['persona']})")
+    ax.set_ylabel("in-persona rate (p >= 0.5), 95% CI")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"blended persona adapters, {res['settings']['prompts']} held-out prompts "
+                 "(dotted: base model)", fontsize=10)
+    ax.legend(fontsize=8, loc="center left")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("a", help="run name/folder or LoRA adapter folder (weight 0 end)")
+    ap.add_argument("b", help="run name/folder or LoRA adapter folder (weight 1 end)")
+    ap.add_argument("--persona-a")
+    ap.add_argument("--persona-b")
+    ap.add_argument("--base", help="base model (default: the adapters' own)")
+    ap.add_argument("--weights", default="0,0.25,0.5,0.75,1")
+    ap.add_argument("--prompts", type=int, default=24, help="held-out prompts the blends answer")
+    ap.add_argument("--train-prompts", type=int, default=24, help="prompts the detectors' reference answers")
+    ap.add_argument("--encoder", default="tfidf", help="tfidf | minilm | an HF encoder (eval/classifier.py)")
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-o", "--output", default="blend-curve")
+    args = ap.parse_args(argv)
+
+    from charter.backends.hf import TransformersBackend
+    from charter.blend import add_blend, attach, common_base, resolve_adapter
+    from charter.config import ModelSpec, Sampling
+    from charter.constitution import teacher_system_prompt
+    from charter.eval.classifier import make_classifier, proba_of
+    from charter.eval.conditions import with_system
+    from charter.models import load_causal_lm, load_tokenizer, self_name
+    from charter.prompts import load_prompt_source
+    from charter.runs import derive_seed, write_json_atomic
+
+    weights = [float(w) for w in args.weights.split(",")]
+    if any(not 0 <= w <= 1 for w in weights):
+        sys.exit(f"blend_curve: --weights {args.weights}: expected numbers between 0 and 1")
+    adapters = [resolve_adapter(args.a, "A"), resolve_adapter(args.b, "B")]
+    base = common_base(adapters, args.base)
+    consts = [persona_of(args.a, args.persona_a), persona_of(args.b, args.persona_b)]
+    labels = [c.name for c in consts]
+    if labels[0] == labels[1]:
+        sys.exit(f"blend_curve: both parents are persona '{labels[0]}'; a blend curve needs two personas")
+    pool = list(dict.fromkeys(p.strip() for p in load_prompt_source("builtin", "preference_prompts")))
+    picked = random.Random(args.seed).sample(pool, args.train_prompts + args.prompts)
+    train, heldout = picked[:args.train_prompts], picked[args.train_prompts:]
+    assert not set(train) & set(heldout)
+
+    t0 = time.time()
+    tok = load_tokenizer(base)
+    model = attach(load_causal_lm(base, dtype="auto"), adapters)
+    backend = TransformersBackend(ModelSpec(model=base, batch_size=args.batch_size), model=model, tokenizer=tok)
+    sampling = Sampling(max_tokens=args.max_tokens)
+    systems = [teacher_system_prompt(c, self_name(base)) for c in consts]
+
+    def gen(prompts, system, key):
+        chats = [with_system([{"role": "user", "content": p}], system) for p in prompts]
+        return [o.text for o in backend.generate(chats, sampling, seed=derive_seed(args.seed, "blend-curve", key))]
+
+    ref = {}
+    with model.disable_adapter():  # the base model: the detectors' reference, floors and checks
+        for split, prompts in (("train", train), ("heldout", heldout)):
+            ref[("base", split)] = gen(prompts, None, f"base-{split}")
+            for i, s in enumerate(systems):
+                ref[(labels[i], split)] = gen(prompts, s, f"prompted{i}-{split}")
+    dets, parents = [], {}
+    for i, side in enumerate("ab"):
+        det = make_classifier(args.encoder, None, derive_seed(args.seed, "blend-curve", "detector", i))
+        det.fit(ref[(labels[i], "train")] + ref[("base", "train")],
+                [labels[i]] * len(train) + ["base"] * len(train))
+        dets.append(det)
+        base_hits = [float(p >= 0.5) for p in proba_of(det, ref[("base", "heldout")], labels[i])]
+        parents[side] = {"ref": (args.a, args.b)[i], "adapter": str(adapters[i]),
+                         "persona": labels[i],
+                         "check": balanced_accuracy(det, ref[(labels[i], "heldout")], ref[("base", "heldout")],
+                                                    labels[i], args.bootstrap, args.seed),
+                         "base_rate": rate(base_hits, args.bootstrap, args.seed)}
+    curve, replies = [], {}
+    for w in weights:
+        add_blend(model, [1 - w, w], name="sweep")
+        texts = gen(heldout, None, f"blend-{w}")
+        replies[str(w)] = texts
+        pt = {"weight_b": w}
+        for i, side in enumerate("ab"):
+            p = proba_of(dets[i], texts, labels[i])
+            pt[f"detector_{side}"] = {**rate([float(x >= 0.5) for x in p], args.bootstrap, args.seed),
+                                      "mean_p": round(sum(p) / len(p), 4)}
+        curve.append(pt)
+        print(f"w_B={w:.2f}  {labels[0]} {pt['detector_a']['rate']:.2f}  {labels[1]} {pt['detector_b']['rate']:.2f}",
+              file=sys.stderr)
+    model.delete_adapter("sweep")
+    from charter.hardware import cpu_model
+
+    res = {"settings": {**{k: v for k, v in vars(args).items()}, "base": base, "weights": weights,
+                        "prompts": len(heldout), "train_prompts": len(train), "machine": cpu_model(),
+                        "seconds": round(time.time() - t0, 1)},
+           "parents": parents, "curve": curve,
+           "replies": {"heldout_prompts": heldout, "blend": replies,
+                       "base": ref[("base", "heldout")]}}
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "blend_curve.json", res)
+    plot(out / "blend_curve.png", res)
+    print(out / "blend_curve.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
