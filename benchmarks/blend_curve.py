@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     from charter.config import ModelSpec, Sampling
     from charter.constitution import teacher_system_prompt
     from charter.eval.classifier import make_classifier, proba_of
-    from charter.eval.conditions import with_system
+    from charter.messages import with_system
     from charter.models import load_causal_lm, load_tokenizer, self_name
     from charter.prompts import load_prompt_source
     from charter.runs import derive_seed, write_json_atomic
