@@ -30,20 +30,25 @@ def charter_home(tmp_path, monkeypatch):
     return home
 
 
-@pytest.fixture(scope="session")
-def embedded_path():
-    """The converted embedded model directory (converted once per cache)."""
+def resolve_cached(ref: str) -> str:
+    """A packaged model's converted folder, converted once into the shared test cache (not a test's home)."""
     from charter import models
 
     old = os.environ.get("CHARTER_HOME")
     os.environ["CHARTER_HOME"] = str(CACHE)
     try:
-        return models.resolve("embedded")
+        return models.resolve(ref)
     finally:
         if old is None:
             os.environ.pop("CHARTER_HOME", None)
         else:
             os.environ["CHARTER_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def embedded_path():
+    """The converted embedded model directory (converted once per cache)."""
+    return resolve_cached("embedded")
 
 
 @pytest.fixture

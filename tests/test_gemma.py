@@ -19,21 +19,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def gemma():
     """The converted model folder, made once in the shared test cache like the embedded model."""
-    import os
+    from .conftest import resolve_cached
 
-    from charter import models
-
-    from .conftest import CACHE
-
-    old = os.environ.get("CHARTER_HOME")
-    os.environ["CHARTER_HOME"] = str(CACHE)
-    try:
-        return models.resolve("gemma3-270m")
-    finally:
-        if old is None:
-            os.environ.pop("CHARTER_HOME", None)
-        else:
-            os.environ["CHARTER_HOME"] = old
+    return resolve_cached("gemma3-270m")
 
 
 @pytest.fixture(scope="module")
