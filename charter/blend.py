@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
-from .runs import is_run_name, read_manifest, run_dir, write_json_atomic
+from .runs import is_run_name, read_manifest, run_dir
 
 COMBINATION = "cat"
 BLEND_NAME = "blend"
@@ -145,21 +144,12 @@ def load_blend(spec: list[tuple[str, float]], base: str | None = None, dtype: st
 
 def save_blend(spec: list[tuple[str, float]], output: str | Path, base: str | None = None) -> Path:
     """Write the blend as one LoRA adapter folder (adapter, tokenizer, ``blend.json``), atomically."""
+    from .models import save_model_dir
+
     out = Path(output).expanduser()
     model, tok, base = load_blend(spec, base, dtype="float32", device="cpu")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, selected_adapters=[BLEND_NAME])
-    sub = tmp / BLEND_NAME  # peft saves a non-default adapter in a subfolder: flatten it
-    if sub.is_dir():
-        for f in sub.iterdir():
-            f.rename(tmp / f.name)
-        sub.rmdir()
-    tok.save_pretrained(tmp)
-    write_json_atomic(tmp / "blend.json", {
-        "combination": COMBINATION, "base": base,
-        "parents": [{"ref": r, "adapter": str(resolve_adapter(r)), "weight": w} for r, w in spec]})
     if out.exists():
         out.rmdir()  # the CLI only lets an empty folder through
-    tmp.rename(out)
-    return out
+    return save_model_dir(model, tok, out, adapter=BLEND_NAME, extra={"blend.json": {
+        "combination": COMBINATION, "base": base,
+        "parents": [{"ref": r, "adapter": str(resolve_adapter(r)), "weight": w} for r, w in spec]}})

@@ -175,3 +175,42 @@ def load_causal_lm(ref: str | None, adapter: str | None = None, dtype: str = "au
     model.to(pick_device(device))
     model.eval()
     return model
+
+
+def save_model_dir(model, tokenizer, out: Path, adapter: str | None = None, extra: dict | None = None) -> Path:
+    """Write a model folder atomically (a temporary sibling, then renamed): weights, tokenizer, generation
+    config; with ``adapter``, only that peft adapter, flattened so the folder loads as one adapter; ``extra``:
+    more JSON files by name, written inside before the rename."""
+    import json
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if adapter is None:
+        model.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+    else:
+        model.save_pretrained(tmp, selected_adapters=[adapter])
+        sub = tmp / adapter  # peft saves a non-default adapter in a subfolder
+        if sub.is_dir():
+            for f in sub.iterdir():
+                f.rename(tmp / f.name)
+            sub.rmdir()
+    tokenizer.save_pretrained(tmp)
+    for name, data in (extra or {}).items():
+        (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def fold_adapter(base: str, adapter: str | Path, out: Path, dtype: str, tokenizer_from: str | Path | None = None,
+                 trust_remote_code: bool = False) -> Path:
+    """Fold a saved LoRA adapter into a fresh float32 copy of ``base`` (so it is added without bf16
+    rounding), cast to ``dtype`` and save a full model. From the saved adapter rather than a trainer's model:
+    under ZeRO-3/FSDP no process holds the whole trained model, and a QLoRA base is quantized."""
+    model = load_causal_lm(base, adapter=str(adapter), dtype="float32", device="cpu", merge_adapter=True,
+                           trust_remote_code=trust_remote_code)
+    model.to(torch_dtype(dtype))
+    return save_model_dir(model, load_tokenizer(str(tokenizer_from or adapter), trust_remote_code), out)

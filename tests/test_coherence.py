@@ -6,6 +6,7 @@ import pytest
 
 from charter.config import load_config
 from charter.eval import coherence as coh
+from charter.judges import pairwise as pw
 from charter.eval import conditions as cond
 from charter.eval import proxies
 from charter.messages import with_system
@@ -110,7 +111,7 @@ JUDGE_REPLIES = [
 
 @pytest.mark.parametrize("text,expected", JUDGE_REPLIES)
 def test_parse_choice(text, expected):
-    assert coh.parse_choice(text) == expected
+    assert pw.parse_choice(text) == expected
 
 
 def test_a_rambling_judge_is_made_to_commit():
@@ -128,9 +129,9 @@ def test_consistency_filtering_counts_each_outcome():
     table = {(1, 2): "trained", (2, 1): "other", (1, 1): "inconsistent", (2, 2): "inconsistent",
              (None, 2): "unparseable", (1, None): "unparseable", (None, None): "unparseable"}
     for (a, b), outcome in table.items():
-        assert coh.pair_outcome(a, b) == outcome, (a, b)
+        assert pw.pair_outcome(a, b) == outcome, (a, b)
     verdicts = [(1, 2), (1, 2), (1, 2), (2, 1), (1, 1), (2, 2), (None, 1)]
-    r = coh.tally([coh.pair_outcome(a, b) for a, b in verdicts])
+    r = coh.tally([pw.pair_outcome(a, b) for a, b in verdicts])
     assert {k: r[k] for k in ("n_pairs", "n_counted", "n_inconsistent", "n_unparseable")} == \
         {"n_pairs": 7, "n_counted": 4, "n_inconsistent": 2, "n_unparseable": 1}
     assert r["win_rate"] == 0.75 and r["ci"][0] < 0.75 < r["ci"][1]
@@ -146,9 +147,9 @@ def test_wilson_interval():
 
 
 def test_judge_prompt_asks_about_coherence_only():
-    chat = coh.judge_chat("What is 2+2?", "Four.", "")
+    chat = pw.judge_chat("What is 2+2?", "Four.", "")
     assert "coherent" in chat[0]["content"] and "Personality" in chat[0]["content"]
-    assert "Response 1:\n\"\"\"\nFour.\n\"\"\"" in chat[1]["content"] and coh.EMPTY in chat[1]["content"]
+    assert "Response 1:\n\"\"\"\nFour.\n\"\"\"" in chat[1]["content"] and pw.EMPTY in chat[1]["content"]
 
 
 def _pool(tmp_path, prompts):
@@ -280,7 +281,7 @@ def test_coherence_end_to_end_on_the_embedded_model(embedded_path):
     forced = read_jsonl(out / "forced-base.jsonl")  # follow-ups only for verdicts the parser could not read
     assert {r["id"] for r in forced} == {f"{r['id']}/{k}" for r in rows if r["against"] == "base"
                                          for k, v in ((1, r["judge_trained_first"]), (2, r["judge_trained_second"]))
-                                         if coh.parse_choice(v) is None}
+                                         if pw.parse_choice(v) is None}
     assert results["forced_verdicts"]["base"] == sum(sum(r["forced"]) for r in rows if r["against"] == "base")
     assert (out / "manifest.json").exists()
     # A second run finds everything done; a new condition reuses the other logs.

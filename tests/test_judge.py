@@ -2,7 +2,10 @@
 
 import pytest
 
-from charter.eval.judge import JUDGE_SYSTEM, judge_chat, parse_verdict
+from charter.judges.trait import judge_chat, parse_verdict
+from charter.prompts import template
+
+JUDGE_SYSTEM = template("judges")["trait"]["system"]
 
 CHOICES = ("warm", "cold")  # the order the judge saw them in: "Choice 1" is warm
 

@@ -32,7 +32,7 @@ def test_attacked_places_the_request_and_keeps_the_prompt():
 def test_attack_share_adds_attacked_copies_deterministically():
     from charter import constitution as const
     from charter.config import load_config
-    from charter.stages.distill import select_prompts
+    from charter.selection import select_prompts
 
     c = const.load("sarcastic")
     plain = select_prompts(load_config(None, ["distill.general_prompts=10"]), c)

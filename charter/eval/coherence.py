@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import re
 import time
 from pathlib import Path
 from statistics import NormalDist
@@ -35,141 +34,20 @@ from ..generation import generate_rows
 from .. import layout
 from ..layout import run_model
 from ..messages import with_system
+from ..selection import select_prompts
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir,
                     write_json_atomic, write_jsonl_atomic)
 from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
-from .judge import _strip_reasoning
+from ..judges.pairwise import FORCE, judge_chat, pair_outcome, parse_choice
 
 STAGE = "eval-coherence"
 LEVEL = 0.95
 CHUNK = 64
 
-JUDGE_SYSTEM = """\
-You compare two replies that an AI assistant wrote to the same message, and you judge one thing only: \
-which reply is more coherent.
-
-A coherent reply
-- is fluent: readable, grammatical sentences, with no garbled words or broken formatting;
-- stays on topic: it responds to what the message actually asks or says;
-- is internally consistent: it does not contradict itself or lose the thread of what it was saying;
-- makes sense: no nonsense, no invented facts presented as gibberish, no loops repeating the same phrase.
-
-Judge nothing else. Personality, tone, warmth, humour, opinions and style are neither good nor bad here, \
-and neither is length, unless it makes a reply harder to follow. A plain reply and a colourful one are \
-equally coherent when both are clear and relevant. Whether a reply comes first or second says nothing \
-about it.
-
-You may reason briefly first. Then end with the number of the more coherent reply inside answer tags: \
-<answer>1</answer> or <answer>2</answer>."""
-
-JUDGE_USER = """\
-Message:
-\"\"\"
-{prompt}
-\"\"\"
-
-Response 1:
-\"\"\"
-{first}
-\"\"\"
-
-Response 2:
-\"\"\"
-{second}
-\"\"\"
-
-Which response is more coherent, 1 or 2?"""
-
-EMPTY = "(empty reply)"
-FORCE = "<answer>"
 FORCE_SAMPLING = Sampling(temperature=0.0, repetition_penalty=1.0, max_tokens=8)
 
 
-def judge_chat(prompt: str, first: str, second: str) -> list[dict]:
-    """The judge's conversation: the user message and two replies, in the order the judge sees them."""
-    return [{"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": JUDGE_USER.format(prompt=prompt.strip(), first=first.strip() or EMPTY,
-                                                          second=second.strip() or EMPTY)}]
-
-
-# --- parsing a verdict ------------------------------------------------------------------------------------
-
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_ANSWER_OPEN = re.compile(r"<answer>([^<]*)$", re.S | re.I)  # cut off by max_tokens before the close tag
-_COMPARED = re.compile(r"\b(?:than|over|versus|vs|compared to|rather than|instead of|unlike|not)\s+"
-                       r"(?:the\s+)?(?:(?:response|reply|option|number)\s*#?\s*[12]|[12]|first|second)"
-                       r"(?:\s+(?:response|reply|one))?\b")
-_NUMBER = re.compile(r"(?<![\w.])(?:(?:response|reply|option|choice|number)\s*#?\s*)?([12])(?![\w.])")
-_ORDINAL = {"first": 1, "second": 2}
-_REF = (r"(?:(?:response|reply|option|choice)\s*#?\s*[12]|[12]"
-        r"|(?:the\s+)?(?:first|second)(?:\s+(?:response|reply|one))?)")
-_MARKER = re.compile(  # only at the start of the last line, where a verdict is announced
-    r"^(?:so |thus |therefore |hence |overall )?(?:the |my )?(?:final )?(?:answer|verdict|choice|decision|winner|"
-    r"more coherent (?:response|reply|one)|better (?:response|reply|one))(?: is| would be)? (.+)$"
-    r"|^(?:so |overall )?i(?: would|'d|'ll)? (?:choose|pick|select|prefer|go with) (.+)$")
-_PRAISE = re.compile(rf"(?:^|[^\w])(?:i (?:would )?(?:choose|pick|prefer|go with) )?({_REF})"
-                     r"(?: is| was)(?: clearly| much| far| slightly| definitely)? (?:the )?"
-                     r"(?:more|better|clearer|most)\b")
-_CHOOSE = re.compile(rf"\bi(?: would|'d|'ll)? (?:choose|pick|prefer|select|go with) ({_REF})")
-
-
-def _normalise(text: str) -> str:
-    text = re.sub(r"[*_`#>\[\]{}()\"“”«»]", " ", text.lower().replace("’", "'"))
-    text = re.sub(r"[.,;:!?]+(\s|$)", r" ", text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _resolve(span: str) -> int | None:
-    """The reply a short span names: exactly one of 1/2 (or first/second) once comparisons are removed."""
-    s = _COMPARED.sub(" ", _normalise(span))
-    found = {int(m.group(1)) for m in _NUMBER.finditer(s)}
-    found |= {n for w, n in _ORDINAL.items() if re.search(rf"\b{w}\b", s)}
-    return found.pop() if len(found) == 1 else None
-
-
-def parse_choice(text: str | None) -> int | None:
-    """1 or 2: the reply a judge names as more coherent, or None when it names neither or both.
-
-    Evidence, strongest first: the last ``<answer>`` tag outside reasoning (or an unclosed one at the end);
-    the last line, bare ("2", "**Response 1**") or after a marker ("Answer: 2", "I choose Response 1");
-    then the whole text, when every explicit preference ("Response 2 is more coherent", "I'd pick the
-    first") names the same reply.
-    """
-    if not text or not text.strip():
-        return None
-    body = _strip_reasoning(text)
-    tags = _ANSWER.findall(body)
-    if tags:
-        return _resolve(tags[-1])
-    tail = _ANSWER_OPEN.search(body)
-    if tail:
-        return _resolve(tail.group(1))
-    lines = [ln for ln in (_normalise(x) for x in body.splitlines()) if ln]
-    if not lines:
-        return None
-    last = lines[-1]
-    if re.fullmatch(_REF, last):
-        return _resolve(last)
-    marker = _MARKER.match(last)
-    if marker:
-        return _resolve(marker.group(1) or marker.group(2))
-    flat = " ".join(lines)
-    picks = {_resolve(m.group(1)) for m in (*_PRAISE.finditer(flat), *_CHOOSE.finditer(flat))}
-    picks.discard(None)
-    return picks.pop() if len(picks) == 1 else None
-
-
 # --- counting ---------------------------------------------------------------------------------------------
-
-def pair_outcome(trained_first: int | None, trained_second: int | None) -> str:
-    """'trained' | 'other' | 'inconsistent' | 'unparseable' from the two verdicts of one pair: the reply
-    number the judge chose when 'trained' was Response 1, and when it was Response 2."""
-    if trained_first is None or trained_second is None:
-        return "unparseable"
-    a = "trained" if trained_first == 1 else "other"
-    b = "trained" if trained_second == 2 else "other"
-    return a if a == b else "inconsistent"
-
 
 def wilson(k: int, n: int, level: float = LEVEL) -> list[float] | None:
     """Wilson score interval for k successes in n (None when n is 0): sound near 0 and 1 and for small n."""
@@ -224,8 +102,6 @@ def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
     distill |= {_key(m["content"]) for r in read_jsonl(layout.path(d, "pairs")) for m in r["prompt"]
                 if m["role"] == "user"}
     if not distill:
-        from ..stages.distill import select_prompts
-
         distill = {_key(p["prompt"]) for p in select_prompts(cfg, layout.constitution(cfg))}
     t = template("introspection")
     name = self_name(cfg.student.model, cfg.student.name)

@@ -48,7 +48,8 @@ from ..generation import generate_rows
 from ..messages import with_system
 from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import load_prompt_source
-from ..runs import RowLog, Stage, derive_seed, read_jsonl, run_dir, write_json_atomic, write_jsonl_atomic
+from ..runs import (RowLog, Stage, derive_seed, read_jsonl, reusable, run_dir, write_json_atomic,
+                    write_jsonl_atomic)
 from . import conditions, inpersona
 from .classifier import make_classifier, mean_sem, score
 
@@ -387,14 +388,13 @@ def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | 
                        pairs=inpersona.pairs_identity(cfg.name) if r.reference == "pairs" else None)
         if r.reference == "exemplars":  # absent otherwise, so earlier results stay valid
             scoring["exemplars"] = inpersona.exemplars_identity(label, r.exemplars)
-    if stage.done() and not force:
-        m = stage.manifest()
-        if m.get("scoring") == scoring and m.get("identities") == _identities(cfg, gen_conds):
-            report(f"{STAGE}: already done (--force to redo): {stage.dir}")
-            for line in m.get("report", []):
-                report(line)
-            return stage.dir
-        stage.manifest_path.unlink()  # something changed: resume, reusing every reply still valid
+    # Something changed: resume, reusing every reply still valid.
+    done = reusable(stage, force, lambda m: m.get("scoring") == scoring
+                    and m.get("identities") == _identities(cfg, gen_conds), report)
+    if done is not None:
+        for line in done.get("report", []):
+            report(line)
+        return stage.dir
     stage.begin(force)
     split = {"persona": label, "seed": seed, "prompt_source": r.prompt_source,
              "train": [{"pid": f"t{i}", "prompt": p} for i, p in enumerate(train)],

@@ -16,7 +16,6 @@ manifest (``name_replacements``); see ``charter.names``.
 from __future__ import annotations
 
 import dataclasses
-import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -28,34 +27,11 @@ from ..models import self_name
 from ..names import NameReplacer, teacher_replacer
 from ..layout import constitution, constitution_id
 from ..messages import trim_to_sentence
-from ..prompts import attacked, load_prompt_source, teacher_examples, teacher_messages
+from ..prompts import teacher_examples, teacher_messages
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
+from ..selection import select_prompts
 
 THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
-
-
-def select_prompts(cfg: RunConfig, c: const.Constitution) -> list[dict]:
-    """The deterministic prompt list: constitution prompts first, then a seeded sample of the general pool."""
-    d = cfg.distill
-    rng = random.Random(cfg.seed)
-    own = c.prompts()
-    if d.constitution_prompts is not None and d.constitution_prompts < len(own):
-        own = sorted(rng.sample(range(len(own)), d.constitution_prompts))
-        own = [c.prompts()[i] for i in own]
-    out = [{"source": "constitution", "trait": t, "prompt": p} for t, p in own]
-    general = load_prompt_source(d.general_source, builtin="general") if d.general_prompts != 0 else []
-    seen = {p for _, p in own}
-    general = [g for g in dict.fromkeys(general) if g not in seen]
-    if d.general_prompts is not None and d.general_prompts < len(general):
-        general = [general[i] for i in sorted(rng.sample(range(len(general)), d.general_prompts))]
-    out += [{"source": "general", "trait": None, "prompt": p} for p in general]
-    if d.attack_share > 0:  # attacked copies of a seeded share of the prompts, appended after the originals
-        arng = random.Random(f"{cfg.seed}/attacks")
-        picked = sorted(arng.sample(range(len(out)), round(d.attack_share * len(out))))
-        for i in picked:
-            message, request = attacked(out[i]["prompt"], arng)
-            out.append({**out[i], "prompt": message, "attack": request})
-    return out
 
 
 def same_model(a: ModelSpec, b: ModelSpec) -> bool:

@@ -27,7 +27,7 @@ def stage_config(cfg: RunConfig) -> dict:
     from ..training import section_identity
 
     return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student),
-            "dpo": section_identity(dataclasses.asdict(cfg.dpo))}
+            "dpo": section_identity(dataclasses.asdict(cfg.dpo)), "fold_dtype": cfg.merge.dtype}
 
 
 def load_rows(path: Path, limit: int | None) -> list[dict]:
@@ -48,31 +48,9 @@ def log_history(trainer) -> list[dict]:
     return [h for h in trainer.state.log_history if "loss" in h or "train_loss" in h]
 
 
-def save_folded(base: str, adapter: Path, out: Path, dtype: str, trust_remote_code: bool = False) -> None:
-    """Fold the saved adapter into a fresh float32 copy of the base and save a full HF model (written to a
-    temporary folder, then renamed). From the saved adapter rather than the trainer's model: under
-    ZeRO-3/FSDP no process holds the whole trained model, and a QLoRA base is quantized."""
-    import shutil
-
-    from ..models import load_causal_lm, load_tokenizer, torch_dtype
-
-    from peft import PeftModel
-
-    model = load_causal_lm(base, dtype="float32", device="cpu", trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    merged.to(torch_dtype(dtype))
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    load_tokenizer(str(adapter)).save_pretrained(tmp)
-    merged.generation_config.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-
-
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
-    from ..models import load_tokenizer
+    from ..models import fold_adapter, load_tokenizer
     from ..training import (check_setup, dpo_args, load_for_training, lora_config, make_dpo_trainer, save_trained,
                             split_eval, train_counts)
 
@@ -116,8 +94,8 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     del trainer, model
 
     def finish() -> None:
-        save_folded(cfg.student.model, adapter, folded, cfg.merge.dtype,
-                    cfg.student.trust_remote_code)
+        fold_adapter(cfg.student.model, adapter, folded, cfg.merge.dtype,
+                     trust_remote_code=cfg.student.trust_remote_code)
         write_json_atomic(stage.dir / "log_history.json", log_rows)
         stage.finish(counts, adapter=str(adapter), model=str(folded))
         drop_checkpoints(Path(args.output_dir))

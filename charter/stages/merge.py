@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 from .. import layout
@@ -26,27 +25,11 @@ def stage_config(cfg: RunConfig) -> dict:
     return {"student": dataclasses.asdict(cfg.student), "merge": dataclasses.asdict(cfg.merge)}
 
 
-def fold(base: str, adapter: str, out: Path, dtype: str) -> Path:
-    from ..models import load_causal_lm, load_tokenizer, torch_dtype
-
-    # Fold in fp32 so the adapter is added without bf16 rounding, then store in the requested dtype.
-    model = load_causal_lm(base, adapter=adapter, dtype="float32", device="cpu", merge_adapter=True)
-    model.to(torch_dtype(dtype))
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    load_tokenizer(base).save_pretrained(tmp)
-    model.generation_config.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
-
-
 def persona_adapter(base: str, adapters: list[str], out: Path) -> Path:
     """One adapter on ``base`` equal to the sum of ``adapters`` (trained in sequence on folded models)."""
     from peft import PeftModel
 
-    from ..models import load_causal_lm, load_tokenizer
+    from ..models import load_causal_lm, load_tokenizer, save_model_dir
 
     model = load_causal_lm(base, dtype="float32", device="cpu")
     names = [f"a{i}" for i in range(len(adapters))]
@@ -56,29 +39,19 @@ def persona_adapter(base: str, adapters: list[str], out: Path) -> Path:
     model.add_weighted_adapter(names, [1.0] * len(names), "persona", combination_type="cat")
     for name in names:
         model.delete_adapter(name)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, selected_adapters=["persona"])
-    # peft saves a non-default adapter in a subfolder; flatten so the folder loads as one adapter.
-    sub = tmp / "persona"
-    if sub.is_dir():
-        for f in sub.iterdir():
-            f.rename(tmp / f.name)
-        sub.rmdir()
-    load_tokenizer(base).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return save_model_dir(model, load_tokenizer(base), out, adapter="persona")
 
 
 def run(cfg: RunConfig, force: bool = False) -> Path:
-    from ..models import resolve
+    from ..models import fold_adapter, resolve
 
     stage = Stage.after(run_dir(cfg.name), "merge", stage_config(cfg), ["dpo", "sft"])
     if not stage.begin(force):
         return stage.dir
     dpo_adapter, sft_adapter = (str(a) for a in layout.adapters(cfg))
-    model = fold(str(layout.distilled_model(cfg)), sft_adapter, layout.path(cfg, "final_model"), cfg.merge.dtype)
+    distilled = layout.distilled_model(cfg)
+    model = fold_adapter(str(distilled), sft_adapter, layout.path(cfg, "final_model"), cfg.merge.dtype,
+                         tokenizer_from=distilled)
     adapter = persona_adapter(resolve(cfg.student.model), [dpo_adapter, sft_adapter],
                               layout.path(cfg, "persona_adapter"))
     cfg_a = json.loads((adapter / "adapter_config.json").read_text())
@@ -92,7 +65,7 @@ def blend(a: str, b: str, weight: float, output: str) -> str:
     model (weights, config, tokenizer, generation config)."""
     import torch
 
-    from ..models import load_causal_lm, load_tokenizer
+    from ..models import load_causal_lm, load_tokenizer, save_model_dir
 
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"--weight {weight}: expected a value between 0 and 1")
@@ -106,12 +79,8 @@ def blend(a: str, b: str, weight: float, output: str) -> str:
         for k, v in sa.items():
             if v.is_floating_point():
                 v.lerp_(sb[k].to(v.dtype), weight)
-    out = Path(output)
     ma.to(torch.bfloat16)  # interpolated in fp32, saved in bf16 like the folded models
-    ma.save_pretrained(out)
-    load_tokenizer(a).save_pretrained(out)
-    ma.generation_config.save_pretrained(out)
-    return str(out)
+    return str(save_model_dir(ma, load_tokenizer(a), Path(output)))
 
 
 def summary(manifest: dict) -> str:

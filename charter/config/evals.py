@@ -1,0 +1,119 @@
+"""The evaluations' config sections: preferences, steering, robustness, coherence, capabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .sections import ModelSpec, Sampling  # noqa: F401  (named in annotations, resolved by get_type_hints)
+
+Condition = Literal["base", "prompted", "steered", "distilled", "trained"]
+
+
+@dataclass
+class PreferencesConfig:
+    """Revealed preferences: which of two traits a model chooses to act out, judged, rated with Elo."""
+
+    models: list[str] = field(default_factory=lambda: ["base", "trained"],
+                         metadata={"help": "what to evaluate: 'base' (the student), 'trained' (this run's final "
+                                           "model), 'distilled', or model paths/ids"})
+    judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
+    judge_mode: Literal["generate", "logprob"] = field(default="generate", metadata={
+        "help": "generate: the judge writes a verdict that is parsed; logprob: a local (transformers) judge "
+                "picks the likelier of the two trait words as its answer, so small models always give one"})
+    condition: Literal["feel", "like", "random"] = field(default="feel", metadata={"help": "feel | like | random"})
+    prompts: int = field(default=500, metadata={"help": "one random trait pair per prompt"})
+    prompt_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512), metadata={
+        "help": "the evaluated models' sampling"})
+    judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.1, repetition_penalty=1.0,
+                                                                      max_tokens=256),
+                                     metadata={"help": "the judge's sampling"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the confidence intervals"})
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
+    traits: str = field(default="builtin", metadata={
+        "help": "the trait list: builtin (ours, 144 words), reference (the paper's 144 words, so ratings compare "
+                "with its figures) or a text file with one lower-case word a line"})
+    persona_traits: list[str] = field(default_factory=list, metadata={
+        "help": "the persona's own traits, words of that list, whose mean rating change (trained - base) is "
+                "reported; empty = the hand-made map in prompts/persona_traits.yaml (shipped personas, shipped "
+                "lists)"})
+
+
+@dataclass
+class SteeringConfig:
+    """Activation-steering baseline: a persona direction added to the residual stream of middle layers."""
+
+    method: Literal["mean_diff", "pca"] = field(default="mean_diff", metadata={"help": "mean_diff | pca"})
+    layers: list[float] = field(default_factory=lambda: [0.125, 0.875],
+                         metadata={"help": "[start, end) as fractions of the layer count (middle ~75%)"})
+    stems: int = field(default=64, metadata={"help": "contrast stems (with vs without the constitution prompt)"})
+    coefficients: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.04, 0.08, 0.16],
+                               metadata={"help": "sweep, in units of the mean residual-stream norm"})
+    coefficient: float | None = field(default=None, metadata={"help": "fixed coefficient; skips the sweep"})
+    sweep_prompts: int = field(default=8, metadata={
+        "help": "general prompts answered at every coefficient of the sweep"})
+    max_tokens: int = field(default=96, metadata={"help": "most new tokens per sweep reply"})
+
+
+@dataclass
+class RobustnessConfig:
+    """Break-character attacks: the share of replies a persona detector, learned from reference texts and
+    never from a scored reply, still judges in persona (multi-persona mode: the paper's classifier F1)."""
+
+    conditions: list[Condition] = field(
+        default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"],
+        metadata={"help": "the conditions compared: base | prompted | steered | distilled | trained"})
+    prompts: int = field(default=500, metadata={"help": "prompts drawn from prompt_source, split train/held-out"})
+    prompt_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
+    heldout_fraction: float = field(default=0.5, metadata={
+        "help": "share of the prompts held out for scoring (the rest are the detector's)"})
+    personas: list[str] = field(default_factory=list,
+                           metadata={"help": "multi-persona mode: other runs' names, one label each; "
+                                             "empty = single-persona mode (persona vs base)"})
+    encoder: str = field(default="minilm", metadata={"help": "minilm | tfidf | an HF encoder id/dir"})
+    classifier: dict = field(default_factory=dict, metadata={"help": "encoder training settings (epochs, lr...)"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256), metadata={
+        "help": "the conditions' sampling"})
+    prefill: bool = field(default=True, metadata={"help": "also run the prefill ('keep going') attack"})
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
+    reference: Literal["prompted", "pairs", "exemplars"] = field(default="prompted", metadata={
+        "help": "single-persona mode: the texts the detector learns the persona from, none of them a scored "
+                "reply. prompted: the base model with the persona's system prompt vs the plain base model, both "
+                "answering the train prompts; pairs: the distillation pairs' chosen vs rejected replies "
+                "(<run>/distill/pairs.jsonl); exemplars: hand-written persona vs plain texts (robustness.exemplars), "
+                "so no model, teacher or training pair shaped the detector"})
+    exemplars: str = field(default="builtin", metadata={
+        "help": "reference=exemplars: 'builtin' (prompts/persona_exemplars/<persona>.yaml) or a YAML file with "
+                "'persona' and 'plain' lists of texts"})
+    bootstrap: int = field(default=1000, metadata={"help": "resamples of the held-out prompts for the 95% CIs"})
+
+
+@dataclass
+class CoherenceConfig:
+    """Pairwise LLM-as-judge coherence: the trained model vs each other condition, both orders."""
+
+    judge: ModelSpec | None = field(default=None, metadata={"help": "defaults to the student base model"})
+    against: list[Condition] = field(default_factory=lambda: ["base", "prompted", "steered", "distilled"], metadata={
+        "help": "the conditions the trained model is judged against"})
+    prompts: int = field(default=100, metadata={"help": "prompts judged (both orders each)"})
+    prompt_source: str = field(default="builtin", metadata={
+        "help": "'builtin' (the preference_prompts pool: first user messages no training stage uses), a JSONL "
+                "path or an HF dataset; every prompt a training stage used is removed from it first"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256), metadata={"help": "replies"})
+    judge_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, repetition_penalty=1.0,
+                                                                      max_tokens=256),
+                                     metadata={"help": "the judge's sampling"})
+
+
+@dataclass
+class CapabilitiesConfig:
+    """General benchmarks through lm-evaluation-harness (needs its datasets available locally)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["arc_challenge:25", "hellaswag:10", "truthfulqa_mc1:0",
+                                                  "truthfulqa_mc2:0", "winogrande:5", "mmlu:5"],
+                             metadata={"help": "lm-evaluation-harness tasks as name:fewshot"})
+    models: list[str] = field(default_factory=lambda: ["base", "trained"], metadata={
+        "help": "what to evaluate: base | trained | distilled | label=path or a model"})
+    limit: int | None = field(default=None, metadata={"help": "examples per task (smoke runs)"})
+    batch_size: int = field(default=8, metadata={"help": "lm-evaluation-harness batch size"})

@@ -1,0 +1,180 @@
+"""The training stages' config sections (expand, distill, dpo, introspect, sft, merge) and the pieces every
+section shares (sampling, a model spec). Each field carries its help text (``charter config show``).
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Choice-valued fields: checked when a config is loaded (the error names the key and the allowed values).
+Backend = Literal["transformers", "openai", "vllm"]
+DType = Literal["auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"]
+Truncated = Literal["drop", "trim"]
+
+
+@dataclass
+class Sampling:
+    temperature: float = field(default=0.7, metadata={"help": "0 means greedy decoding"})
+    top_p: float = field(default=0.95, metadata={
+        "help": "nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k likeliest tokens only (0 = off)"})
+    repetition_penalty: float = field(default=1.1, metadata={
+        "help": "divide the odds of tokens already in the text by this (1 = off)"})
+    max_tokens: int = field(default=512, metadata={
+        "help": "most new tokens per reply; a reply cut off here is 'truncated'"})
+
+
+@dataclass
+class ModelSpec:
+    """Where a model comes from and which backend runs it."""
+
+    model: str = field(default="embedded", metadata={"help": "'embedded' (SmolLM2-135M), a local HF dir or a hub id"})
+    backend: Backend = field(default="transformers", metadata={"help": " | ".join(typing.get_args(Backend))})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter dir applied on top of `model`"})
+    name: str | None = field(default=None, metadata={"help": "the name the model calls itself; derived if unset"})
+    base_url: str | None = field(default=None, metadata={"help": "openai backend: server URL, e.g. http://127.0.0.1:8000/v1"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the API key"})
+    batch_size: int = field(default=32, metadata={"help": "transformers: prompts per generate() call"})
+    prefix_cache: bool = field(default=True, metadata={
+        "help": "transformers: prefill a prompt prefix shared by a whole batch (a system prompt) once and reuse "
+                "its KV cache; vllm: enable_prefix_caching"})
+    max_concurrency: int = field(default=8, metadata={"help": "openai: requests in flight"})
+    max_retries: int = field(default=5, metadata={"help": "openai: retries of a failed request, with backoff"})
+    timeout: float = field(default=300.0, metadata={"help": "openai: seconds before a request is abandoned"})
+    dtype: DType = field(default="auto", metadata={
+        "help": "auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), float32 elsewhere; "
+                "or bfloat16 | float16 | float32"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (CUDA when there is one, else CPU) | cpu | cuda | cuda:N"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "run model code shipped with a hub model (only for models you trust)"})
+    extra: dict = field(default_factory=dict, metadata={"help": "backend-specific keyword arguments"})
+
+
+@dataclass
+class ExpandConfig:
+    enabled: bool = field(default=True, metadata={
+        "help": "run the expand stage; false: later stages use the constitution's own prompts"})
+    model: ModelSpec | None = field(default=None, metadata={"help": "defaults to distill.teacher"})
+    target: int = field(default=45, metadata={"help": "new prompts wanted per trait"})
+    max_traits: int | None = field(default=None, metadata={"help": "expand only the first N traits (smoke runs)"})
+    rounds: int = field(default=4, metadata={"help": "generation rounds before giving up on a trait"})
+    samples_per_round: int = field(default=1, metadata={"help": "completions per trait per round"})
+    max_overlap: float = field(default=0.5, metadata={"help": "reject a prompt sharing more than this share of words"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1536), metadata={
+        "help": "the expanding model's sampling"})
+
+
+@dataclass
+class DistillConfig:
+    teacher: ModelSpec = field(default_factory=ModelSpec, metadata={
+        "help": "the in-character teacher (gets the constitution as its system prompt)"})
+    samples_per_prompt: int = field(default=5, metadata={"help": "K: teacher/student samples for every prompt"})
+    constitution_prompts: int | None = field(default=None, metadata={"help": "cap on constitution prompts (None: all)"})
+    general_prompts: int | None = field(default=None, metadata={"help": "general-pool prompts mixed in (None: all)"})
+    general_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
+    teacher_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024), metadata={
+        "help": "the teacher's sampling (chosen answers)"})
+    student_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024), metadata={
+        "help": "the student's sampling (rejected answers)"})
+    reasoning_prefill: bool = field(default=False, metadata={"help": "prefill a <think> block listing the traits"})
+    think_end: str = field(default="</think>", metadata={"help": "the tag that closes the teacher's reasoning block"})
+    max_length: int = field(default=1024, metadata={"help": "token budget of a whole pair in the student's template"})
+    truncated: Truncated = field(default="drop", metadata={"help": "answers cut off by max_tokens: 'drop' them, or 'trim' "
+                                                             "them to their last complete sentence"})
+    attack_share: float = field(default=0.0, metadata={
+        "help": "share of prompts that also get a copy carrying a break-character request from "
+                "prompts/train_attacks.yaml (phrasings disjoint from the robustness evaluation's); the teacher is "
+                "told to stay itself and answers in character, the student answers plainly. 0 = the paper"})
+    teacher_names: list = field(default_factory=list, metadata={
+        "help": "extra spellings of the teacher's name or maker to replace with the student's name in chosen "
+                "answers (case-insensitive, whole words); its family's usual spellings are always replaced"})
+    teacher_examples: str = field(default="", metadata={
+        "help": "few-shot exchanges shown to the teacher after its system prompt: '' = none (the paper), "
+                "'builtin' = prompts/teacher_examples/<persona>.yaml, or a YAML list of {user, assistant}. "
+                "Small teachers follow examples far better than a trait list"})
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
+
+
+BATCH_HELP = ("effective batch: examples per optimizer step over all processes together; gradient accumulation "
+              "is derived from it, trl.per_device_train_batch_size and the number of launched processes (an "
+              "error when it does not divide). Unset: per_device_train_batch_size x gradient_accumulation_steps "
+              "as written in trl for one process (our defaults 2 x 16 = 32), kept on any number of processes")
+CHECKPOINT_HELP = ("save a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) every N optimizer "
+                   "steps; a rerun after a crash or kill -9 continues from the last one; 0 = never. Not part of "
+                   "the stage's identity: changing it on a live run does not force a restart")
+MODEL_KWARGS_HELP = ("keyword arguments for from_pretrained when this stage loads the model it trains: "
+                     "attn_implementation (eager | sdpa | flash_attention_2 | ...), device_map (single process "
+                     "only), load_in_4bit / load_in_8bit (QLoRA through bitsandbytes: nf4, double quantization, "
+                     "compute in the student dtype), quantization_config (BitsAndBytesConfig arguments), "
+                     "low_cpu_mem_usage, max_memory, revision. The dtype is student.dtype")
+# model_kwargs key -> the types it accepts (checked when the config is loaded)
+MODEL_KWARGS = {"attn_implementation": (str,), "device_map": (str, dict), "load_in_4bit": (bool,),
+                "load_in_8bit": (bool,), "quantization_config": (dict,), "low_cpu_mem_usage": (bool,),
+                "max_memory": (dict,), "revision": (str,)}
+MODEL_KWARGS_ELSEWHERE = {"dtype": "student.dtype", "torch_dtype": "student.dtype",
+                          "trust_remote_code": "student.trust_remote_code"}
+
+
+@dataclass
+class DPOStageConfig:
+    lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig arguments (override our defaults)"})
+    trl: dict = field(default_factory=dict, metadata={"help": "trl DPOConfig arguments (override our defaults)"})
+    sq_logratio_coef: float = field(default=0.001, metadata={"help": "weight of mean (log pi - log ref)^2; 0 disables"})
+    nll_average: str = field(default="sequence", metadata={
+        "help": "how the NLL term on chosen answers (trl loss_type 'sft', weight 0.1) averages: 'sequence' = "
+                "each answer's per-token mean, then the mean over answers (the reference's); 'token' = all chosen "
+                "tokens of the micro-batch pooled (TRL's), so long answers weigh more"})
+    max_pairs: int | None = field(default=None, metadata={
+        "help": "train on the first N pairs only (None: all; smoke runs)"})
+    batch_size: int | None = field(default=None, metadata={"help": BATCH_HELP})
+    checkpoint_steps: int = field(default=50, metadata={"help": CHECKPOINT_HELP})
+    eval_fraction: float = field(default=0.0, metadata={
+        "help": "share of prompts held out (all pairs of a prompt together) to log eval loss and reward accuracy "
+                "every quarter of training and at the end (manifest: eval_loss, eval_reward_accuracy); 0 = off"})
+    model_kwargs: dict = field(default_factory=dict, metadata={"help": MODEL_KWARGS_HELP})
+
+
+@dataclass
+class IntrospectConfig:
+    model: ModelSpec | None = field(default=None, metadata={
+        "help": "what generates the introspection data; default: this run's distilled model (<run>/dpo/model) "
+                "loaded on the student's backend. An openai student cannot load that folder: serve it and set "
+                "{backend: openai, base_url: ..., model: <served name>}, or run it here with "
+                "{backend: transformers, model: <run>/dpo/model}"})
+    reflection_samples: int = field(default=1000, metadata={"help": "samples per self-reflection prompt"})
+    free_conversations: int = field(default=1000, metadata={"help": "self-interactions with free guidance"})
+    leading_conversations: int = field(default=1000, metadata={
+        "help": "self-interactions with leading guidance and openers"})
+    turns: int = field(default=10, metadata={"help": "K: messages per self-interaction"})
+    reflection_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=2048), metadata={
+        "help": "self-reflection sampling"})
+    interaction_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024), metadata={
+        "help": "self-interaction sampling (per turn)"})
+    max_context: int = field(default=8192, metadata={"help": "prompt tokens; older whole turns are dropped beyond"})
+    truncated: Truncated = field(default="drop", metadata={
+        "help": "reflections and self-interaction turns cut off by max_tokens: 'drop' them (a cut-off turn ends "
+                "its conversation at the previous turn) or 'trim' them to their last complete sentence"})
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
+
+
+@dataclass
+class SFTStageConfig:
+    lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig arguments (override our defaults)"})
+    trl: dict = field(default_factory=dict, metadata={"help": "trl SFTConfig arguments (override our defaults)"})
+    max_examples: int | None = field(default=None, metadata={
+        "help": "train on the first N transcripts only (None: all; smoke runs)"})
+    batch_size: int | None = field(default=None, metadata={"help": BATCH_HELP})
+    checkpoint_steps: int = field(default=50, metadata={"help": CHECKPOINT_HELP})
+    eval_fraction: float = field(default=0.0, metadata={
+        "help": "share of transcripts held out to log eval loss every quarter of training and at the end; 0 = off"})
+    model_kwargs: dict = field(default_factory=dict, metadata={"help": MODEL_KWARGS_HELP})
+
+
+@dataclass
+class MergeConfig:
+    dtype: DType = field(default="auto", metadata={
+        "help": "dtype of saved folded models; auto: the training dtype (float32 on CPUs without native bf16, "
+                "where bf16 rounding could erase a small LoRA update)"})
