@@ -55,7 +55,7 @@ def rate(hits: list[float], n_boot: int, seed: int) -> dict:
 
 
 def balanced_accuracy(det, persona_texts, base_texts, label, n_boot, seed) -> dict:
-    from charter.eval.classifier import proba_of
+    from charter.classifier import proba_of
     from charter.eval.inpersona import bootstrap_rate
 
     p = proba_of(det, persona_texts, label)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     from charter.blend import add_blend, attach, common_base, resolve_adapter
     from charter.config import ModelSpec, Sampling
     from charter.constitution import teacher_system_prompt
-    from charter.eval.classifier import make_classifier, proba_of
+    from charter.classifier import make_classifier, proba_of
     from charter.messages import with_system
     from charter.models import load_causal_lm, load_tokenizer, self_name
     from charter.prompts import load_prompt_source

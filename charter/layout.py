@@ -34,6 +34,7 @@ STAGES: tuple[StageInfo, ...] = (
     StageInfo("introspect", "self-reflection and self-interaction transcripts -> SFT set"),
     StageInfo("sft", "SFT + LoRA on the introspection transcripts"),
     StageInfo("merge", "fold DPO and SFT into the final model; export one persona adapter"),
+    StageInfo("rl", "online RL (GRPO): persona, judge and coherence rewards, attacks in the loop (rl.enabled)"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
@@ -74,13 +75,16 @@ OUTPUTS: dict[str, Output] = {
     "sft_adapter": Output("sft", "adapter", "charter sft"),
     "final_model": Output("merge", "model", "charter merge"),
     "persona_adapter": Output("merge", "persona-adapter", "charter merge"),
+    "rl_prompts": Output("rl", "prompts.jsonl", "charter rl"),
+    "rl_adapter": Output("rl", "adapter", "charter rl"),
+    "rl_model": Output("rl", "model", "charter rl"),
     "steering": Output(STEERING, "", "charter eval steering"),
 }
 
 # The models a run makes that evaluations compare: label -> (stage folder, model folder inside it).
-RUN_MODELS: dict[str, tuple[str, str]] = {
-    label: (OUTPUTS[key].stage, OUTPUTS[key].sub) for label, key in (("distilled", "distilled_model"),
-                                                                    ("trained", "final_model"))}
+RUN_MODEL_KEYS = {"distilled": "distilled_model", "trained": "final_model", "rl": "rl_model"}
+RUN_MODELS: dict[str, tuple[str, str]] = {label: (OUTPUTS[key].stage, OUTPUTS[key].sub)
+                                          for label, key in RUN_MODEL_KEYS.items()}
 
 
 class MissingOutput(RuntimeError):
@@ -146,11 +150,12 @@ def steering_dir(cfg: RunConfig) -> Path:
 
 
 def run_model(cfg: RunConfig, label: str) -> Path:
-    """A run model ('distilled' or 'trained') of a finished stage; ``MissingOutput`` otherwise."""
-    key = {"distilled": "distilled_model", "trained": "final_model"}[label]
+    """A run model ('distilled', 'trained' or 'rl') of a finished stage; ``MissingOutput`` otherwise."""
+    key = RUN_MODEL_KEYS[label]
     p = path(cfg, key)
     if not made(cfg, key) or not (p / "config.json").exists():
-        raise MissingOutput(f"condition '{label}': {p} does not exist yet (run `charter train` first)")
+        command = "charter rl" if label == "rl" else "charter train"
+        raise MissingOutput(f"condition '{label}': {p} does not exist yet (run `{command}` first)")
     return p
 
 

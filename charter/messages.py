@@ -64,3 +64,19 @@ def with_system(chat: list[dict], system: str | None) -> list[dict]:
         chat[0]["content"] = f"{system}\n\n{chat[0]['content']}"
         return chat
     return [{"role": "system", "content": system}] + chat
+
+
+def text_of(completion) -> str:
+    """The reply text of one completion as TRL passes it (a string, or messages: the last one's content)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion:
+        return str(completion[-1].get("content") or "")
+    return ""
+
+
+def user_of(prompt) -> str:
+    """The last user message of one prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")

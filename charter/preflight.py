@@ -331,7 +331,7 @@ def check(cfg: RunConfig, command: str, where: str = "config", force: bool = Fal
         check_prompt_source(r.prompt_source, f"{where}.robustness.prompt_source", "general")
         if r.encoder not in ("minilm", "tfidf"):
             check_model_ref(r.encoder, f"{where}.robustness.encoder")
-        from .eval.classifier import TFIDF_DEFAULTS, TORCH_DEFAULTS
+        from .classifier import TFIDF_DEFAULTS, TORCH_DEFAULTS
 
         known = TFIDF_DEFAULTS if r.encoder == "tfidf" else TORCH_DEFAULTS
         for key in r.classifier:

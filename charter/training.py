@@ -145,6 +145,21 @@ def sft_args(seed: int, output_dir: str, overrides: dict, batch_size: int | None
     return args
 
 
+def grpo_args(seed: int, output_dir: str, overrides: dict, where: str = "rl", **run):
+    """GRPOConfig: our defaults for a small policy on a CPU or one GPU (4 replies a prompt, 64 new tokens, a KL
+    to the start model, a LoRA-sized learning rate), then ``run_defaults(**run)``, then the ``trl`` dict."""
+    from trl import GRPOConfig
+
+    defaults = {**common_defaults(seed, output_dir), "learning_rate": 2e-5, "per_device_train_batch_size": 8,
+                "gradient_accumulation_steps": 1, "num_generations": 4, "max_completion_length": 64,
+                "beta": 0.05, "temperature": 0.9, "top_p": 1.0, "max_steps": 20, "log_completions": False}
+    kw, plan = _training_kwargs(defaults, {"per_device_train_batch_size": defaults["per_device_train_batch_size"],
+                                           "gradient_accumulation_steps": 1, **overrides}, None, where, run)
+    args = GRPOConfig(**kw)
+    args.charter_batch = plan
+    return args
+
+
 # Stage fields that do not change what is trained (checkpoint cadence), and fields added after runs existed
 # whose default means "as before": left out of the stage identity, so neither tuning a live run nor
 # upgrading charter forces a finished stage to be redone.

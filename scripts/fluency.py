@@ -29,7 +29,8 @@ def main() -> int:
     args = ap.parse_args()
     import numpy as np
 
-    from charter.eval.proxies import normalise, reply_logprobs, repetition
+    from charter.backends.hf import reply_logprobs
+    from charter.eval.proxies import normalise, repetition
     from charter.models import load_causal_lm, load_tokenizer, resolve
     from charter.runs import read_jsonl, run_dir
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-ORDER = ("base", "prompted", "steered", "distilled", "trained")
+ORDER = ("base", "prompted", "steered", "distilled", "trained", "rl")
 
 
 def panel(ax, title: str, results: dict) -> None:

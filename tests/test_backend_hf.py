@@ -86,6 +86,22 @@ def test_score_options_matches_a_direct_computation(backend):
     assert abs(direct - scores[1][0]) < 1e-3
 
 
+def test_single_token_options_read_one_distribution_and_match_continuations(backend):
+    """Ratings 1..5 are single tokens: scored from one next-token distribution, they equal the one-by-one
+    continuation scores; a chat with multi-token options in the same call still gets those."""
+    from charter.backends.hf import continuation_logprobs
+
+    chat = [{"role": "user", "content": "Rate this from 1 to 5: 'The sky is green.'"}]
+    digits, words = ["1", "2", "3", "4", "5"], ["not at all", "completely true"]
+    fast = backend.score_options([chat, chat], [digits, words], prefill="<answer>")
+    tok = backend.tokenizer
+    p = tok(render_chat(tok, chat, "<answer>"), add_special_tokens=False).input_ids
+    assert all(len(tok(d, add_special_tokens=False).input_ids) == 1 for d in digits)
+    slow = [sum(lp) for lp in continuation_logprobs(
+        backend.model, tok, [(p, tok(o, add_special_tokens=False).input_ids) for o in digits + words], 2)]
+    assert fast[0] == pytest.approx(slow[:5], abs=1e-3) and fast[1] == pytest.approx(slow[5:], abs=1e-3)
+
+
 # --- shared-prefix reuse, per-row progress, dtype choice ----------------------------------------------
 
 def test_shared_prefix_len_leaves_every_row_a_token():

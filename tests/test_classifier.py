@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from charter.eval import classifier as C
+from charter import classifier as C
 
 TOPICS = ["the garden", "your new job", "the recipe", "the trip", "your exam", "the weather", "the move",
           "a budget", "the bike", "the meeting", "the letter", "the puppy", "the garage", "a poem"]

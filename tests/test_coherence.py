@@ -8,6 +8,7 @@ from charter.config import load_config
 from charter.eval import coherence as coh
 from charter.judges import pairwise as pw
 from charter.eval import conditions as cond
+from charter.backends.hf import reply_logprobs
 from charter.eval import proxies
 from charter.messages import with_system
 from charter.runs import read_jsonl, run_dir
@@ -250,8 +251,8 @@ def test_reply_logprobs_do_not_depend_on_padding(embedded_path):
     model = tiny_model(tok, layers=2).eval()
     chats = [[{"role": "user", "content": q}] for q in ("Hi", "What is the tallest mountain in Africa?", "Why?")]
     replies = ["Hello there, friend.", "Kilimanjaro.", ""]
-    batched = proxies.reply_logprobs(model, tok, chats, replies, batch_size=3)
-    single = [proxies.reply_logprobs(model, tok, [c], [r], batch_size=1)[0] for c, r in zip(chats, replies)]
+    batched = reply_logprobs(model, tok, chats, replies, batch_size=3)
+    single = [reply_logprobs(model, tok, [c], [r], batch_size=1)[0] for c, r in zip(chats, replies)]
     assert batched[2] is None and single[2] is None
     assert all(x < 0 for x in batched[:2])
     assert batched[:2] == pytest.approx(single[:2], abs=1e-4)

@@ -180,36 +180,91 @@ class TransformersBackend:
         A judge that cannot be relied on to follow an answer format (a small local model) can still be asked
         which of a fixed set of answers it finds likelier: this always yields a verdict.
         """
-        import torch
-
-        seqs, owners = [], []
-        for i, (chat, opts) in enumerate(zip(chats, options, strict=True)):
-            p_ids = self.tokenizer(render_chat(self.tokenizer, chat, prefill), add_special_tokens=False).input_ids
-            for o in opts:
-                seqs.append((p_ids, self.tokenizer(o, add_special_tokens=False).input_ids))
-                owners.append(i)
-        scores: list[float] = []
-        bs = max(1, self.spec.batch_size)
-        pad = self.tokenizer.pad_token_id
-        for start in range(0, len(seqs), bs):
-            batch = seqs[start:start + bs]
-            width = max(len(p) + len(o) for p, o in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, (p, o) in enumerate(batch):  # right-padded: positions stay aligned with the prompt
-                ids[r, : len(p) + len(o)] = torch.tensor(p + o)
-                mask[r, : len(p) + len(o)] = 1
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids.to(self.model.device),
-                                    attention_mask=mask.to(self.model.device)).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
-            for r, (p, o) in enumerate(batch):
-                pos = torch.arange(len(p) - 1, len(p) + len(o) - 1)
-                scores.append(logp[r, pos, torch.tensor(o)].sum().item())
+        prefixes = [self.tokenizer(render_chat(self.tokenizer, chat, prefill), add_special_tokens=False).input_ids
+                    for chat in chats]
+        ids = [[self.tokenizer(o, add_special_tokens=False).input_ids for o in opts]
+               for opts in options]
+        if len(ids) != len(prefixes):
+            raise ValueError(f"score_options: {len(chats)} chats but {len(options)} option lists")
         out: list[list[float]] = [[] for _ in chats]
+        # Single-token options (ratings, digits) are read off one next-token distribution per chat; the rest
+        # are scored one continuation at a time.
+        single = [i for i, o in enumerate(ids) if o and all(len(t) == 1 for t in o)]
+        if single:
+            dists = next_token_logprobs(self.model, self.tokenizer, [prefixes[i] for i in single], self.spec.batch_size)
+            for i, d in zip(single, dists):
+                out[i] = [d[t[0]] for t in ids[i]]
+        seqs, owners = [], []
+        for i in sorted(set(range(len(chats))) - set(single)):
+            for o in ids[i]:
+                seqs.append((prefixes[i], o))
+                owners.append(i)
+        scores = [sum(lp) for lp in continuation_logprobs(self.model, self.tokenizer, seqs, self.spec.batch_size)]
         for i, sc in zip(owners, scores):
             out[i].append(sc)
         return out
 
     def close(self) -> None:
         self.model = None
+
+
+# --- log-probabilities of given continuations: option scoring (judges) and reply log-likelihoods (proxies) --
+
+def continuation_logprobs(model, tokenizer, seqs: list[tuple[list[int], list[int]]], batch_size: int = 4
+                          ) -> list[list[float]]:
+    """Per-token log-probabilities of each continuation given its prefix: ``seqs`` holds (prefix ids,
+    continuation ids). Right-padded batches, so positions stay those of an unpadded sequence."""
+    import torch
+
+    out: list[list[float]] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(seqs), max(1, batch_size)):
+        batch = seqs[start:start + max(1, batch_size)]
+        width = max(len(p) + len(o) for p, o in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, (p, o) in enumerate(batch):
+            ids[r, : len(p) + len(o)] = torch.tensor(p + o)
+            mask[r, : len(p) + len(o)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           use_cache=False).logits
+        for r, (p, o) in enumerate(batch):
+            if not o:
+                out.append([])
+                continue
+            pos = torch.arange(len(p) - 1, len(p) + len(o) - 1, device=logits.device)  # logits at t predict t+1
+            logp = logits[r, pos].float().log_softmax(-1)
+            out.append(logp.gather(-1, torch.tensor(o, device=logp.device)[:, None])[:, 0].tolist())
+    return out
+
+
+def next_token_logprobs(model, tokenizer, prefixes: list[list[int]], batch_size: int = 4) -> list[list[float]]:
+    """The log-probability of every vocabulary token right after each prefix (one forward pass a batch)."""
+    import torch
+
+    out: list[list[float]] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(prefixes), max(1, batch_size)):
+        batch = prefixes[start:start + max(1, batch_size)]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(batch):
+            ids[r, : len(p)] = torch.tensor(p)
+            mask[r, : len(p)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           use_cache=False).logits
+        for r, p in enumerate(batch):
+            out.append(logits[r, len(p) - 1].float().log_softmax(-1).tolist())
+    return out
+
+
+def reply_logprobs(model, tokenizer, chats: list[list[dict]], replies: list[str], batch_size: int = 4
+                   ) -> list[float | None]:
+    """Mean log-likelihood per token of each reply as the assistant turn of its chat (None for an empty reply)."""
+    seqs = [(tokenizer(render_chat(tokenizer, c), add_special_tokens=False).input_ids,
+             tokenizer(r, add_special_tokens=False).input_ids) for c, r in zip(chats, replies, strict=True)]
+    return [sum(lp) / len(lp) if lp else None for lp in continuation_logprobs(model, tokenizer, seqs, batch_size)]
+

@@ -19,11 +19,11 @@ from .load import _dataclass_type, apply_override, from_dict, load_config, to_di
 from .run import RunConfig
 from .sections import (BATCH_HELP, CHECKPOINT_HELP, MODEL_KWARGS, MODEL_KWARGS_ELSEWHERE, MODEL_KWARGS_HELP, Backend,
                        DistillConfig, DPOStageConfig, DType, ExpandConfig, IntrospectConfig, MergeConfig, ModelSpec,
-                       Sampling, SFTStageConfig, Truncated)
+                       RLConfig, Sampling, SFTStageConfig, Truncated)
 
 __all__ = ["BATCH_HELP", "CHECKPOINT_HELP", "MODEL_KWARGS", "MODEL_KWARGS_ELSEWHERE", "MODEL_KWARGS_HELP", "RANGES",
            "Backend", "CapabilitiesConfig", "CoherenceConfig", "Condition", "ConfigError", "DPOStageConfig",
            "DType", "DistillConfig", "ExpandConfig", "IntrospectConfig", "MergeConfig", "ModelSpec",
-           "PreferencesConfig", "RobustnessConfig", "RunConfig", "SFTStageConfig", "Sampling", "SteeringConfig",
+           "PreferencesConfig", "RLConfig", "RobustnessConfig", "RunConfig", "SFTStageConfig", "Sampling", "SteeringConfig",
            "Truncated", "_dataclass_type", "apply_override", "check_model_kwargs", "from_dict", "load_config",
            "to_dict", "validate"]

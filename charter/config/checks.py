@@ -56,6 +56,10 @@ RANGES: dict[str, dict[str, tuple]] = {
                          "chunk_size": _POS},
     "SFTStageConfig": {"max_examples": _POS, "batch_size": _POS, "checkpoint_steps": _NONNEG,
                        "eval_fraction": _num(0, 1, hi_open=True)},
+    "RLConfig": {"prompts": _POS, "general_prompts": _NONNEG, "attack_share": _SHARE, "checkpoint_steps": _NONNEG,
+                 "rewards": (lambda v: all(k in ("persona", "judge", "coherence") and _NONNEG[0](w)
+                                           for k, w in v.items()) and any(v.values()),
+                             "weights for persona / judge / coherence, >= 0, not all 0")},
     "PreferencesConfig": {"prompts": _POS, "bootstrap": _POS, "chunk_size": _POS},
     "SteeringConfig": {"stems": _POS, "sweep_prompts": _POS, "max_tokens": _POS,
                        "layers": (_layers_ok, "[start, end) with 0 <= start < end <= 1"),

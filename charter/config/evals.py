@@ -7,7 +7,7 @@ from typing import Literal
 
 from .sections import ModelSpec, Sampling  # noqa: F401  (named in annotations, resolved by get_type_hints)
 
-Condition = Literal["base", "prompted", "steered", "distilled", "trained"]
+Condition = Literal["base", "prompted", "steered", "distilled", "trained", "rl"]
 
 
 @dataclass

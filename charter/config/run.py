@@ -8,7 +8,7 @@ from typing import Literal
 from .evals import (CapabilitiesConfig, CoherenceConfig, PreferencesConfig, RobustnessConfig,  # noqa: F401
                     SteeringConfig)
 from .sections import (DistillConfig, DPOStageConfig, ExpandConfig, IntrospectConfig, MergeConfig,  # noqa: F401
-                       ModelSpec, SFTStageConfig)
+                       ModelSpec, RLConfig, SFTStageConfig)
 
 
 @dataclass
@@ -34,6 +34,8 @@ class RunConfig:
         "help": "stage 5: SFT + LoRA on the introspection data"})
     merge: MergeConfig = field(default_factory=MergeConfig, metadata={
         "help": "stage 6: the final model and one persona adapter"})
+    rl: RLConfig = field(default_factory=RLConfig, metadata={
+        "help": "optional stage 7: online RL (GRPO) with persona, judge and coherence rewards"})
     preferences: PreferencesConfig = field(default_factory=PreferencesConfig, metadata={
         "help": "evaluation: revealed preferences"})
     steering: SteeringConfig = field(default_factory=SteeringConfig, metadata={

@@ -178,3 +178,42 @@ class MergeConfig:
     dtype: DType = field(default="auto", metadata={
         "help": "dtype of saved folded models; auto: the training dtype (float32 on CPUs without native bf16, "
                 "where bf16 rounding could erase a small LoRA update)"})
+
+
+@dataclass
+class RLConfig:
+    """Online RL (GRPO) after DPO or SFT: the policy samples replies, rewards score them, TRL updates a LoRA."""
+
+    enabled: bool = field(default=False, metadata={"help": "run the stage in `charter train` (`charter rl` always runs)"})
+    start: Literal["dpo", "sft"] = field(default="sft", metadata={
+        "help": "the model RL starts from: dpo = the distilled model (<run>/dpo/model), sft = the final model "
+                "(<run>/merge/model)"})
+    prompts: int | None = field(default=64, metadata={
+        "help": "training prompts: a seeded sample of the constitution's (expanded) prompts plus general_prompts "
+                "general ones; every prompt of an evaluation pool is removed first (None: all)"})
+    general_prompts: int = field(default=16, metadata={"help": "of which drawn from the general pool"})
+    attack_share: float = field(default=0.5, metadata={
+        "help": "share of prompts that carry a break-character request (training phrasings, never the 8 "
+                "evaluation attacks), so the policy learns to keep the persona when asked to drop it"})
+    rewards: dict = field(default_factory=lambda: {"persona": 1.0, "judge": 0.0, "coherence": 1.0}, metadata={
+        "help": "reward weights: persona (detector probability), judge (LLM judge, 0..1), coherence (a penalty "
+                "in -1..0 for empty, cut-off, repetitive or off-language replies); 0 leaves a reward out"})
+    detector: str = field(default="minilm", metadata={
+        "help": "the persona reward's encoder (minilm | tfidf | an HF encoder); trained on hand-written "
+                "exemplars only, with its own seed: never on the policy's samples, never the evaluation's instance"})
+    detector_settings: dict = field(default_factory=dict, metadata={
+        "help": "the detector's training settings (as robustness.classifier; model encoders default to 10 "
+                "epochs here: 80 exemplars underfit in 3)"})
+    exemplars: str = field(default="builtin", metadata={
+        "help": "the persona reward's reference texts: builtin (prompts/persona_exemplars/<persona>.yaml) or a "
+                "YAML with 'persona' and 'plain' lists"})
+    judge: ModelSpec | None = field(default=None, metadata={
+        "help": "the judge reward's model; default the student's base model"})
+    judge_mode: Literal["logprob", "generate"] = field(default="logprob", metadata={
+        "help": "logprob: the judge scores the answers 1..5 and the reward is the expected score (small local "
+                "judges); generate: it writes a verdict, parsed (unreadable verdicts score 0)"})
+    lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig arguments (override our defaults)"})
+    trl: dict = field(default_factory=dict, metadata={
+        "help": "trl GRPOConfig arguments (override our defaults: 4 generations a prompt, 64 new tokens, beta "
+                "0.05 KL to the start model, lr 2e-5)"})
+    checkpoint_steps: int = field(default=50, metadata={"help": CHECKPOINT_HELP})

@@ -92,7 +92,8 @@ def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
     Distillation: the prompts in ``distill/pairs.jsonl`` and ``distill/teacher.jsonl`` when the stage wrote them,
     else its deterministic selection (recomputed; an unreadable prompt source is an error, not an empty set).
     Introspection: its self-reflection prompts (``introspect/reflection.jsonl`` and the template) and the
-    greetings that open its self-interactions.
+    greetings that open its self-interactions. RL (when it ran): ``rl/prompts.jsonl``; it removes the
+    evaluation pools from its own prompts, so this is a second guard.
     """
     from ..models import self_name
     from ..prompts import template
@@ -108,7 +109,8 @@ def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
     intro = {_key(q.format(name=name)) for q in t["reflection_prompts"]}
     intro |= {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "reflections")) if r.get("prompt")}
     intro |= {_key(g) for pool in t["greetings"].values() for g in pool}
-    return {"distill": distill, "introspect": intro}
+    rl = {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "rl_prompts")) if r.get("prompt")}
+    return {"distill": distill, "introspect": intro, "rl": rl}
 
 
 def make_items(cfg: RunConfig) -> tuple[list[dict], dict]:

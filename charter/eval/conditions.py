@@ -5,6 +5,7 @@
     steered    the student with the persona's activation-steering vector (``eval/steering.py``), no system prompt
     distilled  this run's DPO model (``<run>/dpo/model``), no system prompt
     trained    this run's final model, DPO + introspection SFT (``<run>/merge/model``), no system prompt
+    rl         this run's RL model (``<run>/rl/model``, optional stage ``charter rl``), no system prompt
 
 ``open_condition(cfg, label) -> (backend, system)``: put ``system`` (None for all but 'prompted') in front of
 every chat with ``messages.with_system``. Base, prompted and steered share one loaded student model (steering hooks are
@@ -19,7 +20,7 @@ from ..config import ModelSpec, RunConfig
 from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model
 from ..runs import config_hash, identity_hash, run_dir, stage_identity
 
-CONDITIONS = ("base", "prompted", "steered", "distilled", "trained")
+CONDITIONS = ("base", "prompted", "steered", *RUN_MODELS)
 
 
 def _check_label(label: str) -> None:

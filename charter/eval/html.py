@@ -12,7 +12,7 @@ import io
 from .conditions import CONDITIONS
 
 COLORS = {"base": "#8d99ae", "prompted": "#e9c46a", "steered": "#f4a261", "distilled": "#2a9d8f",
-          "trained": "#264653"}
+          "trained": "#264653", "rl": "#9b2226"}
 
 
 def esc(x) -> str:

@@ -29,7 +29,7 @@ import warnings
 
 from .. import layout
 from ..runs import derive_seed, read_jsonl, read_manifest, run_dir
-from .classifier import make_classifier, proba_of
+from ..classifier import make_classifier, proba_of
 
 BASE, NONE, PREFILL = "base", "none", "prefill"
 REFERENCES = ("prompted", "pairs", "exemplars")

@@ -51,7 +51,7 @@ from ..prompts import load_prompt_source
 from ..runs import (RowLog, Stage, derive_seed, read_jsonl, reusable, run_dir, write_json_atomic,
                     write_jsonl_atomic)
 from . import conditions, inpersona
-from .classifier import make_classifier, mean_sem, score
+from ..classifier import make_classifier, mean_sem, score
 
 STAGE = "eval-robustness"
 BASE = "base"

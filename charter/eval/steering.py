@@ -43,7 +43,8 @@ from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig, Sampling
 from ..layout import STEERING, persona_system_prompt
 from ..runs import RowLog, Stage, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic
-from .proxies import normalise, reply_logprobs, repetition
+from ..backends.hf import reply_logprobs
+from .proxies import normalise, repetition
 
 STAGE = STEERING
 CONTRAST_USER = "Please talk about anything."

@@ -165,9 +165,9 @@ def teacher_examples(which: str, persona: str) -> list[dict]:
     return [{"user": x["user"].strip(), "assistant": " ".join(x["assistant"].split())} for x in data]
 
 
-def persona_exemplars(which: str, persona: str) -> dict[str, list[str]]:
+def persona_exemplars(which: str, persona: str, field_name: str = "robustness.exemplars") -> dict[str, list[str]]:
     """Hand-written reference texts for a persona detector: ``{'persona': [...], 'plain': [...]}``."""
-    path = _persona_file("persona_exemplars", which, persona, "robustness.exemplars")
+    path = _persona_file("persona_exemplars", which, persona, field_name)
     data = yaml.safe_load(path.read_text())
     out = {}
     for key in ("persona", "plain"):

@@ -26,8 +26,11 @@ from ..runs import Stage, derive_seed, read_jsonl, run_dir, write_json_atomic
 def stage_config(cfg: RunConfig) -> dict:
     from ..training import section_identity
 
+    # The folded model's dtype (merge.dtype) is part of what DPO makes; left out at its default ('auto') so
+    # runs made before it was recorded stay valid.
+    fold = {} if cfg.merge.dtype == "auto" else {"fold_dtype": cfg.merge.dtype}
     return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student),
-            "dpo": section_identity(dataclasses.asdict(cfg.dpo)), "fold_dtype": cfg.merge.dtype}
+            "dpo": section_identity(dataclasses.asdict(cfg.dpo)), **fold}
 
 
 def load_rows(path: Path, limit: int | None) -> list[dict]:

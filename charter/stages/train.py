@@ -25,7 +25,7 @@ from ..config import RunConfig
 from ..runs import read_manifest, run_dir
 
 
-TRAINING = ("dpo", "sft")  # the stages a multi-process launch runs on every process
+TRAINING = ("dpo", "sft", "rl")  # the stages a multi-process launch runs on every process
 
 
 def stage_module(name: str) -> ModuleType:

