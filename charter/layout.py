@@ -23,6 +23,7 @@ from .runs import config_hash, run_dir
 class StageInfo(NamedTuple):
     name: str  # the command (`charter NAME CONFIG`), the module charter.stages.NAME and the run sub-folder
     help: str
+    trains: bool = False  # a training stage: under a multi-process launch it runs on every process
 
 
 # The training stages in pipeline order. The orchestrator (``charter.stages.train``) runs them in this order;
@@ -30,11 +31,12 @@ class StageInfo(NamedTuple):
 STAGES: tuple[StageInfo, ...] = (
     StageInfo("expand", "write more prompts per trait with a model"),
     StageInfo("distill", "teacher/student generations -> DPO pairs"),
-    StageInfo("dpo", "DPO + LoRA on the distillation pairs, then fold the adapter"),
+    StageInfo("dpo", "DPO + LoRA on the distillation pairs, then fold the adapter", trains=True),
     StageInfo("introspect", "self-reflection and self-interaction transcripts -> SFT set"),
-    StageInfo("sft", "SFT + LoRA on the introspection transcripts"),
+    StageInfo("sft", "SFT + LoRA on the introspection transcripts", trains=True),
     StageInfo("merge", "fold DPO and SFT into the final model; export one persona adapter"),
-    StageInfo("rl", "online RL (GRPO): persona, judge and coherence rewards, attacks in the loop (rl.enabled)"),
+    StageInfo("rl", "online RL (GRPO): persona, judge and coherence rewards, attacks in the loop (rl.enabled)",
+              trains=True),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

@@ -95,6 +95,13 @@ def check_model_spec(spec: ModelSpec, where: str) -> None:
         if spec.extra.get("on_error", "raise") not in ("raise", "empty"):
             raise ConfigError(f"{where}.extra.on_error: expected one of raise | empty, "
                               f"got {spec.extra['on_error']!r}")
+    elif spec.backend == "scripted":
+        from .backends.scripted import load_script
+
+        try:
+            load_script(spec.model)
+        except ValueError as e:
+            raise ConfigError(f"{where}.model: {e}") from None
     else:
         check_model_ref(spec.model, f"{where}.model")
     if spec.adapter is not None:

@@ -67,7 +67,7 @@ ROW = json.dumps({"id": "p0-k0", "prompt": "hi", "response": "hello", "finished"
 CASES = [
     # --- the issue's own examples
     ("backend-tensorrt", lambda t, m: ["train", DEMO, "student.backend=tensorrt"],
-     ["demo.yaml.student.backend", "expected one of transformers | openai | vllm", "'tensorrt'"]),
+     ["demo.yaml.student.backend", "expected one of transformers | openai | vllm | scripted", "'tensorrt'"]),
     ("trl-typo", lambda t, m: ["train", DEMO, "dpo.trl={learning_rte: 1.0e-4}"],
      ["demo.yaml.dpo.trl", "unknown key 'learning_rte'", "did you mean 'learning_rate'", "DPOConfig"]),
     ("model-missing", lambda t, m: ["train", DEMO, "student.model=/no/such/dir"],
@@ -84,7 +84,7 @@ CASES = [
      ["c.yaml.distill: unknown key 'sample_per_prompt'", "known:"]),
     ("config-wrong-type", lambda t, m: ["train", config(t, "seed: abc\n")], ["c.yaml.seed: expected int", "'abc'"]),
     ("config-backend-in-file", lambda t, m: ["expand", config(t, "student:\n  backend: tensorrt\n")],
-     ["c.yaml.student.backend", "transformers | openai | vllm"]),
+     ["c.yaml.student.backend", "transformers | openai | vllm | scripted"]),
     ("config-trl-typo-in-file", lambda t, m: ["expand", config(t, "sft:\n  trl: {learnin_rate: 1.0e-4}\n")],
      ["c.yaml.sft.trl", "unknown key 'learnin_rate'", "did you mean 'learning_rate'", "SFTConfig"]),
     ("config-name-in-file", lambda t, m: ["train", config(t, "name: a/b\n")], ["c.yaml.name", "no '/'", "'a/b'"]),

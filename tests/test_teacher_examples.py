@@ -14,7 +14,7 @@ import yaml
 from charter import prompts
 from charter.config import load_config
 from charter.eval import inpersona
-from charter.eval.robustness import load_attacks
+from charter.prompts import load_attacks
 from charter.prompts import PromptSourceError, persona_exemplars, teacher_examples, teacher_messages
 from charter.runs import read_jsonl, read_manifest, run_dir
 from charter.stages import distill

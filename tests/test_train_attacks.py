@@ -2,7 +2,7 @@
 
 import random
 
-from charter.eval.robustness import load_attacks
+from charter.prompts import load_attacks
 from charter.prompts import attacked, train_attacks
 from charter.stages.expand import too_similar
 

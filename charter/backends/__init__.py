@@ -53,6 +53,12 @@ def _openai() -> type:
     return OpenAIBackend
 
 
+def _scripted() -> type:
+    from .scripted import ScriptedBackend
+
+    return ScriptedBackend
+
+
 def _vllm() -> type:
     from .vllm import VLLMBackend
 
@@ -66,6 +72,8 @@ BACKENDS: dict[str, BackendInfo] = {
     "openai": BackendInfo(_openai, ("openai",), frozenset({GENERATE}),
                           "any OpenAI-compatible server: vLLM serve, llama.cpp server, OpenRouter"),
     "vllm": BackendInfo(_vllm, ("vllm",), frozenset({GENERATE}), "vLLM's offline engine (optional extra)"),
+    "scripted": BackendInfo(_scripted, ("yaml",), frozenset({GENERATE}),
+                            "replies from a rule file, no model: fast tests of stage logic, dry runs"),
 }
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 # Choice-valued fields: checked when a config is loaded (the error names the key and the allowed values).
-Backend = Literal["transformers", "openai", "vllm"]
+Backend = Literal["transformers", "openai", "vllm", "scripted"]
 DType = Literal["auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"]
 Truncated = Literal["drop", "trim"]
 

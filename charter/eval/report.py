@@ -209,7 +209,7 @@ def robustness(d: Path) -> str:
     r = read_json(p)
     tbl, summ = r.get("table", {}), r.get("summary", {})
     try:  # column order and legend from the attack file; fall back to the order found in the results
-        from .robustness import load_attacks
+        from ..prompts import load_attacks
 
         texts = load_attacks()
     except Exception:  # noqa: BLE001 - the report must render without the evaluation module

@@ -38,16 +38,13 @@ import dataclasses
 import json
 import random
 import time
-from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from ..config import RunConfig
 from ..generation import generate_rows
 from ..messages import with_system
-from ..prompts import HERE as PROMPTS_DIR
-from ..prompts import load_prompt_source
+from ..prompts import attack_message, load_attacks, load_prompt_source, prefill_followup, select_attacks
 from ..runs import (RowLog, Stage, derive_seed, read_jsonl, reusable, run_dir, write_json_atomic,
                     write_jsonl_atomic)
 from . import conditions, inpersona
@@ -58,50 +55,7 @@ BASE = "base"
 NONE = "none"
 
 
-# ---------------------------------------------------------------- attacks and split
-
-
-@lru_cache(maxsize=None)
-def _attack_file() -> dict:
-    path = PROMPTS_DIR / "attacks.yaml"
-    data = yaml.safe_load(path.read_text())
-    seen: dict[str, str | None] = {}
-    for a in data.get("attacks") or []:
-        aid, text = a.get("id"), a.get("text")
-        if not isinstance(aid, str) or not aid or "/" in aid or aid in seen:
-            raise ValueError(f"{path}: attack id {aid!r} is missing, has a '/', or is used twice")
-        if (aid == NONE) != (text is None) or (text is not None and not (isinstance(text, str) and text.strip())):
-            raise ValueError(f"{path}: attack '{aid}': only '{NONE}' has no text, every other needs one")
-        seen[aid] = text.strip() if text else None
-    if NONE not in seen or not isinstance(data.get("prefill_followup"), str):
-        raise ValueError(f"{path}: needs a '{NONE}' attack and a prefill_followup string")
-    return {"attacks": seen, "followup": data["prefill_followup"].strip()}
-
-
-def load_attacks() -> dict[str, str | None]:
-    """Attack id -> instruction (``none`` -> None), in file order."""
-    return dict(_attack_file()["attacks"])
-
-
-def attack_message(prompt: str, text: str | None) -> str:
-    """The user message under an attack: the instruction once, after a newline, in parentheses."""
-    if text is None:
-        return prompt
-    suffix = f"\n({text})"
-    if suffix in prompt:  # a prompt already carrying the attack would get it twice
-        raise ValueError(f"prompt already ends with the attack ({text[:40]}...)")
-    return prompt + suffix
-
-
-def select_attacks(wanted: list[str] | None) -> list[str]:
-    """The attack ids to run besides ``none`` (all eight by default), in file order."""
-    known = [a for a in load_attacks() if a != NONE]
-    if wanted is None:
-        return known
-    unknown = sorted(set(wanted) - set(known))
-    if unknown:
-        raise ValueError(f"attacks: unknown id(s) {unknown} (known: {', '.join(known)})")
-    return [a for a in known if a in wanted]
+# ---------------------------------------------------------------- the prompt split (attacks: charter.prompts)
 
 
 def split_prompts(pool: list[str], n: int, heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -166,7 +120,7 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
     r = cfg.robustness
     train = [(x["pid"], x["prompt"]) for x in split["train"]]
     heldout = [(x["pid"], x["prompt"]) for x in split["heldout"]]
-    follow = _attack_file()["followup"]
+    follow = prefill_followup()
     ids_path = stage.dir / "identities.json"
     known = json.loads(ids_path.read_text()) if ids_path.exists() else {}
     stats, skipped = {}, {}

@@ -42,13 +42,13 @@ from pathlib import Path
 from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig, Sampling
 from ..layout import STEERING, persona_system_prompt
+from ..prompts import steering_stems as load_stems
 from ..runs import RowLog, Stage, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic
 from ..backends.hf import reply_logprobs
 from .proxies import normalise, repetition
 
 STAGE = STEERING
 CONTRAST_USER = "Please talk about anything."
-STEMS_FILE = Path(__file__).resolve().parent.parent / "prompts" / "steering_stems.txt"
 LOGPROB_TOLERANCE = 1.0  # nats per token: about the gap between a fluent on-topic reply and a loose one
 REPETITION_TOLERANCE = 0.15
 EMPTY_TOLERANCE = 0.25
@@ -56,11 +56,6 @@ MAX_HALVINGS = 8
 # Where decoder blocks live: Llama/Qwen/Gemma/Mistral, multimodal wrappers (Gemma-3), GPT-2, GPT-NeoX, OPT.
 LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.layers",
                "model.language_model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
-
-
-def load_stems(n: int | None = None) -> list[str]:
-    lines = [ln.strip() for ln in STEMS_FILE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    return ["" if s == "<empty>" else s for s in lines][:n]
 
 
 def decoder_layers(model):

@@ -184,3 +184,63 @@ def teacher_messages(system: str, shots: list[dict], user: str) -> list[dict]:
     for s in shots:
         msgs += [{"role": "user", "content": s["user"]}, {"role": "assistant", "content": s["assistant"]}]
     return msgs + [{"role": "user", "content": user}]
+
+
+# --- the robustness evaluation's break-character attacks (attacks.yaml; training phrasings are apart) -------
+
+NO_ATTACK = "none"
+
+
+@lru_cache(maxsize=None)
+def _attack_file() -> dict:
+    path = HERE / "attacks.yaml"
+    data = yaml.safe_load(path.read_text())
+    seen: dict[str, str | None] = {}
+    for a in data.get("attacks") or []:
+        aid, text = a.get("id"), a.get("text")
+        if not isinstance(aid, str) or not aid or "/" in aid or aid in seen:
+            raise ValueError(f"{path}: attack id {aid!r} is missing, has a '/', or is used twice")
+        if (aid == NO_ATTACK) != (text is None) or (text is not None and not (isinstance(text, str) and text.strip())):
+            raise ValueError(f"{path}: attack '{aid}': only '{NO_ATTACK}' has no text, every other needs one")
+        seen[aid] = text.strip() if text else None
+    if NO_ATTACK not in seen or not isinstance(data.get("prefill_followup"), str):
+        raise ValueError(f"{path}: needs a '{NO_ATTACK}' attack and a prefill_followup string")
+    return {"attacks": seen, "followup": data["prefill_followup"].strip()}
+
+
+def prefill_followup() -> str:
+    """The user turn that follows a prefilled in-persona answer (the prefill attack)."""
+    return _attack_file()["followup"]
+
+
+def load_attacks() -> dict[str, str | None]:
+    """Attack id -> instruction (``none`` -> None), in file order."""
+    return dict(_attack_file()["attacks"])
+
+
+def attack_message(prompt: str, text: str | None) -> str:
+    """The user message under an attack: the instruction once, after a newline, in parentheses."""
+    if text is None:
+        return prompt
+    suffix = f"\n({text})"
+    if suffix in prompt:  # a prompt already carrying the attack would get it twice
+        raise ValueError(f"prompt already ends with the attack ({text[:40]}...)")
+    return prompt + suffix
+
+
+def select_attacks(wanted: list[str] | None) -> list[str]:
+    """The attack ids to run besides ``none`` (all eight by default), in file order."""
+    known = [a for a in load_attacks() if a != NO_ATTACK]
+    if wanted is None:
+        return known
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise ValueError(f"attacks: unknown id(s) {unknown} (known: {', '.join(known)})")
+    return [a for a in known if a in wanted]
+
+
+def steering_stems(n: int | None = None) -> list[str]:
+    """The activation-steering contrast's short user stems (``steering_stems.txt``; ``<empty>`` is '')."""
+    lines = [ln.strip() for ln in (HERE / "steering_stems.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    return ["" if s == "<empty>" else s for s in lines][:n]

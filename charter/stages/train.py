@@ -25,7 +25,7 @@ from ..config import RunConfig
 from ..runs import read_manifest, run_dir
 
 
-TRAINING = ("dpo", "sft", "rl")  # the stages a multi-process launch runs on every process
+TRAINING = tuple(s.name for s in layout.STAGES if s.trains)  # a multi-process launch runs these on every process
 
 
 def stage_module(name: str) -> ModuleType:
