@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .runs import silent
 from .card import manifests, render, run_record
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "auto")
@@ -146,7 +147,7 @@ def convert_gguf(converter: list[str], model: Path, out: Path, outtype: str) -> 
     return out
 
 
-def export(run: Path, to: str, hub: str | None = None, gguf: str | None = None, report=print) -> Path:
+def export(run: Path, to: str, hub: str | None = None, gguf: str | None = None, report=silent) -> Path:
     """Export finished run folder ``run`` to ``to``; returns the folder written. See the module doc."""
     ms = _merged(run)
     out = _target(to)

@@ -376,3 +376,7 @@ def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from a run seed and names (same inputs, same seed, on every machine)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def silent(_line: str) -> None:
+    """The default ``report`` of library functions: they say nothing unless the caller (the CLI) listens."""

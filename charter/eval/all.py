@@ -14,6 +14,7 @@ import importlib
 import time
 from pathlib import Path
 
+from ..runs import silent
 from ..config import RunConfig
 from ..layout import EVALUATIONS
 from ..runs import run_dir
@@ -29,12 +30,12 @@ def evaluation(name: str):
     return getattr(importlib.import_module(module), func)
 
 
-def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
+def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     """Run every evaluation in order, then build the report; returns the report's path."""
     return run_all(cfg, force, report)[0]
 
 
-def run_all(cfg: RunConfig, force: bool = False, report=print) -> tuple[Path, list[str]]:
+def run_all(cfg: RunConfig, force: bool = False, report=silent) -> tuple[Path, list[str]]:
     """Run every evaluation in order, then build the report; returns the report's path and the evaluations
     that failed or could not run (``charter eval all`` exits non-zero when there are any)."""
     started, failed = time.time(), []

@@ -37,6 +37,7 @@ import math
 import time
 from pathlib import Path
 
+from ..runs import silent
 from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig
 from ..runs import RowLog, Stage, reusable, run_dir, write_json_atomic
@@ -148,7 +149,7 @@ def extract(results: dict, name: str, metric: str = METRIC) -> dict:
             "n": n or None, "metric": metric}
 
 
-def score(lm, tasks: list[tuple[str, int]], tm, limit: int | None, report=print, label: str = "model") -> dict:
+def score(lm, tasks: list[tuple[str, int]], tm, limit: int | None, report=silent, label: str = "model") -> dict:
     """Run each ``(task, fewshot)`` through the harness with an already loaded ``lm`` (any harness LM).
     Returns ``{task: {"value", "stderr", "n", "metric"} | {"error"}}``; a failing task is an error entry."""
     from lm_eval import simple_evaluate
@@ -213,7 +214,7 @@ def targets(cfg: RunConfig):
         cfg, preferences=dataclasses.replace(cfg.preferences, models=list(cfg.capabilities.models))))
 
 
-def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
+def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     """Score every model in ``cfg.capabilities.models`` on every task; returns the output folder."""
     require_harness()
     c = cfg.capabilities

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from statistics import NormalDist
 
+from ..runs import silent
 from ..config import RunConfig, Sampling
 from ..generation import generate_rows
 from .. import layout
@@ -200,7 +201,7 @@ def _judge_against(c: str, d: Path, cfg: RunConfig, items: list[dict], ident: st
     return rows
 
 
-def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
+def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     """Judge 'trained' against every condition in ``cfg.coherence.against``; returns the output folder."""
     against = list(dict.fromkeys(cfg.coherence.against))
     for c in against:

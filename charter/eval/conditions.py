@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..runs import silent
 from ..config import ModelSpec, RunConfig
 from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model
 from ..runs import config_hash, identity_hash, run_dir, stage_identity
@@ -77,7 +78,7 @@ def evictions(resident: dict[str, str], new_backend: str) -> list[str]:
 class Conditions:
     """Opens a run's conditions, loading each model once and sharing it between conditions (and a judge)."""
 
-    def __init__(self, cfg: RunConfig, report=print):
+    def __init__(self, cfg: RunConfig, report=silent):
         self.cfg, self.report = cfg, report
         self._backends: dict[str, object] = {}  # spec key -> loaded backend
         self._steered = None

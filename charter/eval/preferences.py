@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runs import silent
 from ..backends import SCORE_OPTIONS, require
 from ..config import ModelSpec, RunConfig
 from ..generation import generate_rows
@@ -356,7 +357,7 @@ def _rate_all(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
     return counts, lines, files
 
 
-def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
+def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     """Evaluate every model in ``cfg.preferences.models``; returns the output folder."""
     system_prompt("a", "b", cfg.preferences.condition)  # fail fast on a bad condition
     own = persona_traits.resolve(cfg)  # and on a bad trait list or persona trait

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 
+from ..runs import silent
 from ..config import RunConfig
 from ..generation import generate_rows
 from ..messages import with_system
@@ -308,7 +309,7 @@ def stage_config(cfg: RunConfig) -> dict:
     return {"seed": cfg.seed, "persona": cfg.persona, "robustness": rob}
 
 
-def run(cfg: RunConfig, force: bool = False, report=print, attacks: list[str] | None = None) -> Path:
+def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] | None = None) -> Path:
     """Generate, classify and score; ``attacks`` limits the attack ids (tests, quick looks). Returns the folder."""
     r = cfg.robustness
     conds = list(dict.fromkeys(str(c) for c in r.conditions))

@@ -39,6 +39,7 @@ import random
 import time
 from pathlib import Path
 
+from ..runs import silent
 from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig, Sampling
 from ..layout import STEERING, persona_system_prompt
@@ -324,7 +325,7 @@ def _sweep(stage: Stage, cfg: RunConfig, backend, vector, norms, report) -> tupl
     return sorted(table, key=lambda r: abs(r["coefficient"])), base
 
 
-def fit(cfg: RunConfig, force: bool = False, report=print, backend=None) -> Path:
+def fit(cfg: RunConfig, force: bool = False, report=silent, backend=None) -> Path:
     """Fit the persona direction and choose the coefficient; returns the stage folder.
 
     ``backend``: an already-loaded TransformersBackend of the student to reuse (it is not closed).

@@ -12,10 +12,12 @@ form (a list of messages) or as plain strings; ``messages.text_of`` reads both.
 
 from __future__ import annotations
 
+from ..runs import silent
+
 NAMES = ("persona", "judge", "coherence")
 
 
-def build(cfg, max_tokens: int, report=print) -> tuple[list, list[float]]:
+def build(cfg, max_tokens: int, report=silent) -> tuple[list, list[float]]:
     """(reward callables, their weights) for ``cfg.rl.rewards``; a weight of 0 leaves a reward out."""
     from ..runs import derive_seed
 

@@ -8,6 +8,7 @@ the policy is never scored by the detector it was optimised against.
 
 from __future__ import annotations
 
+from ..runs import silent
 from ..messages import text_of
 
 PERSONA, PLAIN = "persona", "plain"
@@ -16,7 +17,7 @@ PERSONA, PLAIN = "persona", "plain"
 class PersonaReward:
     __name__ = "persona"
 
-    def __init__(self, persona: str, encoder: str, settings: dict, exemplars: str, seed: int, report=print):
+    def __init__(self, persona: str, encoder: str, settings: dict, exemplars: str, seed: int, report=silent):
         import time
 
         from ..classifier import make_classifier

@@ -21,6 +21,7 @@ import dataclasses
 import random
 from pathlib import Path
 
+from ..runs import silent
 from .. import layout
 from ..config import RunConfig
 from ..prompts import attacked, load_prompt_source
@@ -142,7 +143,7 @@ def quarter_means(history: list[dict], names: list[str]) -> dict:
                 "last": mean([r for r in history[-k:] if r.get(n) is not None], n)} for n in [*names, "reward"]}
 
 
-def run(cfg: RunConfig, force: bool = False, report=print) -> Path:
+def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
     from ..models import fold_adapter, load_tokenizer
     from ..rewards import build
