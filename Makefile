@@ -1,6 +1,6 @@
 # make demo: install, then run the whole pipeline on the embedded model and chat with the result.
 # make test: install, then run the test suite except the `slow` tests (whole-stage runs; under 20 min on 2 cores).
-# make test-slow: the `slow` tests: end-to-end pipeline, 2-process launch, kill/resume, drafting (CI runs both).
+# make test-slow: the `slow` tests: end-to-end pipeline and evaluations, 2-process launch, kill/resume, RL, drafting (CI runs both).
 .PHONY: setup demo test test-slow bench
 
 setup:

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--prompts", type=int, default=24, help="held-out prompts the blends answer")
     ap.add_argument("--train-prompts", type=int, default=24, help="prompts the detectors' reference answers")
-    ap.add_argument("--encoder", default="tfidf", help="tfidf | minilm | an HF encoder (eval/classifier.py)")
+    ap.add_argument("--encoder", default="tfidf", help="tfidf | minilm | an HF encoder (charter/classifier.py)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--bootstrap", type=int, default=1000)

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-ORDER = ("base", "prompted", "steered", "distilled", "trained")
+ORDER = ("base", "prompted", "steered", "distilled", "trained", "rl")
 
 
 def main() -> int:

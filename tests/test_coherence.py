@@ -260,6 +260,7 @@ def test_reply_logprobs_do_not_depend_on_padding(embedded_path):
 
 # --- end to end -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the evaluation's real end-to-end run (minutes on 2 cores); CI runs it
 def test_coherence_end_to_end_on_the_embedded_model(embedded_path):
     cfg = cfg_with("coherence.prompts=3", "coherence.against=[base, prompted, steered, distilled]",
                    "coherence.sampling.max_tokens=24", "coherence.judge_sampling.max_tokens=24",

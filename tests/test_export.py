@@ -40,7 +40,7 @@ def run(embedded_path, tmp_path_factory):
     LoRA adapters on a tiny model, folded), the merge stage runs for real, and one evaluation has results."""
     from charter.config import load_config
     from charter.stages import train
-    from charter.stages.merge import fold
+    from charter.models import fold_adapter
 
     d = tmp_path_factory.mktemp("export")
     home = d / "home"
@@ -71,7 +71,7 @@ def run(embedded_path, tmp_path_factory):
                     s = e.stage
                     if s.name == "dpo":
                         _adapter(base, s.dir / "adapter", 1)
-                        fold(base, str(s.dir / "adapter"), s.dir / "model", "float32")
+                        fold_adapter(base, str(s.dir / "adapter"), s.dir / "model", "float32", tokenizer_from=base)
                     if s.name == "sft":
                         _adapter(str(s.dir.parent / "dpo" / "model"), s.dir / "adapter", 2)
                     s.finish(made[s.name])

@@ -60,7 +60,7 @@ def test_run_models_need_a_loadable_folder():
         layout.run_model(cfg, "trained")
     (d / "model" / "config.json").write_text("{}")
     assert layout.run_model(cfg, "trained") == d / "model"
-    assert set(layout.RUN_MODELS) == {"distilled", "trained"}
+    assert set(layout.RUN_MODELS) == {"distilled", "trained", "rl"}
 
 
 def test_the_constitution_is_the_expanded_one_only_when_expand_finished(tmp_path):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from charter.models import load_causal_lm, load_tokenizer
-from charter.stages.merge import blend, fold, persona_adapter
+from charter.models import fold_adapter
+from charter.stages.merge import blend, persona_adapter
 
 from .tiny import save_tiny
 
@@ -35,9 +36,9 @@ def chain(embedded_path, tmp_path_factory):
     tok = load_tokenizer(embedded_path)
     base = save_tiny(tok, d / "base")
     a1 = _random_adapter(base, d / "dpo-adapter", 1)
-    distilled = fold(base, a1, d / "distilled", "float32")
+    distilled = fold_adapter(base, a1, d / "distilled", "float32", tokenizer_from=base)
     a2 = _random_adapter(str(distilled), d / "sft-adapter", 2)
-    final = fold(str(distilled), a2, d / "final", "float32")
+    final = fold_adapter(str(distilled), a2, d / "final", "float32", tokenizer_from=distilled)
     ids = torch.tensor([tok("Hello there, how are you today?").input_ids])
     return {"base": base, "a1": a1, "a2": a2, "distilled": str(distilled), "final": str(final), "ids": ids, "d": d}
 

@@ -127,6 +127,7 @@ SMOKE = ["preferences.prompts=10", "preferences.sampling.max_tokens=32", "prefer
          "student.dtype=float32"]
 
 
+@pytest.mark.slow  # the evaluation's real end-to-end run (minutes on 2 cores); CI runs it
 def test_end_to_end_on_embedded_model(embedded_path, one_thread):
     cfg = cfg_with(f"preferences.models=[base, copy={embedded_path}, trained]", *SMOKE)
     lines = []
@@ -223,6 +224,7 @@ def test_ratings_comparison_and_figures_from_logs():
         ["warm", "cold"]
 
 
+@pytest.mark.slow  # the evaluation's real end-to-end run (minutes on 2 cores); CI runs it
 def test_logprob_judge_always_gives_a_verdict(embedded_path, one_thread):
     """With judge_mode=logprob the small embedded judge yields a verdict for every reply."""
     cfg = cfg_with("preferences.models=[base]", "preferences.judge_mode=logprob", *SMOKE)

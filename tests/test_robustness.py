@@ -439,6 +439,7 @@ def test_detector_from_reference_texts_gives_base_its_floor_and_prompted_its_rat
 # ------------------------------------------------------------------------------------------ embedded model
 
 
+@pytest.mark.slow  # the evaluation's real end-to-end run (minutes on 2 cores); CI runs it
 def test_end_to_end_on_embedded_model(embedded_path, one_thread):
     cfg = cfg_with("robustness.prompts=6", "robustness.conditions=[base, prompted]", "robustness.encoder=tfidf",
                    "robustness.sampling.max_tokens=16", "student.batch_size=16", "student.dtype=float32",

@@ -158,6 +158,7 @@ def test_sweep_picks_the_strongest_coefficient_before_the_first_failure():
     assert st.within_tolerance(row(1, base["logprob"] - st.LOGPROB_TOLERANCE), base)
 
 
+@pytest.mark.slow  # the evaluation's real end-to-end run (minutes on 2 cores); CI runs it
 def test_fit_sweeps_saves_a_vector_and_loads_a_steered_backend(embedded_path):
     cfg = load_config(None, ["name=steer-test", f"student.model={embedded_path}", "steering.stems=4",
                              "steering.coefficients=[1.0, 0.005]", "steering.sweep_prompts=2",

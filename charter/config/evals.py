@@ -63,7 +63,7 @@ class RobustnessConfig:
 
     conditions: list[Condition] = field(
         default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"],
-        metadata={"help": "the conditions compared: base | prompted | steered | distilled | trained"})
+        metadata={"help": "the conditions compared: base | prompted | steered | distilled | trained | rl"})
     prompts: int = field(default=500, metadata={"help": "prompts drawn from prompt_source, split train/held-out"})
     prompt_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
     heldout_fraction: float = field(default=0.5, metadata={
