@@ -191,9 +191,10 @@ class TransformersBackend:
         # are scored one continuation at a time.
         single = [i for i, o in enumerate(ids) if o and all(len(t) == 1 for t in o)]
         if single:
-            dists = next_token_logprobs(self.model, self.tokenizer, [prefixes[i] for i in single], self.spec.batch_size)
-            for i, d in zip(single, dists):
-                out[i] = [d[t[0]] for t in ids[i]]
+            scores = next_token_logprobs(self.model, self.tokenizer, [prefixes[i] for i in single],
+                                         [[t[0] for t in ids[i]] for i in single], self.spec.batch_size)
+            for i, sc in zip(single, scores):
+                out[i] = sc
         seqs, owners = [], []
         for i in sorted(set(range(len(chats))) - set(single)):
             for o in ids[i]:
@@ -210,54 +211,49 @@ class TransformersBackend:
 
 # --- log-probabilities of given continuations: option scoring (judges) and reply log-likelihoods (proxies) --
 
-def continuation_logprobs(model, tokenizer, seqs: list[tuple[list[int], list[int]]], batch_size: int = 4
-                          ) -> list[list[float]]:
-    """Per-token log-probabilities of each continuation given its prefix: ``seqs`` holds (prefix ids,
-    continuation ids). Right-padded batches, so positions stay those of an unpadded sequence."""
+def _right_padded_logits(model, tokenizer, rows: list[list[int]], batch_size: int):
+    """(row index, its logits [len, vocab]) for every row, forward in right-padded batches, so positions
+    stay those of an unpadded sequence."""
     import torch
 
-    out: list[list[float]] = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(seqs), max(1, batch_size)):
-        batch = seqs[start:start + max(1, batch_size)]
-        width = max(len(p) + len(o) for p, o in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, (p, o) in enumerate(batch):
-            ids[r, : len(p) + len(o)] = torch.tensor(p + o)
-            mask[r, : len(p) + len(o)] = 1
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           use_cache=False).logits
-        for r, (p, o) in enumerate(batch):
-            if not o:
-                out.append([])
-                continue
-            pos = torch.arange(len(p) - 1, len(p) + len(o) - 1, device=logits.device)  # logits at t predict t+1
-            logp = logits[r, pos].float().log_softmax(-1)
-            out.append(logp.gather(-1, torch.tensor(o, device=logp.device)[:, None])[:, 0].tolist())
-    return out
-
-
-def next_token_logprobs(model, tokenizer, prefixes: list[list[int]], batch_size: int = 4) -> list[list[float]]:
-    """The log-probability of every vocabulary token right after each prefix (one forward pass a batch)."""
-    import torch
-
-    out: list[list[float]] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(prefixes), max(1, batch_size)):
-        batch = prefixes[start:start + max(1, batch_size)]
+    step = max(1, batch_size)
+    for start in range(0, len(rows), step):
+        batch = rows[start:start + step]
         width = max(map(len, batch))
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for r, p in enumerate(batch):
-            ids[r, : len(p)] = torch.tensor(p)
-            mask[r, : len(p)] = 1
+        for r, row in enumerate(batch):
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
         with torch.inference_mode():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                            use_cache=False).logits
-        for r, p in enumerate(batch):
-            out.append(logits[r, len(p) - 1].float().log_softmax(-1).tolist())
+        for r, row in enumerate(batch):
+            yield start + r, logits[r, : len(row)]
+
+
+def continuation_logprobs(model, tokenizer, seqs: list[tuple[list[int], list[int]]], batch_size: int = 4
+                          ) -> list[list[float]]:
+    """Per-token log-probabilities of each continuation given its prefix: ``seqs`` holds (prefix ids,
+    continuation ids)."""
+    import torch
+
+    out: list[list[float]] = [[] for _ in seqs]
+    for i, logits in _right_padded_logits(model, tokenizer, [p + o for p, o in seqs], batch_size):
+        p, o = seqs[i]
+        if o:  # logits at t predict token t+1
+            logp = logits[len(p) - 1: len(p) + len(o) - 1].float().log_softmax(-1)
+            out[i] = logp.gather(-1, torch.tensor(o, device=logp.device)[:, None])[:, 0].tolist()
+    return out
+
+
+def next_token_logprobs(model, tokenizer, prefixes: list[list[int]], tokens: list[list[int]], batch_size: int = 4
+                        ) -> list[list[float]]:
+    """The log-probabilities of the given next tokens right after each prefix (one forward pass a batch)."""
+    out: list[list[float]] = [[] for _ in prefixes]
+    for i, logits in _right_padded_logits(model, tokenizer, prefixes, batch_size):
+        out[i] = logits[-1].float().log_softmax(-1)[tokens[i]].tolist()
     return out
 
 

@@ -48,9 +48,7 @@ class ScriptedBackend:
     def __init__(self, spec: ModelSpec):
         self.spec, self.script, self.n, self.sent = spec, load_script(spec.model), 0, []
 
-    def _reply(self, chat: list[dict]) -> tuple[str, bool]:
-        user = next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
-        system = next((m["content"] for m in chat if m["role"] == "system"), "")
+    def _reply(self, user: str, system: str) -> tuple[str, bool]:
         for rule in self.script["rules"]:
             text = system if rule.get("in") == "system" else user
             if re.search(rule.get("match", ""), text):
@@ -63,9 +61,9 @@ class ScriptedBackend:
         for i, chat in enumerate(chats):
             self.sent.append(chat)
             prefill = (prefills or [""] * len(chats))[i] or ""
-            template, finished = self._reply(chat)
             user = next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
             system = next((m["content"] for m in chat if m["role"] == "system"), "")
+            template, finished = self._reply(user, system)
             self.n += 1
             text = template.format(user=user, system=system, prefill=prefill, n=self.n)
             words = list(re.finditer(r"\S+", text))
