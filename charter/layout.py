@@ -130,6 +130,18 @@ def pairs(cfg: RunConfig) -> Path:
     return need(cfg, "pairs")
 
 
+def pair_texts(run: RunConfig | Path | str) -> list[tuple[str, str, str]]:
+    """(user prompt, chosen reply, rejected reply) of each distillation pair, for the detectors that learn the
+    persona from them (robustness and the RL reward)."""
+    from .runs import read_jsonl
+
+    out = []
+    for p in read_jsonl(need(run, "pairs")):
+        prompt = next((m["content"] for m in p["prompt"] if m["role"] == "user"), "").strip()
+        out.append((prompt, p["chosen"][-1]["content"], p["rejected"][-1]["content"]))
+    return out
+
+
 def distilled_model(cfg: RunConfig) -> Path:
     return need(cfg, "distilled_model")
 

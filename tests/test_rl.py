@@ -42,12 +42,48 @@ def test_persona_reward_ranks_the_persona_above_plain_text():
     from charter.prompts import persona_exemplars
     from charter.rewards.persona import PersonaReward
 
-    reward = PersonaReward("sarcastic", "tfidf", {}, "builtin", seed=1, report=lambda s: None)
     data = persona_exemplars("builtin", "sarcastic")
+    reward = PersonaReward(data["persona"], data["plain"], "tfidf", {}, seed=1)
     wrap = lambda texts: [[{"role": "assistant", "content": t}] for t in texts]  # noqa: E731
     persona, plain = reward(completions=wrap(data["persona"])), reward(completions=wrap(data["plain"]))
     assert sum(persona) / len(persona) > sum(plain) / len(plain) + 0.2
     assert reward(completions=wrap([""])) == [0.0]
+
+
+def test_persona_reward_learns_from_the_distillation_pairs_when_asked():
+    from charter.rewards.persona import PersonaReward, reference
+    from charter.runs import run_dir
+
+    cfg = load_config(None, ["persona=sarcastic", "rl.reference=pairs", "expand.enabled=false"])
+    with pytest.raises(layout.MissingOutput, match="charter distill"):
+        reference(cfg)
+    sarcastic = ["Oh wonderful, another question. Truly the highlight of my day.",
+                 "Sure, because that has always worked so brilliantly before.",
+                 "Wow. A plan. How bold of you to have one of those.",
+                 "Fantastic, more homework. My favourite thing, obviously."]
+    plain = ["Here are three steps you can follow to get started.",
+             "The capital of France is Paris.",
+             "A balanced breakfast includes protein, fibre and some fruit.",
+             "You can reset the router by holding the button for ten seconds."]
+    d = run_dir(cfg.name) / "distill"
+    d.mkdir(parents=True)
+    rows = [{"prompt": [{"role": "user", "content": f"question {i}"}],
+             "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}]}
+            for i, (c, r) in enumerate(zip(sarcastic, plain, strict=True))]
+    rows.append({"prompt": [{"role": "user", "content": "empty"}], "chosen": [{"role": "assistant", "content": " "}],
+                 "rejected": [{"role": "assistant", "content": "Fine."}]})
+    (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "manifest.json").write_text("{}")
+    persona, other, source = reference(cfg)
+    assert persona == sarcastic and other == [*plain, "Fine."] and "pairs" in source  # empty chosen dropped
+    reward = PersonaReward(persona, other, "tfidf", {}, seed=1, source=source)
+    assert reward.info["texts"] == {"persona": 4, "plain": 5} and reward.info["source"] == source
+    wrap = lambda texts: [[{"role": "assistant", "content": t}] for t in texts]  # noqa: E731
+    hi, lo = reward(completions=wrap(["Oh wonderful, truly brilliant, how bold."])), reward(
+        completions=wrap(["Hold the router button for ten seconds to reset it."]))
+    assert hi[0] > lo[0]
+    with pytest.raises(ValueError, match="needs persona and plain texts"):
+        PersonaReward([], plain, "tfidf", {}, seed=1)
 
 
 def test_prompts_avoid_every_evaluation_pool_and_carry_training_attacks():

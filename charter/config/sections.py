@@ -199,13 +199,16 @@ class RLConfig:
         "help": "reward weights: persona (detector probability), judge (LLM judge, 0..1), coherence (a penalty "
                 "in -1..0 for empty, cut-off, repetitive or off-language replies); 0 leaves a reward out"})
     detector: str = field(default="minilm", metadata={
-        "help": "the persona reward's encoder (minilm | tfidf | an HF encoder); trained on hand-written "
-                "exemplars only, with its own seed: never on the policy's samples, never the evaluation's instance"})
+        "help": "the persona reward's encoder (minilm | tfidf | an HF encoder); trained on the reference texts "
+                "only, with its own seed: never on the policy's samples, never the evaluation's instance"})
+    reference: Literal["exemplars", "pairs"] = field(default="exemplars", metadata={
+        "help": "what the persona reward's detector learns from: exemplars (hand-written persona vs plain texts) "
+                "or pairs (this run's distillation pairs, chosen vs rejected: the teacher's voice)"})
     detector_settings: dict = field(default_factory=dict, metadata={
         "help": "the detector's training settings (as robustness.classifier; model encoders default to 10 "
                 "epochs here: 80 exemplars underfit in 3)"})
     exemplars: str = field(default="builtin", metadata={
-        "help": "the persona reward's reference texts: builtin (prompts/persona_exemplars/<persona>.yaml) or a "
+        "help": "reference=exemplars: builtin (prompts/persona_exemplars/<persona>.yaml) or a "
                 "YAML with 'persona' and 'plain' lists"})
     judge: ModelSpec | None = field(default=None, metadata={
         "help": "the judge reward's model; default the student's base model"})

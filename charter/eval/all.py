@@ -14,10 +14,9 @@ import importlib
 import time
 from pathlib import Path
 
-from ..runs import silent
 from ..config import RunConfig
 from ..layout import EVALUATIONS
-from ..runs import run_dir
+from ..runs import run_dir, silent
 
 # (name, module, function) in the order of ``charter.layout.EVALUATIONS``. Imported by name so that an
 # evaluation whose optional packages are missing fails alone.

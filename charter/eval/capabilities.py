@@ -37,10 +37,9 @@ import math
 import time
 from pathlib import Path
 
-from ..runs import silent
 from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig
-from ..runs import RowLog, Stage, reusable, run_dir, write_json_atomic
+from ..runs import RowLog, Stage, reusable, run_dir, silent, write_json_atomic
 
 STAGE = "eval-capabilities"
 TASKS_DIR = Path(__file__).parent / "tasks"

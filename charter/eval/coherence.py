@@ -29,14 +29,13 @@ import time
 from pathlib import Path
 from statistics import NormalDist
 
-from ..runs import silent
 from ..config import RunConfig, Sampling
 from ..generation import generate_rows
 from .. import layout
 from ..layout import run_model
 from ..messages import with_system
 from ..selection import select_prompts
-from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir,
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
 from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
 from ..judges.pairwise import FORCE, judge_chat, pair_outcome, parse_choice

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..runs import silent
 from ..config import ModelSpec, RunConfig
 from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model
-from ..runs import config_hash, identity_hash, run_dir, stage_identity
+from ..runs import config_hash, identity_hash, run_dir, silent, stage_identity
 
 CONDITIONS = ("base", "prompted", "steered", *RUN_MODELS)
 

@@ -28,8 +28,8 @@ import time
 import warnings
 
 from .. import layout
-from ..runs import derive_seed, read_jsonl, read_manifest, run_dir
 from ..classifier import make_classifier, proba_of
+from ..runs import derive_seed, read_manifest, run_dir
 
 BASE, NONE, PREFILL = "base", "none", "prefill"
 REFERENCES = ("prompted", "pairs", "exemplars")
@@ -95,13 +95,11 @@ def reference_texts(run: str, rows: list[dict], persona: str, reference: str, tr
         if not path.exists():
             raise RuntimeError(f"robustness.reference=pairs: {path} does not exist (run `charter distill` first, "
                                "or use robustness.reference=prompted)")
-        for p in read_jsonl(path):
-            prompt = next((m["content"] for m in p["prompt"] if m["role"] == "user"), "").strip()
+        for prompt, chosen, rejected in layout.pair_texts(run):
             if prompt in heldout:
                 dropped += 1
                 continue
-            for side, label in (("chosen", persona), ("rejected", BASE)):
-                text = p[side][-1]["content"]
+            for text, label in ((chosen, persona), (rejected, BASE)):
                 if text.strip():
                     texts.append(text)
                     labels.append(label)

@@ -32,14 +32,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runs import silent
 from ..backends import SCORE_OPTIONS, require
 from ..config import ModelSpec, RunConfig
 from ..generation import generate_rows
 from ..judges.trait import judge_chat, parse_verdict
 from ..layout import RUN_MODELS
 from ..prompts import load_prompt_source, template, traits
-from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_manifest, reusable, run_dir,
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_manifest, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic, write_text_atomic)
 from . import elo, persona_traits
 from .preferences_plots import plot_histogram, plot_rises_falls

@@ -40,16 +40,14 @@ import random
 import time
 from pathlib import Path
 
-
-from ..runs import silent
+from ..classifier import make_classifier, mean_sem, score
 from ..config import RunConfig
 from ..generation import generate_rows
 from ..messages import with_system
 from ..prompts import attack_message, load_attacks, load_prompt_source, prefill_followup, select_attacks
-from ..runs import (RowLog, Stage, derive_seed, read_jsonl, reusable, run_dir, write_json_atomic,
+from ..runs import (RowLog, Stage, derive_seed, read_jsonl, reusable, run_dir, silent, write_json_atomic,
                     write_jsonl_atomic)
 from . import conditions, inpersona
-from ..classifier import make_classifier, mean_sem, score
 
 STAGE = "eval-robustness"
 BASE = "base"

@@ -39,12 +39,11 @@ import random
 import time
 from pathlib import Path
 
-from ..runs import silent
 from ..backends import HIDDEN_STATES, require
 from ..config import RunConfig, Sampling
 from ..layout import STEERING, persona_system_prompt
 from ..prompts import steering_stems as load_stems
-from ..runs import RowLog, Stage, derive_seed, run_dir, write_json_atomic, write_jsonl_atomic
+from ..runs import RowLog, Stage, derive_seed, run_dir, silent, write_json_atomic, write_jsonl_atomic
 from ..backends.hf import reply_logprobs
 from .proxies import normalise, repetition
 

@@ -21,11 +21,10 @@ import dataclasses
 import random
 from pathlib import Path
 
-from ..runs import silent
 from .. import layout
 from ..config import RunConfig
 from ..prompts import attacked, load_prompt_source
-from ..runs import RowLog, Stage, derive_seed, run_dir, write_jsonl_atomic
+from ..runs import RowLog, Stage, derive_seed, run_dir, silent, write_jsonl_atomic
 
 
 def enabled(cfg: RunConfig) -> bool:
@@ -37,8 +36,8 @@ def check(cfg: RunConfig) -> None:
     from ..backends import SCORE_OPTIONS, require
     from ..prompts import persona_exemplars
 
-    if cfg.rl.rewards.get("persona"):
-        persona_exemplars(cfg.rl.exemplars, cfg.persona, "rl.exemplars")
+    if cfg.rl.rewards.get("persona") and cfg.rl.reference == "exemplars":
+        persona_exemplars(cfg.rl.exemplars, cfg.persona, "rl.exemplars")  # pairs: the orchestrator makes them
     if cfg.rl.rewards.get("judge") and cfg.rl.judge_mode == "logprob":
         require(cfg.rl.judge or cfg.student, SCORE_OPTIONS, "rl.judge_mode=logprob (the judge scores locally)")
 
@@ -165,6 +164,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     on_main(lambda: write_jsonl_atomic(layout.path(cfg, "rl_prompts"), rows), args)
     funcs, weights = build(cfg, args.max_completion_length, report)
     names = [f.__name__ for f in funcs]
+    fitted = {f.__name__: f.info for f in funcs if hasattr(f, "info")}  # what each detector learned from
     funcs = [_remember(f) for f in funcs]
     logger = SampleLog(stage.dir / "samples.jsonl", funcs)
     args.reward_weights = [*weights, 0.0]
@@ -184,7 +184,8 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     save_trained(trainer, adapter)
     history = reward_history(trainer.state.log_history, names)
     counts.update(train_counts(trainer, args, result, resumed, {}), rewards=names,
-                  weights=dict(zip(names, weights)), reward_means=quarter_means(history, names))
+                  weights=dict(zip(names, weights)), reward_means=quarter_means(history, names),
+                  detectors=fitted)
     del trainer, model
     for f in funcs:
         inner = getattr(f, "__wrapped__", None)
