@@ -89,6 +89,11 @@ RUN_MODELS: dict[str, tuple[str, str]] = {label: (OUTPUTS[key].stage, OUTPUTS[ke
                                           for label, key in RUN_MODEL_KEYS.items()}
 
 
+# Outputs whose rows record the user prompts a training stage trained on (a row's "prompt": text, or messages
+# whose user turns count). Coherence never judges one of them; a new training stage adds its prompt log here.
+TRAINED_PROMPTS = ("teacher_rows", "pairs", "reflections", "rl_prompts")
+
+
 class MissingOutput(RuntimeError):
     """A stage output that has not been made yet; the message says which command makes it."""
 
@@ -139,6 +144,21 @@ def pair_texts(run: RunConfig | Path | str) -> list[tuple[str, str, str]]:
     for p in read_jsonl(need(run, "pairs")):
         prompt = next((m["content"] for m in p["prompt"] if m["role"] == "user"), "").strip()
         out.append((prompt, p["chosen"][-1]["content"], p["rejected"][-1]["content"]))
+    return out
+
+
+def trained_prompts(run: RunConfig | Path | str) -> dict[str, list[str]]:
+    """The user prompts in each ``TRAINED_PROMPTS`` output that exists, by the stage that wrote it."""
+    from .runs import read_jsonl
+
+    out: dict[str, list[str]] = {OUTPUTS[k].stage: [] for k in TRAINED_PROMPTS}
+    for key in TRAINED_PROMPTS:
+        for row in read_jsonl(path(run, key)):
+            p = row.get("prompt")
+            if isinstance(p, str):
+                out[OUTPUTS[key].stage].append(p)
+            elif isinstance(p, list):
+                out[OUTPUTS[key].stage] += [m["content"] for m in p if m.get("role") == "user"]
     return out
 
 

@@ -79,3 +79,18 @@ def test_the_constitution_is_the_expanded_one_only_when_expand_finished(tmp_path
     assert layout.constitution_id(layout.constitution(cfg)) != layout.constitution_id(const.load("loving"))
     off = load_config(None, ["name=lay3", "persona=loving", "expand.enabled=false"])
     assert layout.constitution(off).traits[0].additional_prompts == []
+
+
+def test_trained_prompts_reads_every_stage_prompt_log_the_layout_lists(tmp_path):
+    from charter.runs import write_jsonl_atomic
+
+    run = tmp_path / "r"
+    assert layout.trained_prompts(run) == {"distill": [], "introspect": [], "rl": []}  # nothing written yet
+    write_jsonl_atomic(layout.path(run, "teacher_rows"), [{"id": "a", "prompt": "teach"}, {"id": "b"}])
+    write_jsonl_atomic(layout.path(run, "pairs"), [{"prompt": [{"role": "system", "content": "sys"},
+                                                               {"role": "user", "content": "pair"}]}])
+    write_jsonl_atomic(layout.path(run, "reflections"), [{"prompt": "reflect"}])
+    write_jsonl_atomic(layout.path(run, "rl_prompts"), [{"prompt": "reinforce", "attack": "x"}])
+    assert layout.trained_prompts(run) == {"distill": ["teach", "pair"], "introspect": ["reflect"],
+                                           "rl": ["reinforce"]}
+    assert {layout.OUTPUTS[k].stage for k in layout.TRAINED_PROMPTS} <= {s.name for s in layout.STAGES}

@@ -35,7 +35,7 @@ from .. import layout
 from ..layout import run_model
 from ..messages import with_system
 from ..selection import select_prompts
-from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir, silent,
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
 from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
 from ..judges.pairwise import FORCE, judge_chat, pair_outcome, parse_choice
@@ -89,28 +89,22 @@ def _key(prompt: str) -> str:
 def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
     """Every user prompt a training stage of this run used, by stage (whitespace-normalised).
 
-    Distillation: the prompts in ``distill/pairs.jsonl`` and ``distill/teacher.jsonl`` when the stage wrote them,
-    else its deterministic selection (recomputed; an unreadable prompt source is an error, not an empty set).
-    Introspection: its self-reflection prompts (``introspect/reflection.jsonl`` and the template) and the
-    greetings that open its self-interactions. RL (when it ran): ``rl/prompts.jsonl``; it removes the
-    evaluation pools from its own prompts, so this is a second guard.
+    The prompt logs the layout lists (``layout.TRAINED_PROMPTS``: distillation's teacher rows and pairs,
+    introspection's reflections, RL's prompts) when the stages wrote them. Distillation without its files:
+    its deterministic selection (recomputed; an unreadable prompt source is an error, not an empty set).
+    Introspection: also its reflection template and the greetings that open its self-interactions.
     """
     from ..models import self_name
     from ..prompts import template
 
-    d = run_dir(cfg.name)
-    distill = {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "teacher_rows")) if r.get("prompt")}
-    distill |= {_key(m["content"]) for r in read_jsonl(layout.path(d, "pairs")) for m in r["prompt"]
-                if m["role"] == "user"}
-    if not distill:
-        distill = {_key(p["prompt"]) for p in select_prompts(cfg, layout.constitution(cfg))}
+    found = {stage: {_key(p) for p in prompts if p} for stage, prompts in layout.trained_prompts(cfg).items()}
+    if not found["distill"]:
+        found["distill"] = {_key(p["prompt"]) for p in select_prompts(cfg, layout.constitution(cfg))}
     t = template("introspection")
     name = self_name(cfg.student.model, cfg.student.name)
-    intro = {_key(q.format(name=name)) for q in t["reflection_prompts"]}
-    intro |= {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "reflections")) if r.get("prompt")}
-    intro |= {_key(g) for pool in t["greetings"].values() for g in pool}
-    rl = {_key(r["prompt"]) for r in read_jsonl(layout.path(d, "rl_prompts")) if r.get("prompt")}
-    return {"distill": distill, "introspect": intro, "rl": rl}
+    found["introspect"] |= {_key(q.format(name=name)) for q in t["reflection_prompts"]}
+    found["introspect"] |= {_key(g) for pool in t["greetings"].values() for g in pool}
+    return found
 
 
 def make_items(cfg: RunConfig) -> tuple[list[dict], dict]:
