@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-ORDER = ("base", "prompted", "steered", "distilled", "trained", "rl")
+from charter.eval.conditions import CONDITIONS as ORDER  # the one list of conditions, in order
 
 
 def main() -> int:

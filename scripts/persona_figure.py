@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-ORDER = ("base", "prompted", "steered", "distilled", "trained", "rl")
+from charter.eval.conditions import CONDITIONS as ORDER  # the one list of conditions, in order
 
 
 def panel(ax, title: str, results: dict) -> None:

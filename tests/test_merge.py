@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from charter.models import load_causal_lm, load_tokenizer
-from charter.models import fold_adapter
+from charter.models import fold_adapter, load_causal_lm, load_tokenizer
 from charter.stages.merge import blend, persona_adapter
 
 from .tiny import save_tiny
