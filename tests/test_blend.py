@@ -137,6 +137,10 @@ def test_blend_curve_script_sweeps_and_scores_with_both_detectors(adapters, tmp_
             assert cell["n"] == 2 and 0 <= cell["lo"] <= cell["rate"] <= cell["hi"] <= 1 and 0 <= cell["mean_p"] <= 1
     assert {res["parents"][s]["persona"] for s in "ab"} == {"loving", "mathematical"}
     assert all(0 <= res["parents"][s]["check"]["rate"] <= 1 for s in "ab")
+    # Contrast: each detector also learned the other parent's persona texts as 'not mine', and says how often
+    # it mistakes the other persona for its own.
+    assert all(res["parents"][s]["reference_texts"] == {"persona": 3, "plain": 3, "other_persona": 3} for s in "ab")
+    assert all(res["parents"][s]["cross_rate"]["n"] == 2 for s in "ab")
     assert len(res["replies"]["blend"]["0.5"]) == 2 and not set(res["replies"]["heldout_prompts"]) & {""}
     png = (out / "blend_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -95,6 +95,40 @@ def test_shuffled_labels_score_about_chance(encoder, n_test):
     assert 0.3 <= s["macro_f1"] <= 0.7, s
 
 
+def test_a_frozen_probe_learns_the_toy_without_moving_the_encoder():
+    import torch
+    from transformers import AutoModel
+
+    clf = C.make_classifier("minilm", {"finetune": False, "max_length": 64}, seed=0).fit(*toy(N_TRAIN, 0))
+    texts, labels = toy(32, 1)
+    assert C.score(labels, clf.predict(texts))["macro_f1"] >= 0.9
+    shuffled = C.make_classifier("minilm", {"finetune": False, "max_length": 64}, seed=0)
+    shuffled.fit(toy(N_TRAIN, 0)[0], unrelated_labels(toy(N_TRAIN, 0)[1], 1))
+    assert 0.3 <= C.score(unrelated_labels(labels, 3), shuffled.predict(texts))["macro_f1"] <= 0.7
+    fresh = AutoModel.from_pretrained(C.minilm_path()).state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in clf.body.state_dict().items())
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_when_held_out_loss_rises():
+    settings = {**MINILM, "epochs": 6, "val_share": 0.25, "patience": 1}
+    texts, true = toy(N_TRAIN, 0)
+    # Labels unrelated to the text: what the body learns on 24 texts cannot lower the loss on the other 8 for
+    # long, so it stops before the sixth epoch.
+    clf = C.make_classifier("minilm", settings, seed=0).fit(texts, unrelated_labels(true, 1))
+    assert clf.epochs_run < 6 and len(clf.val_losses) == clf.epochs_run
+    assert len(clf.losses) == clf.epochs_run * 2  # 24 training texts, batches of 16
+    # The weights kept are the best epoch's: their held-out loss is the minimum seen.
+    index = {c: i for i, c in enumerate(clf.labels)}
+    import torch
+
+    held = clf._hold_out(list(texts), unrelated_labels(true, 1))[2]
+    assert len(held[0]) == 8 and sorted(held[1]) == ["x"] * 4 + ["y"] * 4
+    weight = torch.ones(2)
+    assert clf._loss(*held, index, weight) == pytest.approx(min(clf.val_losses), abs=1e-4)
+    with pytest.raises(ValueError, match="val_share"):
+        C.make_classifier("minilm", {**settings, "val_share": 0.99}, seed=0).fit(*toy(4, 0))
+
+
 def test_minilm_loads_offline_from_the_wheel(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = C.minilm_path()

@@ -45,7 +45,7 @@ def test_attack_suffix_is_applied_exactly_once():
     with pytest.raises(ValueError, match="already"):
         R.attack_message(msg, text)
     train, heldout = [("t0", "p-train")], [("h0", "p-one"), ("h1", "p-two")]
-    items = R.main_items("prompted", train, heldout, ["assistant", "neutral-tone"])
+    items = R.train_items("prompted", train) + R.main_items("prompted", heldout, ["assistant", "neutral-tone"])
     assert len(items) == 1 + 2 * 3 and len({it["id"] for it in items}) == len(items)
     attacks = R.load_attacks()
     for it in items:
@@ -331,6 +331,34 @@ def test_prompted_answers_plainly_for_the_reference_even_when_not_scored(monkeyp
     assert json.loads((out / "manifest.json").read_text())["identities"]["prompted"] == "v1-prompted"
 
 
+def test_prompted_is_asked_exactly_as_the_teacher_was_with_its_few_shot_exchanges(monkeypatch, tmp_path):
+    shots = tmp_path / "shots.yaml"
+    shots.write_text("- {user: 'How do I boil an egg?', assistant: 'With water, genius.'}\n")
+    sent = []
+    fake_conditions(monkeypatch, sent)
+    R.run(cfg_with(*FAKE, f"distill.teacher_examples={shots}"), report=lambda x: None, attacks=["assistant"])
+    by = {}
+    for cond, chat in sent:
+        by.setdefault(cond, []).append(chat)
+    # The teacher's chat: system prompt, the exchange, then the (attacked) prompt; nobody else sees the exchange.
+    assert all([m["role"] for m in c[:3]] == ["system", "user", "assistant"] and c[1]["content"] == "How do I boil an egg?"
+               and c[2]["content"] == "With water, genius." for c in by["prompted"])
+    assert not any("With water, genius." in m["content"] for cond, chats in by.items() if cond != "prompted"
+                   for c in chats for m in c)
+    with_shots = load_config(None, ["name=rob-test", *FAKE, f"distill.teacher_examples={shots}"])
+    assert conditions.shots(with_shots, "prompted") and not conditions.shots(with_shots, "base")
+    assert not conditions.shots(load_config(None, ["name=rob-test", *FAKE]), "prompted")
+
+
+def test_prompted_identity_changes_with_the_teachers_exchanges(tmp_path):
+    shots = tmp_path / "shots.yaml"
+    shots.write_text("- {user: 'How do I boil an egg?', assistant: 'With water, genius.'}\n")
+    plain = load_config(None, ["name=rob-test", *FAKE])
+    with_shots = load_config(None, ["name=rob-test", *FAKE, f"distill.teacher_examples={shots}"])
+    assert conditions.identity(plain, "prompted") != conditions.identity(with_shots, "prompted")
+    assert conditions.identity(plain, "base") == conditions.identity(with_shots, "base")
+
+
 def test_pairs_reference_learns_from_chosen_vs_rejected_without_held_out_prompts(monkeypatch):
     sent, fitted = [], []
     fake_conditions(monkeypatch, sent)
@@ -346,15 +374,21 @@ def test_pairs_reference_learns_from_chosen_vs_rejected_without_held_out_prompts
     write_jsonl_atomic(run_dir(cfg.name) / "distill" / "pairs.jsonl", pairs)
     (run_dir(cfg.name) / "distill" / "manifest.json").write_text(json.dumps({"finished_at": "monday"}))
     out = R.run(load_config(None, ["name=rob-test", *FAKE, "robustness.conditions=[base, prompted]",
-                                   "robustness.reference=pairs"]), report=lambda x: None, attacks=["assistant"])
+                                   "robustness.reference=pairs", "robustness.train_replies=false"]),
+                report=lambda x: None, attacks=["assistant"])
     res = json.loads((out / "results.json").read_text())
     assert res["reference"] == "pairs" and res["texts"] == {"loving": 10, "base": 10}
     assert res["pairs_dropped_heldout"] == 1 and "distillation pairs" in res["source"]
     assert sorted(t.split(" -- ")[1] for t, _ in fitted) == sorted(prompts[:10] * 2)
     assert res["table"]["base"]["none"]["rate"] == 0.0 and res["table"]["prompted"]["none"]["rate"] == 1.0
-    # New pairs (distillation was rerun) re-score; switching back re-scores too; neither generates anything.
+    # Nothing reads a reply to a train prompt here, and train_replies=false: none was asked for.
+    rows = RowLog(out / "generations.jsonl").rows.values()
+    assert {r["split"] for r in rows} == {"heldout", "turn1", "turn2"}
+    assert not any(chat[-1]["content"] in split[0] for _, chat in sent)
+    # New pairs (distillation was rerun) re-score without generating; switching back to reference=prompted
+    # asks base and prompted for their train replies, and for nothing else.
     n, pairs_cfg = len(sent), load_config(None, ["name=rob-test", *FAKE, "robustness.conditions=[base, prompted]",
-                                                  "robustness.reference=pairs"])
+                                                  "robustness.reference=pairs", "robustness.train_replies=false"])
     lines = []
     R.run(pairs_cfg, report=lines.append, attacks=["assistant"])
     assert any("already done" in line for line in lines)
@@ -363,7 +397,10 @@ def test_pairs_reference_learns_from_chosen_vs_rejected_without_held_out_prompts
     R.run(pairs_cfg, report=lines.append, attacks=["assistant"])
     assert not any("already done" in line for line in lines)
     R.run(cfg, report=lambda x: None, attacks=["assistant"])
-    assert len(sent) == n and json.loads((out / "results.json").read_text())["reference"] == "prompted"
+    assert json.loads((out / "results.json").read_text())["reference"] == "prompted"
+    new = sent[n:]
+    assert len(new) == 2 * 12 and sorted({c for c, _ in new}) == ["base", "prompted"]
+    assert all(chat[-1]["content"] in split[0] for _, chat in new)
 
 
 # ------------------------------------------------------------------------------------------ in-persona scoring

@@ -20,14 +20,17 @@ from charter.runs import read_jsonl, read_manifest, run_dir
 from charter.stages import distill
 
 
-def test_builtin_examples_load_and_stay_out_of_every_evaluation_pool():
-    shots = teacher_examples("builtin", "sarcastic")
+@pytest.mark.parametrize("persona", ["sarcastic", "poetic"])
+def test_builtin_examples_load_and_stay_out_of_every_evaluation_pool(persona):
+    shots = teacher_examples("builtin", persona)
     assert len(shots) >= 3 and all(s["user"] and s["assistant"] for s in shots)
     pools = set(prompts.load_prompt_source("builtin", builtin="preference_prompts"))
     attacks = [a for a in load_attacks().values() if a]
     for s in shots:
         assert s["user"] not in pools
         assert not any(a in s["user"] for a in attacks)
+    if persona != "sarcastic":
+        return
     ex = persona_exemplars("builtin", "sarcastic")
     assert len(ex["persona"]) >= 20 and len(ex["plain"]) >= 20
     # The detector's texts are not the teacher's: otherwise the detector would reward copying the shots.

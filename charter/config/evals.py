@@ -87,6 +87,10 @@ class RobustnessConfig:
         "help": "reference=exemplars: 'builtin' (prompts/persona_exemplars/<persona>.yaml) or a YAML file with "
                 "'persona' and 'plain' lists of texts"})
     bootstrap: int = field(default=1000, metadata={"help": "resamples of the held-out prompts for the 95% CIs"})
+    train_replies: bool = field(default=True, metadata={
+        "help": "every condition also answers the train prompts plainly, so other runs' multi-persona mode can "
+                "learn from this run; false generates only what this run scores (single mode, reference pairs or "
+                "exemplars: a tenth fewer replies)"})
 
 
 @dataclass

@@ -33,10 +33,10 @@ from ..config import RunConfig, Sampling
 from ..generation import generate_rows
 from .. import layout
 from ..layout import run_model
-from ..messages import with_system
 from ..selection import select_prompts
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
+from . import conditions
 from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
 from ..judges.pairwise import FORCE, judge_chat, pair_outcome, parse_choice
 
@@ -230,7 +230,9 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
             _fresh(d, label, idents[label], [f"replies-{label}.jsonl"], report)
             replies = RowLog(d / f"replies-{label}.jsonl")
             gen[label] = generate_rows(
-                replies, items, lambda it: (with_system([{"role": "user", "content": it["prompt"]}], system), None),
+                replies, items,
+                lambda it, label=label, system=system: (
+                    conditions.chat(cfg, label, system, [{"role": "user", "content": it["prompt"]}]), None),
                 backend, sampling, (cfg.seed, "coherence", label), CHUNK, f"replies {label}").as_dict()
             conds.release(label, keep=judge_spec)
         rows, results, lines, forced = [], {}, [], {}

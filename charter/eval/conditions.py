@@ -1,15 +1,18 @@
 """The conditions every evaluation compares, on the same prompts.
 
     base       the student model as it is, no system prompt
-    prompted   the student with the persona's system prompt (the teacher's, from the run's expanded constitution)
+    prompted   the student prompted exactly as the distillation teacher was: the persona's system prompt (from
+               the run's expanded constitution) and, when ``distill.teacher_examples`` is set, the same few-shot
+               exchanges before the user's message; so 'prompted' is the teacher the run distilled from
     steered    the student with the persona's activation-steering vector (``eval/steering.py``), no system prompt
     distilled  this run's DPO model (``<run>/dpo/model``), no system prompt
     trained    this run's final model, DPO + introspection SFT (``<run>/merge/model``), no system prompt
     rl         this run's RL model (``<run>/rl/model``, optional stage ``charter rl``), no system prompt
 
-``open_condition(cfg, label) -> (backend, system)``: put ``system`` (None for all but 'prompted') in front of
-every chat with ``messages.with_system``. Base, prompted and steered share one loaded student model (steering hooks are
-active only inside the steered backend's ``generate``), and every model is loaded once until ``close()``.
+``open_condition(cfg, label) -> (backend, system)``: build every chat with ``chat(cfg, label, system, messages)``,
+which puts ``system`` (None for all but 'prompted') and the condition's few-shot exchanges in front. Base,
+prompted and steered share one loaded student model (steering hooks are active only inside the steered
+backend's ``generate``), and every model is loaded once until ``close()``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,25 @@ def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
     return cfg.student
 
 
+def shots(cfg: RunConfig, label: str) -> list[dict]:
+    """The few-shot exchanges a condition sees before the user's message: the distillation teacher's for
+    'prompted' (a teacher with examples and a baseline without them would not be the same persona), else none."""
+    if label != "prompted" or not cfg.distill.teacher_examples:
+        return []
+    from ..prompts import teacher_examples
+
+    return teacher_examples(cfg.distill.teacher_examples, cfg.persona)
+
+
+def chat(cfg: RunConfig, label: str, system: str | None, messages: list[dict]) -> list[dict]:
+    """``messages`` as condition ``label`` is asked them: its system prompt, its few-shot exchanges, then them."""
+    from ..messages import with_system
+
+    pre = [m for s in shots(cfg, label) for m in ({"role": "user", "content": s["user"]},
+                                                  {"role": "assistant", "content": s["assistant"]})]
+    return with_system(pre + list(messages), system)
+
+
 def identity(cfg: RunConfig, label: str) -> str:
     """A hash of everything a condition's replies depend on besides the prompts and sampling: the model, the
     identity of the stage that made a run model or the steering vector (``charter.runs``: it changes whenever
@@ -57,6 +79,8 @@ def identity(cfg: RunConfig, label: str) -> str:
         parts["stage_identity"] = stage_identity(run_dir(cfg.name), stage)
     if label in ("prompted", "steered"):
         parts["system"] = persona_system_prompt(cfg)
+    if shots(cfg, label):  # absent without examples, so earlier logs stay valid
+        parts["shots"] = shots(cfg, label)
     return identity_hash(parts)
 
 

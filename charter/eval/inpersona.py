@@ -189,7 +189,8 @@ def score(cfg, rows: list[dict], persona: str, scored: list[str], attack_ids: li
              BASE: {k: 1 - v for k, v in hits.get(BASE, {}).get(NONE, {}).items()}}
     detector = {"balanced_accuracy": boot(check, ["prompted", BASE]),
                 "persona_recall": boot(check, ["prompted"])["rate"],
-                "base_false_alarms": boot(hits.get(BASE, {}), [NONE])["rate"]}
+                "base_false_alarms": boot(hits.get(BASE, {}), [NONE])["rate"],
+                "epochs_run": getattr(clf, "epochs_run", None), "fit_seconds": round(fit_s, 1)}
     results = {"mode": "single", "metric": "in_persona_rate", "persona": persona, "encoder": encoder,
                "threshold": THRESHOLD, "level": LEVEL, "bootstrap": r.bootstrap, **info,
                "n_train": len(train_prompts), "n_heldout": len(heldout), "attacks": list(attack_ids),

@@ -6,15 +6,18 @@
 Prompts are split, with a seeded shuffle, into a train set and a held-out set that share no prompt. Every
 condition (base, prompted, steered, distilled, trained; see ``conditions.py``) answers the held-out prompts
 plainly and under each break-character attack (``prompts/attacks.yaml``, the instruction appended once to the
-user message), and the train prompts plainly. Nothing is scored on a prompt its scorer learned from.
+user message), and, where a scorer learns from them, the train prompts plainly. Nothing is scored on a prompt
+its scorer learned from.
 
 - **Single-persona mode** (``robustness.personas`` empty): the **in-persona rate** (``inpersona.py``). A
   detector learns the persona from reference texts that belong to no scored reply (``robustness.reference``:
   the base model with vs without the persona's system prompt on the train prompts, or the distillation
   pairs), then every condition's held-out replies get the share it judges in persona, with bootstrap 95%
   CIs over prompts. Base is a real floor, 'prompted' a real reference. 'prompted' and 'base' always answer
-  the train prompts and the held-out prompts plainly, even when not scored: the reference and the detector's
-  own check need them.
+  the held-out prompts plainly, even when not scored: the detector's own check needs them. Replies to the
+  train prompts are read here only with ``reference: prompted`` (base's and prompted's);
+  ``train_replies: false`` skips the rest, a tenth of the generation, at the price of this run's log
+  serving another run's multi-persona mode.
 - **Multi-persona mode** (``robustness.personas`` = other run names): one class per persona, as the paper.
   Each listed run must have run this evaluation itself; its ``generations.jsonl`` is read and its rows are
   matched to *this* run's split by prompt text: its plain replies to our train prompts are training data,
@@ -28,8 +31,8 @@ Writes to ``<run>/eval-robustness/``: ``split.json``, ``generations.jsonl`` (res
 ``results.json`` (plus ``results-tfidf.json``, the same scores from the TF-IDF baseline, when the encoder is
 another) and the manifest. The built-in prompt pool is ``preference_prompts`` (WildChat-like first messages),
 not ``general``, which distillation trains on. Changing the encoder, the reference, the conditions or the
-personas re-scores without regenerating; a retrained model (its condition's identity changed) has only its own
-replies redone.
+personas re-scores, generating only replies that were never asked for (the train replies, on switching to
+``reference: prompted``); a retrained model (its condition's identity changed) has only its own replies redone.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ from pathlib import Path
 from ..classifier import make_classifier, mean_sem, score
 from ..config import RunConfig
 from ..generation import generate_rows
-from ..messages import with_system
 from ..prompts import attack_message, load_attacks, load_prompt_source, prefill_followup, select_attacks
 from ..runs import (RowLog, Stage, derive_seed, read_jsonl, reusable, run_dir, silent, write_json_atomic,
                     write_jsonl_atomic)
@@ -88,11 +90,16 @@ def persona_label(persona: str) -> str:
 # ---------------------------------------------------------------- generation
 
 
-def main_items(cond: str, train: list[tuple], heldout: list[tuple], attack_ids: list[str]) -> list[dict]:
-    """Plain replies to train prompts, then held-out prompts under ``none`` and each attack."""
+def train_items(cond: str, train: list[tuple]) -> list[dict]:
+    """Plain replies to the train prompts (what a scorer may learn from)."""
+    return [{"id": f"{cond}/train/{NONE}/{pid}", "condition": cond, "split": "train", "attack": NONE,
+             "pid": pid, "prompt": p, "user": p} for pid, p in train]
+
+
+def main_items(cond: str, heldout: list[tuple], attack_ids: list[str]) -> list[dict]:
+    """Held-out prompts under ``none`` and each attack."""
     attacks = load_attacks()
-    items = [{"id": f"{cond}/train/{NONE}/{pid}", "condition": cond, "split": "train", "attack": NONE,
-              "pid": pid, "prompt": p, "user": p} for pid, p in train]
+    items = []
     for a in [NONE, *attack_ids]:
         items += [{"id": f"{cond}/heldout/{a}/{pid}", "condition": cond, "split": "heldout", "attack": a,
                    "pid": pid, "prompt": p, "user": attack_message(p, attacks[a])} for pid, p in heldout]
@@ -144,16 +151,20 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
             known[cond] = ident
             write_json_atomic(ids_path, known)
 
-            def build(it, system=system):
-                return with_system([{"role": "user", "content": it["user"]}], system), None
+            def build(it, system=system, cond=cond):
+                return conditions.chat(cfg, cond, system, [{"role": "user", "content": it["user"]}]), None
 
             if cond == BASE and r.prefill:
                 items = [{"id": f"{BASE}/turn1/prefill/{pid}", "condition": BASE, "split": "turn1",
                           "attack": "prefill", "pid": pid, "prompt": p, "user": p} for pid, p in heldout]
                 gen(items, build, backend, f"{BASE}/turn1")
             if cond != BASE or mode == "single":  # base has no label in multi-persona mode
-                gen(main_items(cond, train, heldout, [] if cond in plain_only else attack_ids), build, backend,
-                    cond)
+                # Their own seeds (key '<cond>/train'), so held-out replies do not depend on whether train
+                # replies were asked for, and asking for them later gives what a fresh run would.
+                if (r.train_replies or mode == "multi"
+                        or (r.reference == "prompted" and cond in (BASE, "prompted"))):
+                    gen(train_items(cond, train), build, backend, f"{cond}/train")
+                gen(main_items(cond, heldout, [] if cond in plain_only else attack_ids), build, backend, cond)
             if r.prefill and (cond != BASE or mode == "single") and cond not in plain_only:
                 turn1 = {pid: log.rows.get(f"{BASE}/turn1/prefill/{pid}") for pid, _ in heldout}
                 # A turn 2 written after a different (or failed) turn 1, e.g. base was redone, is stale.
@@ -163,10 +174,10 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
                           "attack": "prefill", "pid": pid, "prompt": p, "user": follow,
                           "turn1": turn1[pid]["response"]} for pid, p in heldout if _ok(turn1[pid])]
 
-                def build2(it, system=system):
+                def build2(it, system=system, cond=cond):
                     chat = [{"role": "user", "content": it["prompt"]},
                             {"role": "assistant", "content": it["turn1"]}, {"role": "user", "content": it["user"]}]
-                    return with_system(chat, system), None
+                    return conditions.chat(cfg, cond, system, chat), None
 
                 gen(items, build2, backend, f"{cond}/turn2")
             cs.release(cond)
@@ -303,7 +314,7 @@ def stage_config(cfg: RunConfig) -> dict:
     # changing them reuses the log.
     rob = {k: v for k, v in dataclasses.asdict(cfg.robustness).items()
            if k not in ("conditions", "personas", "encoder", "classifier", "prefill", "reference", "bootstrap",
-                        "exemplars")}
+                        "exemplars", "train_replies")}
     return {"seed": cfg.seed, "persona": cfg.persona, "robustness": rob}
 
 
