@@ -13,8 +13,9 @@ deltas, on the base model, no merged model) answers held-out prompts with no sys
 detector is the robustness evaluation's single-persona detector (``eval/inpersona.py``), learned from texts
 no adapter wrote on these prompts:
 
-- ``--reference prompted`` (default): the *base* model answering *other* prompts with the persona's system
-  prompt (persona) vs without it (not);
+- ``--reference prompted`` (default): the *base* model answering *other* prompts as the parent's teacher did,
+  with the persona's system prompt and the run's ``distill.teacher_examples`` exchanges (persona), vs plainly
+  (not);
 - ``--reference pairs``: the parent run's distillation pairs, chosen (persona) vs rejected (not).
 
 With contrast (the default) the *other* parent's persona texts are negatives too, so a detector cannot pass
@@ -77,6 +78,19 @@ def persona_of(ref: str, given: str | None):
     sys.exit(f"blend_curve: {ref}: cannot tell its persona (no distill/config.json); pass --persona-a/--persona-b")
 
 
+def examples_of(ref: str) -> list[dict]:
+    """The few-shot exchanges the run behind ``ref`` gave its distillation teacher (``distill.teacher_examples``,
+    recorded in its ``distill/config.json``), so a parent's 'prompted' texts come from the teacher that run
+    distilled from; none if it had none or ``ref`` is not inside a run."""
+    from charter.runs import read_json
+
+    for folder in folders(ref):
+        cfg = folder / "distill" / "config.json"
+        if cfg.is_file():
+            return read_json(cfg)["config"]["distill"].get("teacher_examples", {}).get("exchanges", [])
+    return []
+
+
 def rate(hits: list[float], n_boot: int, seed: int) -> dict:
     from charter.eval.inpersona import bootstrap_rate
 
@@ -114,7 +128,7 @@ def plot(path: Path, res: dict) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"blended persona adapters, {res['settings']['prompts']} held-out prompts "
                  "(dotted: base model)", fontsize=10)
-    ax.legend(fontsize=8, loc="center left")
+    ax.legend(fontsize=8, loc="lower right")  # the curves start high on the left
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     fig.savefig(tmp, dpi=120)
     os.replace(tmp, path)
@@ -180,9 +194,12 @@ def main(argv=None) -> int:
     backend = TransformersBackend(ModelSpec(model=base, batch_size=args.batch_size), model=model, tokenizer=tok)
     sampling = Sampling(max_tokens=args.max_tokens)
     systems = [teacher_system_prompt(c, self_name(base)) for c in consts]
+    shots = [examples_of(r) for r in (args.a, args.b)]  # [] for adapters outside a run
 
-    def gen(prompts, system, key):
-        chats = [with_system([{"role": "user", "content": p}], system) for p in prompts]
+    def gen(prompts, system, key, examples=()):
+        pre = [m for x in examples for m in ({"role": "user", "content": x["user"]},
+                                             {"role": "assistant", "content": x["assistant"]})]
+        chats = [with_system([*pre, {"role": "user", "content": p}], system) for p in prompts]
         return [o.text for o in backend.generate(chats, sampling, seed=derive_seed(args.seed, "blend-curve", key))]
 
     ref = {}
@@ -191,7 +208,7 @@ def main(argv=None) -> int:
         for split, prompts in (*splits, ("heldout", heldout)):
             ref[("base", split)] = gen(prompts, None, f"base-{split}")
             for i, s in enumerate(systems):
-                ref[(labels[i], split)] = gen(prompts, s, f"prompted{i}-{split}")
+                ref[(labels[i], split)] = gen(prompts, s, f"prompted{i}-{split}", shots[i])
     if args.reference == "pairs":  # (persona texts, plain texts) of each parent run
         refs = [pairs_of(r, set(heldout)) for r in (args.a, args.b)]
     else:
@@ -206,8 +223,8 @@ def main(argv=None) -> int:
         base_hits = [float(p >= 0.5) for p in proba_of(det, ref[("base", "heldout")], labels[i])]
         cross = [float(p >= 0.5) for p in proba_of(det, ref[(labels[1 - i], "heldout")], labels[i])]
         parents[side] = {"ref": (args.a, args.b)[i], "adapter": str(adapters[i]),
-                         "persona": labels[i], "reference_texts": {"persona": len(mine), "plain": len(plain),
-                                                                   "other_persona": len(other)},
+                         "persona": labels[i], "teacher_examples": len(shots[i]),
+                         "reference_texts": {"persona": len(mine), "plain": len(plain), "other_persona": len(other)},
                          "check": balanced_accuracy(det, ref[(labels[i], "heldout")], ref[("base", "heldout")],
                                                     labels[i], args.bootstrap, args.seed),
                          "cross_rate": rate(cross, args.bootstrap, args.seed),

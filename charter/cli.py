@@ -37,6 +37,8 @@ def _draft_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--model", default="embedded", help="'embedded', a model dir, a hub id, or a server's model")
     d.add_argument("--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
     d.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: variable holding the key")
+    d.add_argument("--dtype", default="auto", help="local backends: auto (bf16 where native, else float32), "
+                   "bfloat16, float16 or float32")
     d.add_argument("--temperature", type=float, default=0.7)
     d.add_argument("--max-tokens", type=int, default=1024, help="per completion")
     d.add_argument("--seed", type=int, default=0)

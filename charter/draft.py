@@ -302,6 +302,12 @@ def run_cli(args) -> tuple[Path, str]:
         raise ValueError(f"--temperature {args.temperature}: expected a number >= 0")
     if args.max_tokens <= 0:
         raise ValueError(f"--max-tokens {args.max_tokens}: expected a number > 0")
+    from .hardware import resolve_dtype
+
+    try:
+        resolve_dtype(args.dtype)  # a bad name fails before any model loads
+    except ValueError as e:
+        raise ValueError(f"--dtype: {e}") from None
     spec = DraftSpec(description=args.description, name=args.name or default_name(out), traits=args.traits,
                      prompts=args.prompts, critique=args.critique, rounds=args.rounds, min_traits=args.min_traits,
                      seed=args.seed, examples=read_examples(args.examples) if args.examples else [],
@@ -317,7 +323,7 @@ def run_cli(args) -> tuple[Path, str]:
     from .backends import make_backend
 
     mspec = ModelSpec(model=args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                      max_retries=2)
+                      max_retries=2, dtype=args.dtype)
     backend = make_backend(mspec)
     try:
         # A server may not continue a prefilled assistant turn (see backends/openai_api.py): ask it plainly.

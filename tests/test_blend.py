@@ -144,3 +144,28 @@ def test_blend_curve_script_sweeps_and_scores_with_both_detectors(adapters, tmp_
     assert len(res["replies"]["blend"]["0.5"]) == 2 and not set(res["replies"]["heldout_prompts"]) & {""}
     png = (out / "blend_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_blend_curve_prompts_each_parent_as_its_own_teacher(tmp_path):
+    """A parent's 'prompted' reference must be the teacher its run distilled from: the exchanges the run's
+    distill stage recorded (``distill.teacher_examples``); a run without them, or an adapter outside a run, has none."""
+    import importlib.util
+    from pathlib import Path
+
+    from charter.config import load_config
+    from charter.prompts import teacher_examples
+    from charter.stages import distill
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "blend_curve.py"
+    spec = importlib.util.spec_from_file_location("blend_curve", path)
+    bc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bc)
+    for name, which in (("with", "builtin"), ("without", "")):
+        cfg = load_config(None, ["persona=poetic", f"distill.teacher_examples={which}"])
+        (tmp_path / name / "distill").mkdir(parents=True)
+        (tmp_path / name / "dpo" / "adapter").mkdir(parents=True)  # as the stage writes config.json
+        (tmp_path / name / "distill" / "config.json").write_text(json.dumps({"config": distill.stage_config(cfg)}))
+    got = bc.examples_of(str(tmp_path / "with" / "dpo" / "adapter"))
+    assert got == teacher_examples("builtin", "poetic") and len(got) >= 2
+    assert bc.examples_of(str(tmp_path / "without" / "dpo" / "adapter")) == []
+    assert bc.examples_of(str(tmp_path / "elsewhere")) == []
