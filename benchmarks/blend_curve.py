@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     from charter.classifier import make_classifier, proba_of
     from charter.messages import with_system
     from charter.models import load_causal_lm, load_tokenizer, self_name
-    from charter.prompts import load_prompt_source
+    from charter.prompts import load_prompt_source, shot_messages
     from charter.runs import derive_seed, write_json_atomic
 
     try:
@@ -197,9 +197,7 @@ def main(argv=None) -> int:
     shots = [examples_of(r) for r in (args.a, args.b)]  # [] for adapters outside a run
 
     def gen(prompts, system, key, examples=()):
-        pre = [m for x in examples for m in ({"role": "user", "content": x["user"]},
-                                             {"role": "assistant", "content": x["assistant"]})]
-        chats = [with_system([*pre, {"role": "user", "content": p}], system) for p in prompts]
+        chats = [with_system([*shot_messages(examples), {"role": "user", "content": p}], system) for p in prompts]
         return [o.text for o in backend.generate(chats, sampling, seed=derive_seed(args.seed, "blend-curve", key))]
 
     ref = {}

@@ -57,10 +57,9 @@ def shots(cfg: RunConfig, label: str) -> list[dict]:
 def chat(cfg: RunConfig, label: str, system: str | None, messages: list[dict]) -> list[dict]:
     """``messages`` as condition ``label`` is asked them: its system prompt, its few-shot exchanges, then them."""
     from ..messages import with_system
+    from ..prompts import shot_messages
 
-    pre = [m for s in shots(cfg, label) for m in ({"role": "user", "content": s["user"]},
-                                                  {"role": "assistant", "content": s["assistant"]})]
-    return with_system(pre + list(messages), system)
+    return with_system(shot_messages(shots(cfg, label)) + list(messages), system)
 
 
 def identity(cfg: RunConfig, label: str) -> str:

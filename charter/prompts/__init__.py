@@ -178,12 +178,15 @@ def persona_exemplars(which: str, persona: str, field_name: str = "robustness.ex
     return out
 
 
+def shot_messages(shots: list[dict]) -> list[dict]:
+    """Few-shot exchanges (``{user, assistant}``, as ``teacher_examples`` returns them) as chat turns."""
+    return [m for s in shots for m in ({"role": "user", "content": s["user"]},
+                                       {"role": "assistant", "content": s["assistant"]})]
+
+
 def teacher_messages(system: str, shots: list[dict], user: str) -> list[dict]:
     """The teacher's chat: system prompt, the few-shot exchanges, then the user's prompt."""
-    msgs = [{"role": "system", "content": system}]
-    for s in shots:
-        msgs += [{"role": "user", "content": s["user"]}, {"role": "assistant", "content": s["assistant"]}]
-    return msgs + [{"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, *shot_messages(shots), {"role": "user", "content": user}]
 
 
 # --- the robustness evaluation's break-character attacks (attacks.yaml; training phrasings are apart) -------
