@@ -11,31 +11,39 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from charter import prompts
+from charter import constitution, prompts
 from charter.config import load_config
 from charter.eval import inpersona
-from charter.prompts import load_attacks
+from charter.prompts import load_attacks, train_attacks
 from charter.prompts import PromptSourceError, persona_exemplars, teacher_examples, teacher_messages
 from charter.runs import read_jsonl, read_manifest, run_dir
 from charter.stages import distill
 
+PERSONAS = constitution.shipped()
 
-@pytest.mark.parametrize("persona", ["sarcastic", "poetic"])
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
 def test_builtin_examples_load_and_stay_out_of_every_evaluation_pool(persona):
     shots = teacher_examples("builtin", persona)
     assert len(shots) >= 3 and all(s["user"] and s["assistant"] for s in shots)
-    pools = set(prompts.load_prompt_source("builtin", builtin="preference_prompts"))
-    attacks = [a for a in load_attacks().values() if a]
+    # Every pool an evaluation draws its prompts from: robustness, coherence and preferences use
+    # preference_prompts, steering uses general.
+    pools = {_norm(p) for pool in ("preference_prompts", "general")
+             for p in prompts.load_prompt_source("builtin", builtin=pool)}
+    attacks = [_norm(a) for a in load_attacks().values() if a] + [_norm(r) for r in train_attacks()["requests"]]
     for s in shots:
-        assert s["user"] not in pools
-        assert not any(a in s["user"] for a in attacks)
-    if persona != "sarcastic":
-        return
-    ex = persona_exemplars("builtin", "sarcastic")
+        assert _norm(s["user"]) not in pools
+        assert not any(a in _norm(s["user"]) for a in attacks)
+    ex = persona_exemplars("builtin", persona)
     assert len(ex["persona"]) >= 20 and len(ex["plain"]) >= 20
     # The detector's texts are not the teacher's: otherwise the detector would reward copying the shots.
-    assert not {s["assistant"] for s in shots} & set(ex["persona"])
-    assert teacher_examples("", "sarcastic") == []
+    replies = {_norm(s["assistant"]) for s in shots}
+    assert not replies & {_norm(t) for t in ex["persona"] + ex["plain"]}
+    assert teacher_examples("", persona) == []
 
 
 def test_teacher_messages_put_the_exchanges_between_system_and_prompt():
@@ -57,8 +65,10 @@ def test_bad_example_files_name_the_file(tmp_path, text, field):
 
 
 def test_missing_builtin_and_bad_exemplars_are_clear(tmp_path):
-    with pytest.raises(PromptSourceError, match="no shipped file for persona 'loving'"):
-        teacher_examples("builtin", "loving")
+    with pytest.raises(PromptSourceError, match="no shipped file for persona 'nosuch'"):
+        teacher_examples("builtin", "nosuch")
+    with pytest.raises(PromptSourceError, match="no shipped file for persona 'nosuch'"):
+        persona_exemplars("builtin", "nosuch")
     with pytest.raises(PromptSourceError, match="expected 'builtin' or a YAML file"):
         persona_exemplars(str(tmp_path / "nope.yaml"), "sarcastic")
     p = tmp_path / "ex.yaml"
