@@ -208,6 +208,7 @@ def render(run: Path, ms: dict, *, repo: str | None = None, local: Path | None =
         "This folder holds the merged model (base + DPO + SFT folded; load it like any causal LM) and, in "
         "`persona-adapter/`, one LoRA adapter on the original base model that reproduces it.",
         "",
+        *_weights(merge),
         "## Use",
         "",
         "```python",
@@ -249,6 +250,23 @@ def render(run: Path, ms: dict, *, repo: str | None = None, local: Path | None =
     else:
         lines += ["Not found: the persona file the run named is gone and the run kept no copy.", ""]
     return "\n".join(lines)
+
+
+def _weights(merge: dict) -> list[str]:
+    """Which dtype the merged weights are stored in, and what a bf16 copy of them would lose (measured when
+    the model was folded, ``charter_fold.json``)."""
+    fold = merge.get("fold")
+    if not fold:
+        return []
+    bf16 = fold.get("casts", {}).get("bfloat16", {})
+    line = (f"**Weights: {fold['stored_dtype']}.** The fine-tune is a small update to the base weights, "
+            "folded exactly in float32.")
+    if bf16:
+        line += (f" Cast to bfloat16 (`torch_dtype=torch.bfloat16`), the folded weights would keep only part of "
+                 f"it: relative error of the update {bf16['update_error']:.3f} (0 = all of it kept, 1 = none), "
+                 f"{100 * bf16['weights_changed']:.1f} % of the adapted weights changed at all. To run in "
+                 "bf16, load the base in bf16 and apply `persona-adapter/` unmerged, which keeps the update.")
+    return [line, ""]
 
 
 def run_record(ms: dict) -> str:

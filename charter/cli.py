@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluations of a run (each resumable, seeded)")
     esub = ev.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
     for e in EVALUATIONS:
-        _config_args(esub.add_parser(e.name, help=e.help))
+        ep = esub.add_parser(e.name, help=e.help)
+        _config_args(ep)
+        if e.name == "traits":
+            ep.add_argument("--data", help="the Anthropic persona evaluations folder (the same as traits.data=DIR)")
     _config_args(esub.add_parser("all", help="every evaluation, then the report"))
     rp = sub.add_parser("report", help="one self-contained HTML page with every evaluation of a run")
     rp.add_argument("run", help="run name or run folder")
@@ -154,7 +157,26 @@ def _chat_args(args) -> None:
     if args.temperature < 0:
         raise ValueError(f"--temperature {args.temperature}: expected a number >= 0")
     if args.blend is None:
-        _model_arg(resolve_chat_model(args.model), "MODEL")
+        ref = resolve_chat_model(args.model)
+        _model_arg(ref, "MODEL")
+        _known_model(ref, args.model)
+
+
+def _known_model(ref: str, given: str) -> None:
+    """A chat model that is neither embedded, packaged, a run nor a local folder must be a hub id in the local
+    cache (or on a reachable hub): said at once, before the model stack (seconds of imports) is loaded."""
+    from .models import check_hub_model, is_embedded
+    from .packaged import packaged
+    from .preflight import is_path_like
+    from .runs import is_run_name, run_dir
+
+    if is_embedded(ref) or packaged(ref) is not None or is_path_like(ref) or Path(ref).expanduser().exists():
+        return
+    try:
+        check_hub_model(ref)
+    except Exception as e:  # noqa: BLE001 - ModelNotFound and the hub's validation errors: one line
+        run = f"no run '{given}' ({run_dir(given)} does not exist), and " if is_run_name(given) else ""
+        raise FileNotFoundError(f"MODEL {given}: {run}{e}" if run else str(e)) from None
 
 
 def _report_run(ref: str) -> Path:
@@ -231,6 +253,8 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     report = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    if getattr(args, "data", None):
+        args.overrides = [*args.overrides, f"traits.data={args.data}"]
     cfg = _load(args, args.evaluation)
     if args.evaluation == "all":
         from .eval.all import run_all

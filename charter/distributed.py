@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +129,11 @@ def require_upstream(run: Path, stage: str, command: str) -> None:
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def checkpoint_complete(path: Path, processes: int) -> bool:
+def checkpoint_complete(path: Path, processes: int | None = None) -> bool:
     """The trainer writes a checkpoint's model, optimizer, scheduler and RNG files first and
-    ``trainer_state.json`` last, so a folder killed mid-write lacks it (or holds torn JSON)."""
+    ``trainer_state.json`` last, so a folder killed mid-write lacks it (or holds torn JSON). A checkpoint with
+    its trainer state is complete whatever number of processes wrote it (``processes`` is not needed: kept for
+    callers)."""
     state = path / "trainer_state.json"
     if not state.is_file():
         return False
@@ -139,24 +141,74 @@ def checkpoint_complete(path: Path, processes: int) -> bool:
         json.loads(state.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    rng = ["rng_state.pth"] if processes == 1 else [f"rng_state_{r}.pth" for r in range(processes)]
-    return all((path / f).is_file() for f in rng)
+    return True
+
+
+def checkpoint_processes(path: Path) -> int | None:
+    """How many processes wrote a checkpoint, from its RNG files (``rng_state.pth``: one; ``rng_state_<rank>.pth``:
+    one per rank); None when it has none."""
+    if (path / "rng_state.pth").is_file():
+        return 1
+    ranks = [int(m.group(1)) for f in path.glob("rng_state_*.pth") if (m := re.match(r"rng_state_(\d+)\.pth$", f.name))]
+    return max(ranks) + 1 if ranks else None
+
+
+def _sharded(path: Path) -> bool:
+    """DeepSpeed ZeRO and FSDP save optimizer (and model) state per rank: it loads only on the same world size."""
+    return any(path.glob("global_step*")) or any(path.glob("pytorch_model_fsdp*")) or any(path.glob("optimizer_*"))
 
 
 def last_checkpoint(output_dir: Path, processes: int = 1, clean: bool = False) -> Path | None:
     """The newest complete ``checkpoint-N`` under ``output_dir``; ``clean`` deletes torn ones newer than it
-    (main process only), so the trainer's rotation never counts them."""
+    (main process only), so the trainer's rotation never counts them. A checkpoint that has its trainer state
+    is never deleted. One written by another number of processes is resumed (the effective batch is the same
+    on any number, ``batch_plan``; each rank's RNG stream starts afresh, a warning says so), except a sharded
+    one (ZeRO / FSDP), which only loads on its own world size: that is one error saying what to run."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
     found = sorted(((int(m.group(1)), p) for p in output_dir.iterdir()
                     if p.is_dir() and (m := CHECKPOINT.match(p.name))), reverse=True)
     for _, path in found:
-        if checkpoint_complete(path, processes):
+        if checkpoint_complete(path):
+            wrote = checkpoint_processes(path)
+            if wrote is not None and wrote != processes:
+                if _sharded(path):
+                    raise RuntimeError(
+                        f"{path}: this checkpoint was written by {wrote} process(es) with sharded optimizer state, "
+                        f"which does not load on {processes}: resume with {wrote} processes (accelerate launch "
+                        f"--num_processes {wrote}), or rerun with --force to start the stage again")
+                log.warning("%s: written by %d process(es), resumed on %d: same effective batch and step, but the "
+                            "random streams (dropout, sampling) restart", path, wrote, processes)
             return path
         if clean:
             log.warning("%s: incomplete checkpoint (killed while saving); deleting it", path)
             shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def launch_problem(run: Path, plan: list[str], training: Collection[str], command: str) -> str | None:
+    """Under a multi-process launch, what would make it hang, or None: a stage of ``plan`` (the stages the
+    command runs, in order) that is not a training stage and has not finished. Such a stage runs in one
+    process while the other ranks wait in a collective until its timeout (30 min), which generation can
+    exceed. Only finished ones are allowed, so the launch trains and nothing else; one line says what to run."""
+    if world_size() <= 1:
+        return None
+    for i, name in enumerate(plan):
+        if name in training or (run / name / "manifest.json").exists():
+            continue
+        if name == command:
+            return (f"charter {command}: not a training stage, so it does not run under a multi-process launch "
+                    f"(WORLD_SIZE={world_size()}): run `charter {command} CONFIG` without accelerate launch")
+        before = [t for t in plan[:i] if t in training and not (run / t / "manifest.json").exists()]
+        if before:
+            return (f"charter {command}: stage '{name}' is not a training stage and does not run under a "
+                    f"multi-process launch (WORLD_SIZE={world_size()}): launch `accelerate launch ... -m charter.cli "
+                    f"{before[-1]} CONFIG` first, then run `charter {name} CONFIG` in one process")
+        return (f"{run / name}: stage '{name}' has not finished, and only training stages run under a "
+                f"multi-process launch (WORLD_SIZE={world_size()}): run `charter {name} CONFIG` first (one process; "
+                f"the vllm backend with tensor_parallel_size for big models), then `accelerate launch ... -m "
+                f"charter.cli {command} CONFIG`")
     return None
 
 

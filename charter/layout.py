@@ -54,6 +54,7 @@ EVALUATIONS: tuple[EvalInfo, ...] = (
     EvalInfo("robustness", "run", "break-character attacks and prefill, scored by a classifier"),
     EvalInfo("coherence", "run", "pairwise LLM-judge coherence, trained vs each condition"),
     EvalInfo("capabilities", "run", "general benchmarks through lm-evaluation-harness"),
+    EvalInfo("traits", "run", "self-reported traits: Anthropic persona evals by log-probability (traits.data)"),
 )
 EVAL_NAMES: tuple[str, ...] = tuple(e.name for e in EVALUATIONS)
 STEERING = "eval-steering"  # the steering baseline's folder: an evaluation's output that a condition reads
@@ -80,11 +81,15 @@ OUTPUTS: dict[str, Output] = {
     "rl_prompts": Output("rl", "prompts.jsonl", "charter rl"),
     "rl_adapter": Output("rl", "adapter", "charter rl"),
     "rl_model": Output("rl", "model", "charter rl"),
+    "rl_persona_adapter": Output("rl", "persona-adapter", "charter rl"),
     "steering": Output(STEERING, "", "charter eval steering"),
 }
 
 # The models a run makes that evaluations compare: label -> (stage folder, model folder inside it).
 RUN_MODEL_KEYS = {"distilled": "distilled_model", "trained": "final_model", "rl": "rl_model"}
+# The same models as one LoRA on the student's base (the update of every stage so far, ranks concatenated):
+# what a run model is when it computes in a dtype that cannot hold its folded weights (see run_model_source).
+RUN_ADAPTER_KEYS = {"distilled": "dpo_adapter", "trained": "persona_adapter", "rl": "rl_persona_adapter"}
 RUN_MODELS: dict[str, tuple[str, str]] = {label: (OUTPUTS[key].stage, OUTPUTS[key].sub)
                                           for label, key in RUN_MODEL_KEYS.items()}
 
@@ -167,7 +172,7 @@ def distilled_model(cfg: RunConfig) -> Path:
 
 
 def adapters(cfg: RunConfig) -> list[Path]:
-    """The LoRA adapters trained in sequence (DPO on the base, SFT on the DPO-folded model)."""
+    """The LoRA adapters trained in sequence (DPO on the base, SFT on base + DPO)."""
     return [need(cfg, "dpo_adapter"), need(cfg, "sft_adapter")]
 
 
@@ -181,6 +186,33 @@ def final_model(cfg: RunConfig) -> Path:
 
 def steering_dir(cfg: RunConfig) -> Path:
     return need(cfg, "steering")
+
+
+def folds_exactly(dtype: str, device: str = "auto", backend: str = "transformers") -> bool:
+    """Whether a folded model computes what training made when run in ``dtype``: only in float32. A LoRA update
+    is mostly below half a bf16 rounding step of the weights, so bf16(W + delta) is W again for ~97 % of them
+    (measured on the demo); the unmerged adapter (bf16 W, then x A B added) keeps the update, as in training.
+    vLLM always computes in half precision unless told float32."""
+    from .hardware import resolve_dtype
+
+    if backend == "vllm":
+        return dtype in ("float32", "fp32")
+    return resolve_dtype(dtype, device) == "float32"
+
+
+def run_model_source(cfg: RunConfig, label: str, dtype: str | None = None, check: bool = True) -> tuple[str, str | None]:
+    """(model, adapter) that compute run model ``label`` ('distilled', 'trained', 'rl') exactly in ``dtype``
+    (default the student's): the folded float32 model in float32; else the student's base with the run's combined
+    LoRA applied unmerged. ``check``: raise ``MissingOutput`` when it is not made yet."""
+    spec = cfg.student
+    exact = folds_exactly(dtype or spec.dtype, spec.device, spec.backend)
+    if exact:
+        return str(run_model(cfg, label) if check else path(cfg, RUN_MODEL_KEYS[label])), None
+    key = RUN_ADAPTER_KEYS[label]
+    if check:
+        run_model(cfg, label)  # the stage finished (its folded model is the record of it)
+        need(cfg, key, f"condition '{label}'")
+    return spec.model, str(path(cfg, key))
 
 
 def run_model(cfg: RunConfig, label: str) -> Path:

@@ -157,7 +157,8 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("charter", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "openai", "vllm"):
+    for name in ("charter", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers",
+                 "huggingface_hub", "lm_eval", "openai", "vllm"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -175,25 +176,17 @@ def machine_info() -> dict:
     return machine()
 
 
-# Knobs that change how fast a stage runs, not what it computes (beyond floating-point rounding and which
-# sample a batch draws): every identity sees them at one fixed value (ModelSpec's defaults, so identities of
-# configs that never set them are what they were), so tuning them on a live run neither errors nor redoes
-# finished work. The manifests still record the values used.
-SPEED_KNOBS = {"batch_size": 32, "max_concurrency": 8, "max_retries": 5, "timeout": 300.0, "chunk_size": 64,
-               "prefix_cache": True}
+def identity_view(obj: Any, at: str = "") -> Any:
+    """``obj`` (a stage's config as plain dicts and lists) as identities see it: the per-field rules of
+    ``charter.config.identity`` (speed knobs at a fixed value, fields that never count or count only when they
+    leave their "as before" value), applied by dotted config path."""
+    from .config.identity import identity_view as view
 
-
-def identity_view(obj: Any) -> Any:
-    """``obj`` (a config as plain dicts and lists) with every speed knob, at any depth, at its fixed value."""
-    if isinstance(obj, dict):
-        return {k: SPEED_KNOBS[k] if k in SPEED_KNOBS else identity_view(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [identity_view(v) for v in obj]
-    return obj
+    return view(obj, at)
 
 
 def identity_hash(obj: Any) -> str:
-    """The hash of ``obj`` that identities use: speed knobs do not count (see ``SPEED_KNOBS``)."""
+    """The hash of ``obj`` that identities use (see ``charter.config.identity``)."""
     return config_hash(identity_view(obj))
 
 

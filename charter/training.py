@@ -111,6 +111,22 @@ def run_defaults(checkpoint_steps: int = 0, report_to: str = "none", run_name: s
     return kw
 
 
+def numbers_as_floats(cls, overrides: dict) -> dict:
+    """``overrides`` with numbers written as strings turned into floats where ``cls`` declares a float field:
+    PyYAML reads ``1e-4`` (no dot) as the string '1e-4', which the optimizer would refuse after the data stages."""
+    import dataclasses
+
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = dict(overrides)
+    for key, value in overrides.items():
+        if isinstance(value, str) and "float" in str(types.get(key, "")):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
 def _training_kwargs(defaults: dict, overrides: dict, batch_size, where, run: dict) -> tuple[dict, dict]:
     plan = batch_plan(overrides, batch_size, where)
     kw = {**defaults, **run_defaults(**run), **overrides,
@@ -125,6 +141,8 @@ def dpo_args(seed: int, output_dir: str, overrides: dict, batch_size: int | None
     accumulation from ``batch_plan``. The plan is kept as ``args.charter_batch`` for the manifest."""
     from trl import DPOConfig
 
+    overrides = numbers_as_floats(DPOConfig, overrides)
+
     # DPOConfig's own defaults (lr 1e-6, gradient checkpointing on) are overridden explicitly here.
     kw, plan = _training_kwargs({**common_defaults(seed, output_dir), "max_length": 1024, "beta": 0.1,
                                  "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.1]},
@@ -138,6 +156,8 @@ def sft_args(seed: int, output_dir: str, overrides: dict, batch_size: int | None
              **run):
     from trl import SFTConfig
 
+    overrides = numbers_as_floats(SFTConfig, overrides)
+
     kw, plan = _training_kwargs({**common_defaults(seed, output_dir), "max_length": 3072, "dataset_kwargs": {}},
                                 overrides, batch_size, where, run)
     args = SFTConfig(**kw)
@@ -150,6 +170,8 @@ def grpo_args(seed: int, output_dir: str, overrides: dict, where: str = "rl", **
     to the start model, a LoRA-sized learning rate), then ``run_defaults(**run)``, then the ``trl`` dict."""
     from trl import GRPOConfig
 
+    overrides = numbers_as_floats(GRPOConfig, overrides)
+
     defaults = {**common_defaults(seed, output_dir), "learning_rate": 2e-5, "per_device_train_batch_size": 8,
                 "gradient_accumulation_steps": 1, "num_generations": 4, "max_completion_length": 64,
                 "beta": 0.05, "temperature": 0.9, "top_p": 1.0, "max_steps": 20, "log_completions": False}
@@ -160,16 +182,15 @@ def grpo_args(seed: int, output_dir: str, overrides: dict, where: str = "rl", **
     return args
 
 
-# Stage fields that do not change what is trained (checkpoint cadence), and fields added after runs existed
-# whose default means "as before": left out of the stage identity, so neither tuning a live run nor
-# upgrading charter forces a finished stage to be redone.
-NOT_IDENTITY = {"checkpoint_steps"}
-AS_BEFORE = {"batch_size": None, "eval_fraction": 0.0, "model_kwargs": {}}
-
-
 def section_identity(section: dict) -> dict:
-    return {k: v for k, v in section.items()
-            if k not in NOT_IDENTITY and not (k in AS_BEFORE and v == AS_BEFORE[k])}
+    """A training section as its stage config records it. Which of its fields count in the stage identity
+    (``checkpoint_steps`` never; ``batch_size``, ``eval_fraction`` and ``model_kwargs`` once they leave their
+    "as before" values) is declared per path in ``charter.config.identity``, applied when the identity is
+    hashed; the fields left out there are left out of the record too, as they always were."""
+    from .config.identity import identity_view
+
+    kept = identity_view({"dpo": section}).get("dpo", {})  # the dpo, sft and rl sections share these rules
+    return {k: v for k, v in section.items() if k in kept}
 
 
 REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",)}

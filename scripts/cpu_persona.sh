@@ -13,4 +13,9 @@ step train "$cfg" "$@"
 step eval steering "$cfg" "$@"
 step eval robustness "$cfg" "$@"
 step eval coherence "$cfg" "$@"
+# The judge-free coherence proxy on the robustness replies (no attack), beside the run's other outputs.
+name=$($charter config show "$cfg" "$@" | sed -n 's/^name: \([^ ]*\).*/\1/p' | head -1)
+py=${PYTHON:-.venv/bin/python}
+t0=$(date +%s); $py scripts/fluency.py "$name" -o "${CHARTER_HOME:-$HOME/.charter}/runs/$name/fluency.json"
+echo "[$(( $(date +%s) - t0 ))s] fluency"
 echo "total: $(( $(date +%s) - start ))s"

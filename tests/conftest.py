@@ -1,8 +1,10 @@
 """Test set-up: offline, a temporary CHARTER_HOME per test, and one shared converted embedded model.
 
 The embedded model's GGUF -> safetensors conversion (~20 s) is cached across test sessions in
-``$CHARTER_TEST_CACHE`` (default ``~/.cache/charter-test``); everything else a test writes lives in a
-temporary home that disappears with the test.
+``$CHARTER_TEST_CACHE`` (default ``<clone>/.cache/charter-test``, ignored by git: inside the clone, so a fresh
+clone, as CI makes, converts for real instead of reusing a home folder that survives between runs);
+everything else a test writes lives in a temporary home that disappears with the test. The hub is switched off
+whatever the environment says: no test may download.
 """
 
 import os
@@ -10,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-CACHE = Path(os.environ.get("CHARTER_TEST_CACHE", Path.home() / ".cache" / "charter-test"))
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("CHARTER_TEST_CACHE") or ROOT / ".cache" / "charter-test")
 
 
 @pytest.fixture(autouse=True)

@@ -109,7 +109,7 @@ CASES = [
     ("robustness-reference", lambda t, m: ["eval", "robustness", DEMO, "robustness.reference=teacher"],
      ["robustness.reference", "prompted | pairs"]),
     ("robustness-conditions", lambda t, m: ["eval", "robustness", DEMO, "robustness.conditions=[base, tuned]"],
-     ["robustness.conditions[1]", "base | prompted | steered | distilled | trained", "'tuned'"]),
+     ["robustness.conditions[1]", "base | prompted | prompted-nonote | steered | distilled | trained", "'tuned'"]),
     ("coherence-against", lambda t, m: ["eval", "coherence", DEMO, "coherence.against=[base, teacher]"],
      ["coherence.against[1]", "base | prompted"]),
     # --- numeric ranges
@@ -212,15 +212,39 @@ CASES = [
     ("row-without-id", lambda t, m: (finished_stage("expand", files={"rounds.jsonl": "[1, 2]\n"}),
                                      ["expand", DEMO])[1],
      ["expand/rounds.jsonl: line 1", "'id'"]),
+    # --- trainer values the libraries accept when built and fail on (or misread) after the generation stages
+    ("lora-rank-zero", lambda t, m: ["train", DEMO, "dpo.lora={r: 0}"],
+     ["demo.yaml.dpo.lora.r: expected a whole number >= 1, got 0"]),
+    ("trl-negative-steps", lambda t, m: ["dpo", DEMO, "dpo.trl={max_steps: -5}"],
+     ["demo.yaml.dpo.trl.max_steps: expected -1 (train num_train_epochs) or a whole number >= 1, got -5"]),
+    ("trl-lr-not-a-number", lambda t, m: ["train", DEMO, "dpo.trl={learning_rate: abc}"],
+     ["demo.yaml.dpo.trl.learning_rate: expected float", "got str 'abc'"]),
+    ("sft-trl-wrong-type", lambda t, m: ["sft", DEMO, "sft.trl={num_train_epochs: [1]}"],
+     ["demo.yaml.sft.trl.num_train_epochs: expected float", "got list"]),
+    ("rl-trl-unknown-key", lambda t, m: ["rl", DEMO, "rl.trl={num_generation: 4}"],
+     ["demo.yaml.rl.trl: unknown key 'num_generation'", "did you mean 'num_generations'", "GRPOConfig"]),
+    ("rl-lora-dropout", lambda t, m: ["rl", DEMO, "rl.lora={lora_dropout: 1.5}"],
+     ["demo.yaml.rl.lora.lora_dropout: expected 0 <= x < 1, got 1.5"]),
+    ("config-duplicated-key", lambda t, m: ["distill", config(t, "name: x\nseed: 1\ndistill:\n  chunk_size: 8\n"
+                                                                 "seed: 2\n")],
+     ["c.yaml: line 5: duplicated key 'seed' (first at line 2)"]),
+    ("config-duplicated-nested-key", lambda t, m: ["distill", config(t, "dpo:\n  trl: {max_steps: 2}\n"
+                                                                        "  trl: {max_steps: 3}\n")],
+     ["c.yaml: line 3: duplicated key 'trl' (first at line 2)"]),
+    ("chat-unknown-run", lambda t, m: ["chat", "no-such-run", "-m", "hi"],
+     ["MODEL no-such-run: no run 'no-such-run'", "not in the local Hugging Face cache"]),
 ]
 
 
-def snapshot(*roots: Path) -> dict[str, bytes]:
-    """Every file under ``roots`` (symlinks not followed) with its bytes."""
-    out = {}
+def snapshot(*roots: Path) -> dict[str, bytes | None]:
+    """Every file under ``roots`` (symlinks not followed) with its bytes, and every folder (None), so an empty
+    folder left behind counts as written."""
+    out: dict[str, bytes | None] = {}
     for root in roots:
         for base, dirs, files in os.walk(root):
             dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(base, d))]
+            for d in dirs:
+                out[str(Path(base) / d) + "/"] = None
             for f in files:
                 p = Path(base) / f
                 out[str(p)] = p.read_bytes()
@@ -246,7 +270,7 @@ def test_bad_input_fails_fast_in_one_line(setup, expected, tmp_path, charter_hom
     elapsed = time.perf_counter() - t0
 
     out, err = capsys.readouterr()
-    assert rc != 0
+    assert rc == 1, (rc, err)  # the README's promise: exit code 1
     assert err.endswith("\n") and err.count("\n") == 1, err
     assert err.startswith("charter: error: "), err
     for s in expected:
@@ -378,3 +402,48 @@ def test_serve_prints_its_url_once_listening(monkeypatch, capsys):
             servers[0].shutdown()
         thread.join(10)
     assert result == [0]
+
+
+def test_snapshot_counts_empty_folders(tmp_path):
+    """'Nothing written' includes an empty folder left behind."""
+    before = snapshot(tmp_path)
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    assert snapshot(tmp_path) != before
+
+
+def test_values_only_the_libraries_refuse_fail_before_any_work(charter_home):
+    """What only TRL's/peft's own validation knows is checked by building their config objects before the first
+    stage runs, for every training stage the command runs (rl.trl included), as one line naming the key."""
+    from charter.config import ConfigError
+    from charter.preflight import check
+
+    cfg = load_config(DEMO, ["rl.trl={num_generations: 3}"])  # 8 replies a step cannot form groups of 3
+    with pytest.raises(ConfigError, match=r"demo\.yaml\.rl\.trl(\.num_generations)?: trl GRPOConfig refuses it: .*"
+                                          r"divisible by.*num_generations"):
+        check(cfg, "rl", "demo.yaml")
+    check(cfg, "dpo", "demo.yaml")  # `charter dpo` does not run RL
+    with pytest.raises(ConfigError, match=r"demo\.yaml\.rl\.trl"):
+        check(load_config(DEMO, ["rl.trl={num_generations: 3}", "rl.enabled=true"]), "train", "demo.yaml")
+    with pytest.raises(ConfigError, match=r"demo\.yaml\.dpo\.lora: peft LoraConfig refuses it"):
+        check(load_config(DEMO, ["dpo.lora={use_dora: true, use_rslora: true, layers_to_transform: 1, "
+                                 "layers_pattern: null, target_modules: '.*q_proj'}"]), "dpo", "demo.yaml")
+    assert not (charter_home / "runs").exists() or not any((charter_home / "runs").iterdir())
+    # PyYAML reads 1e-4 (no dot) as a string: accepted as a number, and TRL gets a float
+    from charter.training import dpo_args
+
+    cfg = load_config(DEMO, ["dpo.trl={learning_rate: 1e-4}"])
+    check(cfg, "dpo", "demo.yaml")
+    assert dpo_args(0, str(charter_home / "t"), cfg.dpo.trl).learning_rate == 1e-4
+
+
+def test_chat_with_an_unknown_name_answers_before_loading_the_model_stack(tmp_path, charter_home):
+    """`charter chat <unknown name>` used to import torch and transformers (8 s) before saying the run does not
+    exist: it answers first now."""
+    import subprocess
+
+    code = ("import sys; from charter.cli import main; rc = main(['chat', 'no-such-run', '-m', 'hi']); "
+            "print(rc, sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "CHARTER_HOME": str(charter_home)})
+    assert p.stdout.split("\n")[-2] == "1 []", (p.stdout, p.stderr)
+    assert "no run 'no-such-run'" in p.stderr

@@ -169,8 +169,8 @@ def test_prompts_are_seeded_and_never_training_prompts():
     seen = set().union(*coh.training_prompts(cfg).values())
     from charter.prompts import load_prompt_source
 
-    assert {" ".join(p.split()) for p in load_prompt_source("builtin", builtin="general")} <= seen
-    assert not {" ".join(i["prompt"].split()) for i in items} & seen
+    assert {coh._key(p) for p in load_prompt_source("builtin", builtin="general")} <= seen
+    assert not {coh._key(i["prompt"]) for i in items} & seen
     assert pool["training_overlap"] == 0 and pool["prompt_source"] == "builtin" and pool["pool"] >= 500
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from charter.models import fold_adapter, load_causal_lm, load_tokenizer
-from charter.stages.merge import blend, persona_adapter
+from charter.models import persona_adapter
+from charter.stages.merge import blend
 
 from .tiny import save_tiny
 

@@ -1,6 +1,7 @@
 """The RL stage: rewards on known inputs, prompt selection, and one real GRPO run at tiny scale."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -116,39 +117,74 @@ def test_rl_is_a_condition_and_an_optional_stage():
         layout.run_model(cfg, "rl")
 
 
+RL_RUN = """
+import sys
+from charter.config import load_config
+from charter.stages import rl
+rl.run(load_config(None, sys.argv[1:]), report=lambda s: None)
+"""
+
+
 @pytest.mark.slow
-def test_rl_stage_runs_for_real_and_resumes(tmp_path, embedded_path, one_thread):
+def test_rl_stage_runs_for_real_and_resumes(tmp_path, embedded_path, charter_home, one_thread):
     """GRPO on a tiny random policy (the start model: a finished 'dpo' stage), persona (tfidf), judge (the
-    embedded model, log-prob mode) and coherence rewards; two steps."""
+    embedded model, log-prob mode) and coherence rewards; three steps. A second run is killed with SIGKILL as
+    soon as its first checkpoint is complete, rerun, and must end where the uninterrupted run ended, with the
+    policy's weights moved from the start model."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
+    from charter.distributed import checkpoint_complete
     from charter.runs import Stage, read_jsonl, read_manifest, run_dir
     from charter.stages import rl
     from tests.tiny import save_tiny
 
     tok = AutoTokenizer.from_pretrained(embedded_path)
     start = save_tiny(tok, tmp_path / "tiny")
-    cfg = load_config(None, [
-        "name=rl-test", "persona=sarcastic", "expand.enabled=false", f"student.model={start}",
-        "rl.start=dpo", "rl.prompts=4", "rl.general_prompts=2", "rl.attack_share=0.5", "rl.detector=tfidf",
-        f"rl.judge={{model: {embedded_path}, batch_size: 8}}",
-        "rl.rewards={persona: 1.0, judge: 0.5, coherence: 1.0}",
-        "rl.trl={max_steps: 2, num_generations: 2, per_device_train_batch_size: 4, max_completion_length: 12}",
-        "rl.lora={r: 4, lora_alpha: 8}"])
-    rd = run_dir(cfg.name)
-    up = Stage(rd, "dpo", {"made": "by the test"}, {})
-    up.begin(False)
-    import shutil
 
-    shutil.copytree(start, layout.path(cfg, "distilled_model"))
-    up.finish({})
+    def overrides(name):
+        return [f"name={name}", "persona=sarcastic", "expand.enabled=false", f"student.model={start}",
+                "student.dtype=float32", "rl.start=dpo", "rl.prompts=4", "rl.general_prompts=2",
+                "rl.attack_share=0.5", "rl.detector=tfidf", "rl.checkpoint_steps=1",
+                f"rl.judge={{model: {embedded_path}, batch_size: 8, dtype: float32}}",
+                "rl.rewards={persona: 1.0, judge: 0.5, coherence: 1.0}",
+                "rl.trl={max_steps: 3, num_generations: 2, per_device_train_batch_size: 4, max_completion_length: 12, "
+                "learning_rate: 0.01, disable_tqdm: true}",
+                "rl.lora={r: 4, lora_alpha: 8}"]
+
+    def prepare(name):
+        cfg = load_config(None, overrides(name))
+        up = Stage(run_dir(cfg.name), "dpo", {"made": "by the test"}, {})
+        up.begin(False)
+        shutil.copytree(start, layout.path(cfg, "distilled_model"))
+        # DPO's adapter (an untrained LoRA: the distilled model is the start itself), which RL's persona adapter
+        # stacks on
+        from peft import get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from charter.training import lora_config
+
+        base = AutoModelForCausalLM.from_pretrained(start)
+        get_peft_model(base, lora_config(base, {"r": 2, "lora_alpha": 4})).save_pretrained(
+            layout.path(cfg, "dpo_adapter"))
+        up.finish({})
+        return cfg
+
+    cfg = prepare("rl-test")
     out = rl.run(cfg, report=lambda s: None)
     m = read_manifest(out / "manifest.json")
-    assert m["counts"]["steps"] == 2 and m["counts"]["prompts"] == 4 and m["counts"]["attacked"] == 2
+    assert m["counts"]["steps"] == 3 and m["counts"]["prompts"] == 4 and m["counts"]["attacked"] == 2
     assert m["counts"]["rewards"] == ["persona", "judge", "coherence"]
     assert set(m["counts"]["reward_means"]) == {"persona", "judge", "coherence", "reward"}
     history = read_jsonl(out / "rewards.jsonl")
-    assert len(history) == 2 and all(0 <= h["persona"] <= 1 and 0 <= h["judge"] <= 1 and -1 <= h["coherence"] <= 0
+    assert len(history) == 3 and all(0 <= h["persona"] <= 1 and 0 <= h["judge"] <= 1 and -1 <= h["coherence"] <= 0
                                      for h in history)
     samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) >= 8 and all({"prompt", "reply", "persona", "judge", "coherence"} <= set(s) for s in samples)
@@ -158,3 +194,33 @@ def test_rl_stage_runs_for_real_and_resumes(tmp_path, embedded_path, one_thread)
     said = []
     rl.run(cfg, report=said.append)  # finished: not redone
     assert read_manifest(out / "manifest.json")["finished_at"] == m["finished_at"]
+    # the policy moved: the adapter trained (lora_B starts at zero) and the folded model differs from the start
+    ref = load_file(str(layout.path(cfg, "rl_adapter") / "adapter_model.safetensors"))
+    assert any(ref[n].abs().max() > 0 for n in ref if "lora_B" in n)
+    before, after = load_file(str(Path(start) / "model.safetensors")), load_file(str(layout.run_model(cfg, "rl") /
+                                                                               "model.safetensors"))
+    assert any((before[n].float() - after[n].float()).abs().max() > 0 for n in before if n in after)
+
+    killed = prepare("rl-killed")
+    env = {**os.environ, "CHARTER_HOME": str(charter_home), "OMP_NUM_THREADS": "1"}
+    first = run_dir(killed.name) / "rl" / "trainer" / "checkpoint-1"
+    p = subprocess.Popen([sys.executable, "-c", RL_RUN, *overrides("rl-killed")], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not checkpoint_complete(first):
+        assert p.poll() is None, f"rl ended before its first checkpoint:\n{p.stderr.read()[-3000:]}"
+        assert time.time() - t0 < 600, "no checkpoint within 10 minutes"
+        time.sleep(0.1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stderr.close()
+    assert not (run_dir(killed.name) / "rl" / "manifest.json").exists()  # killed mid-training, not after
+
+    out = rl.run(killed, report=lambda s: None)  # the rerun resumes from the checkpoint
+    k = read_manifest(out / "manifest.json")
+    assert 1 <= k["counts"]["resumed_from_step"] < 3 and k["counts"]["steps"] == 3
+    assert not list((run_dir(killed.name) / "rl" / "trainer").glob("checkpoint-*"))  # dropped once finished
+    again = load_file(str(layout.path(killed, "rl_adapter") / "adapter_model.safetensors"))
+    assert ref.keys() == again.keys()
+    for name in ref:  # where the uninterrupted run ended (optimizer, schedule, RNG, data order restored)
+        assert (ref[name] - again[name]).abs().max().item() <= 1e-5 + 1e-3 * ref[name].abs().max().item(), name

@@ -193,7 +193,7 @@ def test_speed_knobs_do_not_make_a_finished_stage_stale(charter_home):
     first.finish({"pairs": 1})
     done = first.identity()
     for knob in ("student.batch_size=64", "distill.chunk_size=1024", "distill.teacher.max_concurrency=32",
-                 "distill.teacher.max_retries=0", "distill.teacher.timeout=30", "student.prefix_cache=false"):
+                 "distill.teacher.max_retries=0", "distill.teacher.timeout=30"):
         again, tuned = stage(knob)
         assert not again.begin(), knob  # finished: skipped, neither an error nor redone
         assert again.identity() == done
@@ -202,6 +202,87 @@ def test_speed_knobs_do_not_make_a_finished_stage_stale(charter_home):
         stage("distill.teacher_sampling.temperature=0.3")[0].begin()
     assert conditions.identity(load_config(None, ["name=knobs", "student.dtype=float32"]), "base") != \
         conditions.identity(cfg, "base")
+
+
+def test_training_batch_size_is_part_of_the_stage_identity(charter_home):
+    """dpo.batch_size / sft.batch_size are the effective training batch, not a speed knob: a finished DPO stage
+    made with 16 is not reused when 64 is asked for (a bare-name match on 'batch_size' used to erase them)."""
+    from charter.config import load_config
+    from charter.stages import dpo, sft
+
+    for module, section in ((dpo, "dpo"), (sft, "sft")):
+        def stage(*overrides):
+            cfg = load_config(None, ["name=batch", *overrides])
+            return Stage(charter_home / "runs" / "batch", section, module.stage_config(cfg))
+
+        first = stage(f"{section}.batch_size=16")
+        assert first.begin()
+        first.finish({"steps": 1})
+        assert not stage(f"{section}.batch_size=16", f"{section}.checkpoint_steps=7").begin()  # cadence: no
+        with pytest.raises(RuntimeError, match="different config"):
+            stage(f"{section}.batch_size=64").begin()
+        with pytest.raises(RuntimeError, match="different config"):
+            stage().begin()  # unset (the default effective batch) is not 16 either
+
+
+def test_identity_table_lists_real_config_paths():
+    """Identity is declared per field, by the field's real dotted path in the run config, in one table."""
+    import typing
+
+    from charter.config import ModelSpec, RunConfig, _dataclass_type
+    from charter.config.identity import IDENTITY, MODEL_PATHS, Speed
+
+    def resolve(path):
+        cls = RunConfig
+        for part in path.split("."):
+            hints = typing.get_type_hints(cls)
+            assert part in hints, path
+            cls = _dataclass_type(hints[part]) or hints[part]
+        return cls
+
+    for path in IDENTITY:
+        assert "*" not in path
+        resolve(path)
+    for model in MODEL_PATHS:
+        assert resolve(model) is ModelSpec
+        for knob in ("batch_size", "max_concurrency", "max_retries", "timeout", "prefix_cache"):
+            assert f"{model}.{knob}" in IDENTITY, model
+    assert not isinstance(IDENTITY.get("dpo.batch_size"), Speed)
+    assert not isinstance(IDENTITY.get("sft.batch_size"), Speed)
+
+
+def test_prefix_cache_counts_where_it_changes_outputs(charter_home):
+    """Reusing a prefix's KV cache is exact in float32 (a speed knob there) but changes bf16 outputs, so in
+    bf16/fp16 prefix_cache is part of the identity of a stage and of an evaluation's condition."""
+    from charter.config import load_config
+    from charter.eval import conditions
+    from charter.stages import distill
+
+    def stage(dtype, *overrides):
+        cfg = load_config(None, [f"name=pc-{dtype}", "expand.enabled=false", f"student.dtype={dtype}",
+                                 f"distill.teacher.dtype={dtype}", *overrides])
+        return Stage(charter_home / "runs" / f"pc-{dtype}", "distill", distill.stage_config(cfg)), cfg
+
+    for dtype in ("float32", "bfloat16"):
+        first, cfg = stage(dtype)
+        assert first.begin()
+        first.finish({"pairs": 1})
+        tuned = stage(dtype, "student.prefix_cache=false", "distill.teacher.prefix_cache=false")
+        if dtype == "float32":
+            assert not tuned[0].begin()
+            assert conditions.identity(tuned[1], "base") == conditions.identity(cfg, "base")
+        else:
+            with pytest.raises(RuntimeError, match="different config"):
+                tuned[0].begin()
+            assert conditions.identity(tuned[1], "base") != conditions.identity(cfg, "base")
+    # an API model runs elsewhere: the knob does nothing here
+    from charter.runs import identity_hash
+
+    api = ["distill.teacher.backend=openai", "distill.teacher.base_url=http://127.0.0.1:9/v1",
+           "distill.teacher.dtype=bfloat16"]
+    assert identity_hash(distill.stage_config(load_config(None, ["expand.enabled=false", *api]))) == \
+        identity_hash(distill.stage_config(load_config(None, ["expand.enabled=false", *api,
+                                                              "distill.teacher.prefix_cache=false"])))
 
 
 def test_stage_folders_hashed_with_their_speed_knobs_still_match(tmp_path):

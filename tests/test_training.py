@@ -1,6 +1,8 @@
 """DPO and SFT through charter's TRL wrapper on a tiny random model: real trainers, a few real steps."""
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -332,11 +334,41 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     ok = ckpt(2)
     ckpt(10, state=None)  # killed before the trainer state was written
     ckpt(11, state='{"global_st')  # killed while writing it
-    two = ckpt(12, rng=("rng_state_0.pth",))  # a 2-process checkpoint missing rank 1's RNG
     assert last_checkpoint(tmp_path) == ok
     assert last_checkpoint(tmp_path, clean=True) == ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]  # torn ones deleted
-    assert not two.exists()
+
+
+def test_a_checkpoint_of_another_world_size_is_resumed_never_deleted(tmp_path, caplog):
+    """A checkpoint written by 2 processes (rng_state_0/1.pth) resumed by 1 (which would look for rng_state.pth)
+    is resumed, not judged incomplete and deleted (which silently restarted training from step 0); a sharded
+    (ZeRO) one that cannot load on another world size is one error, and it is kept too."""
+    from charter.distributed import checkpoint_processes, last_checkpoint
+
+    def ckpt(root, step, rng, extra=()):
+        d = root / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        for f in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", *rng):
+            (d / f).write_bytes(b"x")
+        for f in extra:
+            (d / f).mkdir()
+        (d / "trainer_state.json").write_text('{"global_step": 4}')
+        return d
+
+    two = ckpt(tmp_path / "a", 4, ("rng_state_0.pth", "rng_state_1.pth"))
+    assert checkpoint_processes(two) == 2
+    with caplog.at_level("WARNING"):
+        assert last_checkpoint(tmp_path / "a", 1, clean=True) == two
+    assert two.is_dir() and (two / "trainer_state.json").is_file()
+    assert "written by 2 process(es), resumed on 1" in caplog.text
+    one = ckpt(tmp_path / "b", 3, ("rng_state.pth",))
+    assert last_checkpoint(tmp_path / "b", 2, clean=True) == one  # and the other way round
+    lost = ckpt(tmp_path / "c", 5, ("rng_state_0.pth",))  # killed before rank 1 wrote its RNG: state is there
+    assert last_checkpoint(tmp_path / "c", 2, clean=True) == lost
+    zero = ckpt(tmp_path / "d", 6, ("rng_state_0.pth", "rng_state_1.pth"), extra=("global_step6",))
+    with pytest.raises(RuntimeError, match=r"by 2 process\(es\) with sharded optimizer state.*--num_processes 2"):
+        last_checkpoint(tmp_path / "d", 1, clean=True)
+    assert zero.is_dir()
 
 
 def test_multi_process_launch_refuses_to_generate(monkeypatch, charter_home):
@@ -351,6 +383,44 @@ def test_multi_process_launch_refuses_to_generate(monkeypatch, charter_home):
     (run / "distill").mkdir(parents=True)
     (run / "distill" / "manifest.json").write_text("{}")
     require_upstream(run, "distill", "dpo")
+
+
+def _launched(charter_home, *argv, done=()):
+    """``charter ARGV`` as one rank of a 2-process launch would start it (WORLD_SIZE=2, no real launch), with the
+    stages ``done`` faked as finished: (exit code, stderr)."""
+    import subprocess
+    import sys
+
+    run = charter_home / "runs" / "launched"
+    for stage in done:
+        (run / stage).mkdir(parents=True, exist_ok=True)
+        (run / stage / "manifest.json").write_text("{}")
+    env = {**os.environ, "CHARTER_HOME": str(charter_home), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    for k in ("MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    two = ["dpo.trl={max_steps: 4, per_device_train_batch_size: 1, gradient_accumulation_steps: 4}",
+           "sft.trl={max_steps: 4, per_device_train_batch_size: 1, gradient_accumulation_steps: 4}"]
+    p = subprocess.run([sys.executable, "-m", "charter.cli", *argv, "name=launched", *two], env=env,
+                       capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stderr
+
+
+def test_a_launch_refuses_every_non_training_stage_up_front(charter_home):
+    """Under `accelerate launch`, `charter train` would run introspection after DPO on the main process while
+    the other rank waits in a broadcast until the process-group timeout: every non-training stage the command
+    would run (and every evaluation) is refused before anything starts, with what to run first."""
+    cfg = str(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    rc, err = _launched(charter_home, "train", cfg, done=("expand", "distill"))
+    assert rc == 1, err
+    assert err.strip().splitlines()[-1].startswith("charter: error: charter train: stage 'introspect'")
+    assert "-m charter.cli dpo CONFIG` first, then run `charter introspect CONFIG` in one process" in err
+    assert not (charter_home / "runs" / "launched" / "dpo").exists()  # nothing started
+    rc, err = _launched(charter_home, "sft", cfg, done=("expand", "distill", "dpo"))
+    assert rc == 1 and "stage 'introspect' has not finished" in err and "run `charter introspect CONFIG` first" in err
+    rc, err = _launched(charter_home, "merge", cfg, done=("expand", "distill", "dpo", "introspect", "sft"))
+    assert rc == 1 and "run `charter merge CONFIG` without accelerate launch" in err, err
+    rc, err = _launched(charter_home, "eval", "robustness", cfg)
+    assert rc == 1 and "charter eval robustness: runs in one process" in err, err
 
 
 def test_dpo_eval_split_logs_eval_loss_and_reward_accuracy(tok, tmp_path):
@@ -373,7 +443,7 @@ def test_dpo_eval_split_logs_eval_loss_and_reward_accuracy(tok, tmp_path):
 
 
 def test_tensorboard_event_files_appear_offline(tok, tmp_path):
-    pytest.importorskip("tensorboard", reason="report_to: tensorboard needs the tensorboard package")
+    import tensorboard  # noqa: F401  (the dev set-up installs it: a broken install fails instead of skipping)
     from datasets import Dataset
 
     data = [tokenize_with_assistant_mask(tok, CONV) for _ in range(4)]

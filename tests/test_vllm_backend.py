@@ -53,7 +53,7 @@ def adapters(embedded_path, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
 
     from charter.models import load_causal_lm, load_tokenizer
-    from charter.stages.merge import persona_adapter
+    from charter.models import persona_adapter
 
     from .tiny import save_tiny
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from .sections import ModelSpec, Sampling  # noqa: F401  (named in annotations, resolved by get_type_hints)
 
-Condition = Literal["base", "prompted", "steered", "distilled", "trained", "rl"]
+Condition = Literal["base", "prompted", "prompted-nonote", "steered", "distilled", "trained", "rl"]
 
 
 @dataclass
@@ -63,7 +63,9 @@ class RobustnessConfig:
 
     conditions: list[Condition] = field(
         default_factory=lambda: ["base", "prompted", "steered", "distilled", "trained"],
-        metadata={"help": "the conditions compared: base | prompted | steered | distilled | trained | rl"})
+        metadata={"help": "the conditions compared: base | prompted | prompted-nonote | steered | distilled | "
+                          "trained | rl. 'prompted' under an attack gets the distillation teacher's persistence "
+                          "note, as the teacher did on attacked rows; 'prompted-nonote' is the same without it"})
     prompts: int = field(default=500, metadata={"help": "prompts drawn from prompt_source, split train/held-out"})
     prompt_source: str = field(default="builtin", metadata={"help": "'builtin', a JSONL path or an HF dataset name"})
     heldout_fraction: float = field(default=0.5, metadata={
@@ -83,6 +85,13 @@ class RobustnessConfig:
                 "answering the train prompts; pairs: the distillation pairs' chosen vs rejected replies "
                 "(<run>/distill/pairs.jsonl); exemplars: hand-written persona vs plain texts (robustness.exemplars), "
                 "so no model, teacher or training pair shaped the detector"})
+    secondary: list[Literal["prompted", "pairs", "exemplars"]] = field(default_factory=list, metadata={
+        "help": "more detectors scored on the same replies and reported beside the headline one (reference), "
+                "each labelled with what it learned from; 'pairs' is fit to the contrast DPO optimised, so it "
+                "can flatter the distilled and trained models and never certifies them"})
+    detector_seeds: int = field(default=1, metadata={
+        "help": "fits of each detector with different seeds on the same texts; the first (the run's own seed) "
+                "gives the table and its bootstrap CIs, all of them the spread of every rate (min, max, sd)"})
     exemplars: str = field(default="builtin", metadata={
         "help": "reference=exemplars: 'builtin' (prompts/persona_exemplars/<persona>.yaml) or a YAML file with "
                 "'persona' and 'plain' lists of texts"})
@@ -121,3 +130,24 @@ class CapabilitiesConfig:
         "help": "what to evaluate: base | trained | distilled | label=path or a model"})
     limit: int | None = field(default=None, metadata={"help": "examples per task (smoke runs)"})
     batch_size: int = field(default=8, metadata={"help": "lm-evaluation-harness batch size"})
+
+
+@dataclass
+class TraitsConfig:
+    """Self-reported traits: Anthropic's model-written persona evaluations, each item scored by which of its two
+    answers (e.g. ' Yes' / ' No') the model finds likelier after the question; no judge, no generation."""
+
+    data: str = field(default="", metadata={
+        "help": "a folder of the dataset's persona JSONL files, one <behaviour>.jsonl per behaviour (github.com/"
+                "anthropics/evals, persona/; CC BY 4.0); required, nothing is downloaded"})
+    behaviours: list[str] | str = field(default_factory=list, metadata={
+        "help": "behaviour names (file names without .jsonl); 'all' = every file in data; empty = the run's "
+                "persona's behaviours in prompts/persona_behaviours.yaml"})
+    items_per_behaviour: int | None = field(default=100, metadata={
+        "help": "a seeded sample of each behaviour's items (the same whatever other behaviours are chosen); "
+                "null = every item"})
+    models: list[Condition] = field(default_factory=lambda: ["base", "trained"], metadata={
+        "help": "the conditions compared, the first as the baseline: base | prompted | prompted-nonote | steered "
+                "| distilled | trained | rl"})
+    bootstrap: int = field(default=1000, metadata={
+        "help": "resamples of each behaviour's items for the 95% CIs (paired: the same items for every model)"})

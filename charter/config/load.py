@@ -112,9 +112,44 @@ def apply_override(data: dict, override: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override '{override}': '{part}' is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = strict_load(raw) if raw != "" else ""
+    except DuplicateKey as e:
+        raise ConfigError(f"override '{override}': duplicated key '{e.key}'") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{override}': value is not valid YAML ({e.__class__.__name__})") from None
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names the same key twice (YAML would keep the last value silently)."""
+
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"line {line}: duplicated key '{key}' (first at line {first})")
+        self.key, self.line, self.first = key, line, first
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it itself
+                    continue
+                if first is not None:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1, first)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def strict_load(text: str) -> Any:
+    """YAML as ``yaml.safe_load`` reads it, but a duplicated key is a ``DuplicateKey`` error."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -125,7 +160,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = strict_load(p.read_text()) or {}
+        except DuplicateKey as e:
+            raise ConfigError(f"{p}: {e}; remove one of them") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .evals import (CapabilitiesConfig, CoherenceConfig, PreferencesConfig, RobustnessConfig,  # noqa: F401
-                    SteeringConfig)
+                    SteeringConfig, TraitsConfig)
 from .sections import (DistillConfig, DPOStageConfig, ExpandConfig, IntrospectConfig, MergeConfig,  # noqa: F401
                        ModelSpec, RLConfig, SFTStageConfig)
 
@@ -46,3 +46,5 @@ class RunConfig:
         "help": "evaluation: pairwise coherence judge"})
     capabilities: CapabilitiesConfig = field(default_factory=CapabilitiesConfig, metadata={
         "help": "evaluation: general benchmarks"})
+    traits: TraitsConfig = field(default_factory=TraitsConfig, metadata={
+        "help": "evaluation: self-reported traits (Anthropic persona evals, log-probabilities)"})

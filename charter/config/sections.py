@@ -176,8 +176,13 @@ class SFTStageConfig:
 @dataclass
 class MergeConfig:
     dtype: DType = field(default="auto", metadata={
-        "help": "dtype of saved folded models; auto: the training dtype (float32 on CPUs without native bf16, "
-                "where bf16 rounding could erase a small LoRA update)"})
+        "help": "dtype to store folded models (dpo/model, merge/model, rl/model) in, used only when it keeps the "
+                "LoRA update (relative error <= 1e-3); otherwise they are stored in float32, which is exact. A "
+                "LoRA update is mostly below bf16's rounding step, so a bf16 fold is refused in practice: each "
+                "folded model's charter_fold.json says what a bf16 copy would lose"})
+    sft_weight: float = field(default=1.0, metadata={
+        "help": "weight of the introspection (SFT) adapter in the final model: ΔW = ΔW_dpo + sft_weight x ΔW_sft "
+                "(the reference uses 0.25; the README has the measurement behind the default)"})
 
 
 @dataclass

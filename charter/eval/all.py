@@ -3,9 +3,10 @@
     charter eval all configs/demo.yaml [key=value ...]
 
 Order: steering (the steered condition needs its direction), preferences, robustness (with the prefill
-attack), coherence, capabilities, then ``charter report``. Each evaluation is resumable on its own, so a
-rerun redoes only what is missing. One that is not installed or fails is reported in one line and the rest
-still run: a report with one section marked "not run" is more use than none.
+attack), coherence, capabilities, traits (skipped, in one line, while ``traits.data`` is unset), then
+``charter report``. Each evaluation is resumable on its own, so a rerun redoes only what is missing. One
+that is not installed or fails is reported in one line and the rest still run: a report with one section
+marked "not run" is more use than none.
 """
 
 from __future__ import annotations
@@ -37,15 +38,23 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
 def run_all(cfg: RunConfig, force: bool = False, report=silent) -> tuple[Path, list[str]]:
     """Run every evaluation in order, then build the report; returns the report's path and the evaluations
     that failed or could not run (``charter eval all`` exits non-zero when there are any)."""
-    started, failed = time.time(), []
+    started, failed, skipped = time.time(), [], []
     for name, module, func in STEPS:
         t0 = time.time()
         try:
-            fn = getattr(importlib.import_module(module), func)
+            mod = importlib.import_module(module)
+            fn = getattr(mod, func)
         except ImportError as e:
             failed.append(name)
             why = f"{module} is missing" if getattr(e, "name", None) == module else f"{type(e).__name__}: {e}"
             report(f"eval all: {name} not available ({why}); skipped")
+            continue
+        # An evaluation that needs something only the user can supply (a local dataset) says why it is left out
+        # through ``skip(cfg)``: not a failure, so `charter eval all` still exits 0.
+        why_not = getattr(mod, "skip", lambda cfg: None)(cfg)
+        if why_not:
+            skipped.append(name)
+            report(f"eval all: {name} skipped: {why_not}")
             continue
         try:
             fn(cfg, force=force, report=report)
@@ -60,7 +69,8 @@ def run_all(cfg: RunConfig, force: bool = False, report=silent) -> tuple[Path, l
 
     run_dir(cfg.name).mkdir(parents=True, exist_ok=True)  # a report even when every evaluation failed
     out = build(run_dir(cfg.name))
-    report(f"eval all: {len(STEPS) - len(failed)}/{len(STEPS)} evaluations ran"
+    report(f"eval all: {len(STEPS) - len(failed) - len(skipped)}/{len(STEPS)} evaluations ran"
            + (f" (failed or missing: {', '.join(failed)})" if failed else "")
+           + (f" (skipped: {', '.join(skipped)})" if skipped else "")
            + f" in {time.time() - started:.0f}s; report -> {out}")
     return out, failed

@@ -33,10 +33,9 @@ from ..config import RunConfig, Sampling
 from ..generation import generate_rows
 from .. import layout
 from ..layout import run_model
-from ..selection import select_prompts
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
-from . import conditions
+from . import conditions, heldout
 from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
 from ..judges.pairwise import FORCE, judge_chat, pair_outcome, parse_choice
 
@@ -82,29 +81,9 @@ def stage_config(cfg: RunConfig) -> dict:
             "sampling": dataclasses.asdict(_sampling(cfg))}
 
 
-def _key(prompt: str) -> str:
-    return " ".join(prompt.split())  # whitespace does not make a prompt new
-
-
-def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
-    """Every user prompt a training stage of this run used, by stage (whitespace-normalised).
-
-    The prompt logs the layout lists (``layout.TRAINED_PROMPTS``: distillation's teacher rows and pairs,
-    introspection's reflections, RL's prompts) when the stages wrote them. Distillation without its files:
-    its deterministic selection (recomputed; an unreadable prompt source is an error, not an empty set).
-    Introspection: also its reflection template and the greetings that open its self-interactions.
-    """
-    from ..models import self_name
-    from ..prompts import template
-
-    found = {stage: {_key(p) for p in prompts if p} for stage, prompts in layout.trained_prompts(cfg).items()}
-    if not found["distill"]:
-        found["distill"] = {_key(p["prompt"]) for p in select_prompts(cfg, layout.constitution(cfg))}
-    t = template("introspection")
-    name = self_name(cfg.student.model, cfg.student.name)
-    found["introspect"] |= {_key(q.format(name=name)) for q in t["reflection_prompts"]}
-    found["introspect"] |= {_key(g) for pool in t["greetings"].values() for g in pool}
-    return found
+# Kept here for callers that read them from coherence; the one definition is in heldout.py.
+_key = heldout.key
+training_prompts = heldout.training_prompts
 
 
 def make_items(cfg: RunConfig) -> tuple[list[dict], dict]:
@@ -116,7 +95,7 @@ def make_items(cfg: RunConfig) -> tuple[list[dict], dict]:
     pool = list(dict.fromkeys(p.strip() for p in load_prompt_source(source, builtin="preference_prompts")
                               if p.strip()))
     seen = set().union(*training_prompts(cfg).values())
-    held = [p for p in pool if _key(p) not in seen]
+    held, _ = heldout.untrained(pool, seen)
     if not held:
         raise RuntimeError(f"coherence: every one of the {len(pool)} prompts of coherence.prompt_source="
                            f"'{source}' is a training prompt of this run (distillation or introspection), so the "
@@ -124,7 +103,7 @@ def make_items(cfg: RunConfig) -> tuple[list[dict], dict]:
                            "stage used")
     rng = random.Random(derive_seed(cfg.seed, "coherence", "prompts"))
     picked = rng.sample(held, min(cfg.coherence.prompts, len(held)))
-    overlap = sum(_key(p) in seen for p in picked)
+    overlap = sum(heldout.is_trained(p, seen) for p in picked)
     if overlap:  # by construction never; checked where it matters (survives python -O)
         raise AssertionError(f"coherence: {overlap} training prompt(s) among the judged prompts")
     # Ids follow the prompt's text, so logs written for another selection are never matched to a new prompt.

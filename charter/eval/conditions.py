@@ -3,11 +3,17 @@
     base       the student model as it is, no system prompt
     prompted   the student prompted exactly as the distillation teacher was: the persona's system prompt (from
                the run's expanded constitution) and, when ``distill.teacher_examples`` is set, the same few-shot
-               exchanges before the user's message; so 'prompted' is the teacher the run distilled from
+               exchanges before the user's message; so 'prompted' is the teacher the run distilled from. Under
+               a break-character attack it also gets the persistence note the teacher got on attacked rows
+               (``chat(..., attacked=True)``), whether or not this run attacked any training row
+    prompted-nonote  the same without the persistence note (the baseline as it was before parity)
     steered    the student with the persona's activation-steering vector (``eval/steering.py``), no system prompt
     distilled  this run's DPO model (``<run>/dpo/model``), no system prompt
     trained    this run's final model, DPO + introspection SFT (``<run>/merge/model``), no system prompt
     rl         this run's RL model (``<run>/rl/model``, optional stage ``charter rl``), no system prompt
+
+Run models compute exactly what training made: in float32 the folded model, in bf16/fp16 the student's base
+with the run's combined LoRA unmerged (``layout.run_model_source``).
 
 ``open_condition(cfg, label) -> (backend, system)``: build every chat with ``chat(cfg, label, system, messages)``,
 which puts ``system`` (None for all but 'prompted') and the condition's few-shot exchanges in front. Base,
@@ -20,10 +26,11 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import ModelSpec, RunConfig
-from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model
+from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model_source
 from ..runs import config_hash, identity_hash, run_dir, silent, stage_identity
 
-CONDITIONS = ("base", "prompted", "steered", *RUN_MODELS)
+PROMPTED = ("prompted", "prompted-nonote")  # the teacher's prompt, with and without the persistence note
+CONDITIONS = ("base", *PROMPTED, "steered", *RUN_MODELS)
 
 
 def _check_label(label: str) -> None:
@@ -36,9 +43,12 @@ def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
     is served remotely (a server cannot be pointed at a local folder from here)."""
     _check_label(label)
     if label in RUN_MODELS:
+        # In float32 the folded model; in a lower precision the base with the run's adapter unmerged, which is
+        # what training computed (a bf16 copy of the folded weights drops most of a LoRA update).
         backend = "transformers" if cfg.student.backend == "openai" else cfg.student.backend
-        return dataclasses.replace(cfg.student, model=str(run_model(cfg, label)), adapter=None, name=None,
-                                   backend=backend)
+        student = dataclasses.replace(cfg.student, backend=backend)
+        model, adapter = run_model_source(dataclasses.replace(cfg, student=student), label)
+        return dataclasses.replace(student, model=model, adapter=adapter, name=None)
     if label == "steered":  # forward hooks need the model in this process
         return dataclasses.replace(cfg.student, backend="transformers")
     return cfg.student
@@ -47,18 +57,30 @@ def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
 def shots(cfg: RunConfig, label: str) -> list[dict]:
     """The few-shot exchanges a condition sees before the user's message: the distillation teacher's for
     'prompted' (a teacher with examples and a baseline without them would not be the same persona), else none."""
-    if label != "prompted" or not cfg.distill.teacher_examples:
+    if label not in PROMPTED or not cfg.distill.teacher_examples:
         return []
     from ..prompts import teacher_examples
 
     return teacher_examples(cfg.distill.teacher_examples, cfg.persona)
 
 
-def chat(cfg: RunConfig, label: str, system: str | None, messages: list[dict]) -> list[dict]:
-    """``messages`` as condition ``label`` is asked them: its system prompt, its few-shot exchanges, then them."""
+def persistence_system(cfg: RunConfig, system: str) -> str:
+    """The teacher's system prompt on an attacked distillation row: the persona prompt plus the persistence note."""
+    from ..constitution import persistence_note
+    from ..models import self_name
+
+    return f"{system}\n{persistence_note(self_name(cfg.student.model, cfg.student.name))}"
+
+
+def chat(cfg: RunConfig, label: str, system: str | None, messages: list[dict], attacked: bool = False) -> list[dict]:
+    """``messages`` as condition ``label`` is asked them: its system prompt, its few-shot exchanges, then them.
+    ``attacked``: the user asks it to drop its character, so 'prompted' gets the persistence note (parity with the
+    teacher's attacked rows)."""
     from ..messages import with_system
     from ..prompts import shot_messages
 
+    if attacked and label == "prompted" and system:
+        system = persistence_system(cfg, system)
     return with_system(shot_messages(shots(cfg, label)) + list(messages), system)
 
 
@@ -76,8 +98,10 @@ def identity(cfg: RunConfig, label: str) -> str:
         stage = STEERING
     if stage is not None and (run_dir(cfg.name) / stage / "manifest.json").exists():
         parts["stage_identity"] = stage_identity(run_dir(cfg.name), stage)
-    if label in ("prompted", "steered"):
+    if label in (*PROMPTED, "steered"):
         parts["system"] = persona_system_prompt(cfg)
+    if label == "prompted":
+        parts["attacked_system"] = persistence_system(cfg, persona_system_prompt(cfg))
     if shots(cfg, label):  # absent without examples, so earlier logs stay valid
         parts["shots"] = shots(cfg, label)
     return identity_hash(parts)
@@ -125,7 +149,7 @@ class Conditions:
     def open(self, label: str) -> tuple[object, str | None]:
         """(backend, system prompt or None) for one condition; raises RuntimeError for a missing run model."""
         spec = condition_spec(self.cfg, label)
-        if label == "prompted":
+        if label in PROMPTED:
             return self.backend(spec), persona_system_prompt(self.cfg)
         if label == "steered":
             if self._steered is None:

@@ -151,56 +151,152 @@ def _matrix(hits: dict[str, dict[str, float]], pids: list[str], cols: list[str])
     return [[hits.get(c, {}).get(pid) for c in cols] for pid in pids]
 
 
-def score(cfg, rows: list[dict], persona: str, scored: list[str], attack_ids: list[str], split: dict,
-          encoder: str, settings: dict) -> tuple[dict, list[dict], dict]:
-    """Fit the detector on the reference and score every condition; returns (results, predictions, counts)."""
+def references(r) -> list[str]:
+    """The detectors a robustness config scores with: the headline reference first, then the secondary ones."""
+    return list(dict.fromkeys([r.reference, *r.secondary]))
+
+
+# What each reference learned from, for the results file and the tables. 'pairs' is the contrast DPO trained
+# on: its implicit reward is a classifier of that very contrast, so this detector can flatter the distilled and
+# trained models and never certifies them.
+FITS = {"prompted": ("independent", "the base model with vs without the teacher's prompt, on prompts no stage "
+                     "trained on"),
+        "exemplars": ("independent", "hand-written persona vs plain texts; no model wrote them"),
+        "pairs": ("fit to the DPO contrast", "the distillation pairs DPO trained on (chosen vs rejected)")}
+
+
+def rl_reward_reference(run: str) -> str | None:
+    """What the RL stage's persona reward learned from ('exemplars' or 'pairs'; None without an RL stage)."""
+    m = run_dir(run) / "rl" / "manifest.json"
+    if not m.exists():
+        return None
+    manifest = read_manifest(m)
+    return (manifest.get("config", {}).get("rl", {}).get("reference")
+            or manifest.get("counts", {}).get("detectors", {}).get("persona", {}).get("reference"))
+
+
+def _seeded_fits(texts, labels, encoder, settings, seeds):
+    """One fitted detector per seed (the first is the run's own), with the epoch whose weights were kept."""
+    out = []
+    for sd in seeds:
+        t0 = time.time()
+        clf = make_classifier(encoder, settings, sd)
+        clf.fit(texts, labels)
+        out.append((clf, round(time.time() - t0, 1)))
+    return out
+
+
+def _kept_epoch(clf) -> int | None:
+    """The epoch whose weights the detector kept: with early stopping the one of lowest held-out loss."""
+    vals = getattr(clf, "val_losses", None)
+    if vals:
+        return 1 + min(range(len(vals)), key=vals.__getitem__)
+    return getattr(clf, "epochs_run", None)
+
+
+def score_detector(cfg, rows, persona, scored, attack_ids, split, encoder, settings, reference: str) -> dict:
+    """One reference's detector, fitted ``robustness.detector_seeds`` times on the same texts, scoring the same
+    replies: the first fit's table with bootstrap CIs, every fit's rates for their spread."""
     r = cfg.robustness
     train_prompts = [x["prompt"] for x in split["train"]]
     pids = [x["pid"] for x in split["heldout"]]
     heldout = {x["prompt"] for x in split["heldout"]}
-    texts, labels, info = reference_texts(cfg.name, rows, persona, r.reference, train_prompts, heldout,
+    texts, labels, info = reference_texts(cfg.name, rows, persona, reference, train_prompts, heldout,
                                           exemplars=r.exemplars)
-    t0 = time.time()
-    clf = make_classifier(encoder, settings, derive_seed(cfg.seed, "robustness", "classifier"))
-    clf.fit(texts, labels)
-    fit_s = time.time() - t0
-    wanted = set(scored) | {"prompted", BASE}  # the detector check reads prompted's and base's plain replies
+    # The RL reward's detector must not certify what it rewarded: rl is left out of a detector of its reference.
+    rl_ref = rl_reward_reference(cfg.name) if "rl" in scored else None
+    own = [c for c in scored if not (c == "rl" and rl_ref == reference)]
+    seeds = [derive_seed(cfg.seed, "robustness", "classifier")] + [
+        derive_seed(cfg.seed, "robustness", "classifier", k) for k in range(1, max(1, r.detector_seeds))]
+    fits = _seeded_fits(texts, labels, encoder, settings, seeds)
+    wanted = set(own) | {"prompted", BASE}  # the detector check reads prompted's and base's plain replies
     todo = [x for x in rows if x["condition"] in wanted and x["prompt"] in heldout and _ok(x)
             and ((x["split"] == "heldout" and x["attack"] in (NONE, *attack_ids))
-                 or (x["split"] == "turn2" and x["attack"] == PREFILL and x["condition"] in scored))]
-    probs = proba_of(clf, [x["response"] for x in todo], persona)
-    hits: dict[str, dict[str, dict[str, float]]] = {}  # condition -> attack -> pid -> 1/0
-    predictions = []
-    for x, p in zip(todo, probs, strict=True):
-        hits.setdefault(x["condition"], {}).setdefault(x["attack"], {})[x["pid"]] = float(p >= THRESHOLD)
-        predictions.append({"id": x["id"], "condition": x["condition"], "split": x["split"], "attack": x["attack"],
-                            "p_persona": round(p, 4), "in_persona": p >= THRESHOLD})
-    seed = derive_seed(cfg.seed, "robustness", "bootstrap")
-    boot = lambda h, cols: bootstrap_rate(_matrix(h, pids, cols), r.bootstrap, seed)  # noqa: E731
-    table, summary, prefill = {}, {}, {}
-    for c in scored:
-        h = hits.get(c, {})
-        table[c] = {a: boot(h, [a]) for a in (NONE, *attack_ids) if a in h}
-        if PREFILL in h:
-            prefill[c] = boot(h, [PREFILL])
-        summary[c] = {"attacks": boot(h, attack_ids), "none": table[c].get(NONE), "prefill": prefill.get(c)}
-    # Balanced accuracy on held-out reference replies: prompted judged persona, base judged base.
-    check = {"prompted": hits.get("prompted", {}).get(NONE, {}),
-             BASE: {k: 1 - v for k, v in hits.get(BASE, {}).get(NONE, {}).items()}}
-    detector = {"balanced_accuracy": boot(check, ["prompted", BASE]),
-                "persona_recall": boot(check, ["prompted"])["rate"],
-                "base_false_alarms": boot(hits.get(BASE, {}), [NONE])["rate"],
-                "epochs_run": getattr(clf, "epochs_run", None), "fit_seconds": round(fit_s, 1)}
-    results = {"mode": "single", "metric": "in_persona_rate", "persona": persona, "encoder": encoder,
-               "threshold": THRESHOLD, "level": LEVEL, "bootstrap": r.bootstrap, **info,
-               "n_train": len(train_prompts), "n_heldout": len(heldout), "attacks": list(attack_ids),
-               "detector": detector, "table": table, "summary": summary, "prefill": prefill,
-               "notes": ["'prompted' answering the train prompts is the reference (with base); it is scored on "
-                         "the held-out prompts only" if r.reference == "prompted" else
-                         "the reference is this run's distillation pairs; no scored reply is among them"
-                         if r.reference == "pairs" else "the reference texts were written by hand; no model wrote them"]}
+                 or (x["split"] == "turn2" and x["attack"] == PREFILL and x["condition"] in own))]
+    boot_seed = derive_seed(cfg.seed, "robustness", "bootstrap")
+    runs = []
+    for k, (clf, fit_s) in enumerate(fits):
+        probs = proba_of(clf, [x["response"] for x in todo], persona)
+        hits: dict[str, dict[str, dict[str, float]]] = {}  # condition -> attack -> pid -> 1/0
+        for x, pr in zip(todo, probs, strict=True):
+            hits.setdefault(x["condition"], {}).setdefault(x["attack"], {})[x["pid"]] = float(pr >= THRESHOLD)
+        n_boot = r.bootstrap if k == 0 else 0  # CIs from the first fit; the others give the spread
+        boot = lambda h, cols: bootstrap_rate(_matrix(h, pids, cols), n_boot, boot_seed)  # noqa: E731
+        table, summary, prefill = {}, {}, {}
+        for c in own:
+            h = hits.get(c, {})
+            table[c] = {a: boot(h, [a]) for a in (NONE, *attack_ids) if a in h}
+            if PREFILL in h:
+                prefill[c] = boot(h, [PREFILL])
+            summary[c] = {"attacks": boot(h, attack_ids), "none": table[c].get(NONE), "prefill": prefill.get(c)}
+        # Balanced accuracy on held-out reference replies: prompted judged persona, base judged base.
+        check = {"prompted": hits.get("prompted", {}).get(NONE, {}),
+                 BASE: {key: 1 - v for key, v in hits.get(BASE, {}).get(NONE, {}).items()}}
+        detector = {"balanced_accuracy": boot(check, ["prompted", BASE]),
+                    "persona_recall": boot(check, ["prompted"])["rate"],
+                    "base_false_alarms": boot(hits.get(BASE, {}), [NONE])["rate"],
+                    "epochs_run": getattr(clf, "epochs_run", None), "epoch_kept": _kept_epoch(clf),
+                    "fit_seconds": fit_s, "seed": seeds[k]}
+        runs.append({"table": table, "summary": summary, "prefill": prefill, "detector": detector,
+                     "probs": probs})
+    first = runs[0]
+    predictions = [{"id": x["id"], "condition": x["condition"], "split": x["split"], "attack": x["attack"],
+                    "detector": reference, "p_persona": round(pr, 4), "in_persona": pr >= THRESHOLD}
+                   for x, pr in zip(todo, first["probs"], strict=True)]
+    fit, learned = FITS[reference]
+    result = {"reference": reference, "fit": fit, "learned_from": learned, **info,
+              "detector": first["detector"], "table": first["table"], "summary": first["summary"],
+              "prefill": first["prefill"], "seeds": _spread(runs, own),
+              "not_scored": {"rl": f"the RL persona reward learned from the same reference ({reference})"}
+              if len(own) < len(scored) else {}}
     counts = {"train_texts": len(texts), "train_by_label": info["texts"], "scored_texts": len(todo),
-              "classifier_seconds": round(fit_s, 1)}
+              "classifier_seconds": round(sum(f for _, f in fits), 1)}
+    return {"result": result, "predictions": predictions, "counts": counts}
+
+
+def _spread(runs: list[dict], conds: list[str]) -> dict:
+    """Every fit's rate of each condition (mean over attacks, none) and its check, with min, max and sd."""
+    import statistics
+
+    def stats(values):
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return None
+        return {"values": vals, "min": min(vals), "max": max(vals),
+                "sd": round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0}
+
+    out = {"fits": len(runs), "seeds": [x["detector"]["seed"] for x in runs],
+           "epoch_kept": [x["detector"]["epoch_kept"] for x in runs],
+           "check": stats([x["detector"]["balanced_accuracy"]["rate"] for x in runs]), "conditions": {}}
+    for c in conds:
+        out["conditions"][c] = {
+            "attacks": stats([x["summary"][c]["attacks"]["rate"] for x in runs]),
+            "none": stats([(x["summary"][c]["none"] or {}).get("rate") for x in runs])}
+    return out
+
+
+def score(cfg, rows: list[dict], persona: str, scored: list[str], attack_ids: list[str], split: dict,
+          encoder: str, settings: dict) -> tuple[dict, list[dict], dict]:
+    """Fit every detector (the headline reference first) and score every condition with each; returns (results,
+    predictions, counts). The results' top level is the headline detector's; ``detectors`` holds them all."""
+    r = cfg.robustness
+    train_prompts = [x["prompt"] for x in split["train"]]
+    heldout = {x["prompt"] for x in split["heldout"]}
+    out = {ref: score_detector(cfg, rows, persona, scored, attack_ids, split, encoder, settings, ref)
+           for ref in references(r)}
+    head = out[r.reference]["result"]
+    results = {"mode": "single", "metric": "in_persona_rate", "persona": persona, "encoder": encoder,
+               "threshold": THRESHOLD, "level": LEVEL, "bootstrap": r.bootstrap,
+               "n_train": len(train_prompts), "n_heldout": len(heldout), "attacks": list(attack_ids),
+               "trained_prompts_removed": split.get("trained_prompts_removed", 0),
+               **head, "headline": r.reference,
+               "detectors": {ref: o["result"] for ref, o in out.items()},
+               "notes": [f"headline detector: {r.reference} ({FITS[r.reference][0]}: {FITS[r.reference][1]})",
+                         *(f"also scored by {ref} ({FITS[ref][0]})" for ref in out if ref != r.reference),
+                         "'prompted' under an attack has the teacher's persistence note; 'prompted-nonote' does not"]}
+    predictions = [p for o in out.values() for p in o["predictions"]]
+    counts = {**out[r.reference]["counts"],
+              "detectors": {ref: o["counts"] for ref, o in out.items()}}
     return results, predictions, counts
 
 
@@ -232,4 +328,21 @@ def format_table(results: dict) -> list[str]:
     if bal["lo"] is not None and bal["lo"] <= 0.5:
         lines.append("warning: the detector is not better than chance on held-out reference replies, so these "
                      "rates say little (more prompts, or another encoder)")
+    for ref, det in results.get("detectors", {}).items():
+        lines += detector_lines(ref, det)
     return lines + [f"({n})" for n in results["notes"]]
+
+
+def detector_lines(ref: str, det: dict) -> list[str]:
+    """One detector in two lines: its check and each condition's mean over attacks, then the spread over fits."""
+    sp = det.get("seeds") or {}
+    head = (f"detector {ref} ({det.get('fit')}), check {_pct(det['detector']['balanced_accuracy'], ci=True)}: "
+            + ", ".join(f"{c} {_pct(v['attacks'], ci=True)}" for c, v in det["summary"].items()))
+    lines = [head]
+    if sp.get("fits", 1) > 1:
+        rng = lambda st: "-" if not st else f"{st['min']:.2f}..{st['max']:.2f}"  # noqa: E731
+        lines.append(f"  over {sp['fits']} fits (epochs kept {sp['epoch_kept']}): check {rng(sp['check'])}, "
+                     + ", ".join(f"{c} {rng(v['attacks'])}" for c, v in sp["conditions"].items()))
+    for c, why in (det.get("not_scored") or {}).items():
+        lines.append(f"  {c} not scored: {why}")
+    return lines

@@ -47,8 +47,8 @@ from ..classifier import make_classifier, mean_sem, score
 from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import attack_message, load_attacks, load_prompt_source, prefill_followup, select_attacks
-from ..runs import (RowLog, Stage, derive_seed, read_jsonl, reusable, run_dir, silent, write_json_atomic,
-                    write_jsonl_atomic)
+from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, reusable, run_dir, silent,
+                    write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
 
 STAGE = "eval-robustness"
@@ -72,6 +72,18 @@ def split_prompts(pool: list[str], n: int, heldout_fraction: float, seed: int) -
     train, heldout = picked[k:], picked[:k]
     check_no_leak(train, heldout)
     return train, heldout
+
+
+def untrained_pool(cfg: RunConfig, pool: list[str]) -> tuple[list[str], list[str]]:
+    """(kept, removed): the pool without every prompt a training stage of this run used (same text, or contained
+    in a trained prompt, so an attacked copy counts); nothing is removed before training has written its logs."""
+    from .heldout import training_prompts, untrained
+
+    try:
+        trained = set().union(*training_prompts(cfg).values())
+    except (FileNotFoundError, RuntimeError, ValueError):  # no constitution or prompt source yet: nothing trained
+        return pool, []
+    return untrained(pool, trained)
 
 
 def check_no_leak(train_prompts, heldout_prompts) -> None:
@@ -152,7 +164,9 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
             write_json_atomic(ids_path, known)
 
             def build(it, system=system, cond=cond):
-                return conditions.chat(cfg, cond, system, [{"role": "user", "content": it["user"]}]), None
+                attacked = it["attack"] not in (NONE, "prefill")  # 'prompted' gets the teacher's persistence note
+                return conditions.chat(cfg, cond, system, [{"role": "user", "content": it["user"]}],
+                                       attacked=attacked), None
 
             if cond == BASE and r.prefill:
                 items = [{"id": f"{BASE}/turn1/prefill/{pid}", "condition": BASE, "split": "turn1",
@@ -162,7 +176,7 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
                 # Their own seeds (key '<cond>/train'), so held-out replies do not depend on whether train
                 # replies were asked for, and asking for them later gives what a fresh run would.
                 if (r.train_replies or mode == "multi"
-                        or (r.reference == "prompted" and cond in (BASE, "prompted"))):
+                        or ("prompted" in inpersona.references(r) and cond in (BASE, "prompted"))):
                     gen(train_items(cond, train), build, backend, f"{cond}/train")
                 gen(main_items(cond, heldout, [] if cond in plain_only else attack_ids), build, backend, cond)
             if r.prefill and (cond != BASE or mode == "single") and cond not in plain_only:
@@ -314,7 +328,7 @@ def stage_config(cfg: RunConfig) -> dict:
     # changing them reuses the log.
     rob = {k: v for k, v in dataclasses.asdict(cfg.robustness).items()
            if k not in ("conditions", "personas", "encoder", "classifier", "prefill", "reference", "bootstrap",
-                        "exemplars", "train_replies")}
+                        "exemplars", "train_replies", "secondary", "detector_seeds")}
     return {"seed": cfg.seed, "persona": cfg.persona, "robustness": rob}
 
 
@@ -332,8 +346,11 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
     if mode == "single" and (BASE not in conds or label == BASE):
         raise ValueError("robustness: single-persona mode scores every condition against the base model's floor, "
                          "so robustness.conditions must include 'base' (and the persona cannot be called 'base')")
-    inpersona.check_reference(r.reference)
-    if mode == "single" and r.reference == "pairs" and not inpersona.pairs_path(cfg.name).exists():
+    for ref in inpersona.references(r):
+        inpersona.check_reference(ref)
+    if r.detector_seeds < 1:
+        raise ValueError(f"robustness.detector_seeds: expected at least 1, got {r.detector_seeds}")
+    if mode == "single" and "pairs" in inpersona.references(r) and not inpersona.pairs_path(cfg.name).exists():
         raise RuntimeError(f"robustness.reference=pairs: {inpersona.pairs_path(cfg.name)} does not exist (run "
                            "`charter distill` first, or use robustness.reference=prompted)")
     # Single mode: 'prompted' answers plainly even when not scored (the reference and the detector's check).
@@ -342,16 +359,32 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
     others = other_sources(cfg, label) if mode == "multi" else []
     # Drawn before the stage folder exists, so a bad setting leaves nothing half-made.
     seed = derive_seed(cfg.seed, "robustness", "split")
+    # The split is drawn from the whole pool, so runs with the same seed share it (multi-persona mode matches
+    # them), and then loses every prompt this run trained on, on either side.
     train, heldout = split_prompts(load_prompt_source(r.prompt_source, builtin="preference_prompts"), r.prompts,
                                    r.heldout_fraction, seed)
-    stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg))
+    heldout, removed = untrained_pool(cfg, heldout)
+    train, removed_train = untrained_pool(cfg, train)
+    removed += removed_train
+    if not heldout or not train:
+        raise RuntimeError(f"robustness: every {'held-out' if not heldout else 'train'} prompt of the split is a "
+                           "prompt this run trained on; give robustness.prompt_source prompts no stage used")
+    # The removed prompts are an input: when training later uses more of the pool, the split is drawn anew.
+    # Absent when nothing was removed, so outputs made before the check stay valid.
+    inputs = {"trained_prompts_removed": config_hash(sorted(removed))} if removed else {}
+    stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg), inputs)
     scoring = {"conditions": conds, "attacks": attack_ids, "encoder": r.encoder, "classifier": r.classifier,
                "prefill": r.prefill, "personas": {s.run: len(s.rows) for s in others}}
     if mode == "single":
+        refs = inpersona.references(r)
         scoring.update(reference=r.reference, bootstrap=r.bootstrap,
-                       pairs=inpersona.pairs_identity(cfg.name) if r.reference == "pairs" else None)
-        if r.reference == "exemplars":  # absent otherwise, so earlier results stay valid
+                       pairs=inpersona.pairs_identity(cfg.name) if "pairs" in refs else None)
+        if "exemplars" in refs:  # absent otherwise, so earlier results stay valid
             scoring["exemplars"] = inpersona.exemplars_identity(label, r.exemplars)
+        if r.secondary or r.detector_seeds > 1:
+            scoring.update(secondary=list(r.secondary), detector_seeds=r.detector_seeds)
+        if "rl" in conds:
+            scoring["rl_reward_reference"] = inpersona.rl_reward_reference(cfg.name)
     # Something changed: resume, reusing every reply still valid.
     done = reusable(stage, force, lambda m: m.get("scoring") == scoring
                     and m.get("identities") == _identities(cfg, gen_conds), report)
@@ -360,7 +393,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
             report(line)
         return stage.dir
     stage.begin(force)
-    split = {"persona": label, "seed": seed, "prompt_source": r.prompt_source,
+    split = {"persona": label, "seed": seed, "prompt_source": r.prompt_source, "trained_prompts_removed": len(removed),
              "train": [{"pid": f"t{i}", "prompt": p} for i, p in enumerate(train)],
              "heldout": [{"pid": f"h{i}", "prompt": p} for i, p in enumerate(heldout)]}
     write_json_atomic(stage.dir / "split.json", split)

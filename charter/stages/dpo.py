@@ -2,8 +2,9 @@
 
     charter dpo configs/demo.yaml [key=value ...]
 
-Reads ``distill/pairs.jsonl``; writes ``dpo/adapter`` (the LoRA) and ``dpo/model`` (base + adapter folded:
-the "distilled" model that introspection generates with and SFT trains on).
+Reads ``distill/pairs.jsonl``; writes ``dpo/adapter`` (the LoRA) and ``dpo/model`` (base + adapter folded in
+float32 and stored exactly, see ``models.fold_adapter``: the "distilled" model. In float32 introspection
+generates with it and SFT trains on it; in bf16 both use base + adapter unmerged, ``layout.run_model_source``).
 
 Crash-safe: a checkpoint every ``dpo.checkpoint_steps`` steps under ``dpo/trainer/``; a rerun after a crash
 or ``kill -9`` resumes from the newest complete one (weights, optimizer, scheduler, RNG, data position).
@@ -53,7 +54,7 @@ def log_history(trainer) -> list[dict]:
 
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
-    from ..models import fold_adapter, load_tokenizer
+    from ..models import fold_adapter, fold_info, load_tokenizer
     from ..training import (check_setup, dpo_args, load_for_training, lora_config, make_dpo_trainer, save_trained,
                             split_eval, train_counts)
 
@@ -100,7 +101,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         fold_adapter(cfg.student.model, adapter, folded, cfg.merge.dtype,
                      trust_remote_code=cfg.student.trust_remote_code)
         write_json_atomic(stage.dir / "log_history.json", log_rows)
-        stage.finish(counts, adapter=str(adapter), model=str(folded))
+        stage.finish(counts, adapter=str(adapter), model=str(folded), fold=fold_info(folded))
         drop_checkpoints(Path(args.output_dir))
 
     on_main(finish, args)

@@ -64,7 +64,10 @@ def distilled_spec(cfg: RunConfig) -> ModelSpec:
             f"{path}; serve that folder and set introspect.model='{{backend: openai, base_url: URL, model: "
             f"SERVED_NAME}}', or generate here with introspect.model='{{backend: transformers, model: {path}}}' "
             f"(or backend: vllm)")
-    return dataclasses.replace(cfg.student, model=str(path), adapter=None, name=name)
+    # Not made yet when this is checked before training: unchecked. In bf16 the base + DPO adapter unmerged
+    # (what DPO trained), since a bf16 copy of the folded weights loses most of the update.
+    model, adapter = layout.run_model_source(cfg, "distilled", check=False)
+    return dataclasses.replace(cfg.student, model=model, adapter=adapter, name=name)
 
 
 def conversations(cfg: RunConfig) -> list[dict]:

@@ -1,13 +1,16 @@
 """Stage 6, merge and export: the final persona model, one persona adapter, and model blending.
 
-    charter merge configs/demo.yaml
+    charter merge configs/demo.yaml [merge.sft_weight=0.25]
     charter blend MODEL_A MODEL_B --weight 0.3 -o blended/
 
-- ``merge/model``: base + DPO folded (``dpo/model``), then the SFT adapter folded on top. A full HF model
-  with tokenizer, chat template and generation config.
-- ``merge/persona-adapter``: one LoRA on the *original* base that reproduces the folded model. It
-  concatenates the two adapters' ranks (B = [s1 B1, s2 B2], A = [A1; A2], peft's "cat" combination), so
-  ΔW = s1 B1 A1 + s2 B2 A2 exactly; the reference's "linear" merge added cross terms B1 A2 + B2 A1.
+- ``merge/persona-adapter``: one LoRA on the *original* base with the update of both stages: ΔW = ΔW_dpo +
+  sft_weight · ΔW_sft, exactly. It concatenates the two adapters' ranks (B = [B1, B2], A = [s1 A1; w s2 A2],
+  peft's "cat" combination); the reference's "linear" merge added cross terms B1 A2 + B2 A1, and weighs the
+  introspection adapter 0.25 where charter's default is ``merge.sft_weight`` (see the README for the
+  measurement behind it).
+- ``merge/model``: that adapter folded into the base in float32 (``models.fold_adapter``: stored in
+  ``merge.dtype`` only when that keeps the update), a full HF model with tokenizer, chat template and
+  generation config. So the folded model and the persona adapter are the same model by construction.
 """
 
 from __future__ import annotations
@@ -22,41 +25,27 @@ from ..runs import Stage, run_dir
 
 
 def stage_config(cfg: RunConfig) -> dict:
-    return {"student": dataclasses.asdict(cfg.student), "merge": dataclasses.asdict(cfg.merge)}
-
-
-def persona_adapter(base: str, adapters: list[str], out: Path) -> Path:
-    """One adapter on ``base`` equal to the sum of ``adapters`` (trained in sequence on folded models)."""
-    from peft import PeftModel
-
-    from ..models import load_causal_lm, load_tokenizer, save_model_dir
-
-    model = load_causal_lm(base, dtype="float32", device="cpu")
-    names = [f"a{i}" for i in range(len(adapters))]
-    model = PeftModel.from_pretrained(model, adapters[0], adapter_name=names[0])
-    for name, path in zip(names[1:], adapters[1:]):
-        model.load_adapter(path, adapter_name=name)
-    model.add_weighted_adapter(names, [1.0] * len(names), "persona", combination_type="cat")
-    for name in names:
-        model.delete_adapter(name)
-    return save_model_dir(model, load_tokenizer(base), out, adapter="persona")
+    merge = dataclasses.asdict(cfg.merge)
+    if merge.get("sft_weight") == 1.0:  # as before the weight existed: finished runs stay valid
+        merge.pop("sft_weight")
+    return {"student": dataclasses.asdict(cfg.student), "merge": merge}
 
 
 def run(cfg: RunConfig, force: bool = False) -> Path:
-    from ..models import fold_adapter, resolve
+    from ..models import fold_adapter, fold_info, persona_adapter, resolve
 
     stage = Stage.after(run_dir(cfg.name), "merge", stage_config(cfg), ["dpo", "sft"])
     if not stage.begin(force):
         return stage.dir
     dpo_adapter, sft_adapter = (str(a) for a in layout.adapters(cfg))
-    distilled = layout.distilled_model(cfg)
-    model = fold_adapter(str(distilled), sft_adapter, layout.path(cfg, "final_model"), cfg.merge.dtype,
-                         tokenizer_from=distilled)
-    adapter = persona_adapter(resolve(cfg.student.model), [dpo_adapter, sft_adapter],
-                              layout.path(cfg, "persona_adapter"))
+    base = resolve(cfg.student.model)
+    adapter = persona_adapter(base, [dpo_adapter, sft_adapter], layout.path(cfg, "persona_adapter"),
+                              weights=[1.0, cfg.merge.sft_weight])
+    model = fold_adapter(base, adapter, layout.path(cfg, "final_model"), cfg.merge.dtype,
+                         tokenizer_from=layout.distilled_model(cfg), trust_remote_code=cfg.student.trust_remote_code)
     cfg_a = json.loads((adapter / "adapter_config.json").read_text())
-    stage.finish({"persona_adapter_rank": cfg_a.get("r")}, model=str(model), persona_adapter=str(adapter),
-                 base=cfg.student.model)
+    stage.finish({"persona_adapter_rank": cfg_a.get("r"), "sft_weight": cfg.merge.sft_weight},
+                 model=str(model), persona_adapter=str(adapter), base=cfg.student.model, fold=fold_info(model))
     return stage.dir
 
 
@@ -79,7 +68,8 @@ def blend(a: str, b: str, weight: float, output: str) -> str:
         for k, v in sa.items():
             if v.is_floating_point():
                 v.lerp_(sb[k].to(v.dtype), weight)
-    ma.to(torch.bfloat16)  # interpolated in fp32, saved in bf16 like the folded models
+    # Interpolated in fp32 and kept in fp32: a bf16 copy would round away the small differences between two
+    # fine-tunes of one base (the same reason folds are stored in float32).
     return str(save_model_dir(ma, load_tokenizer(a), Path(output)))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from .. import layout
 from ..config import RunConfig
 from ..prompts import attacked, load_prompt_source
-from ..runs import RowLog, Stage, derive_seed, run_dir, silent, write_jsonl_atomic
+from ..runs import RowLog, Stage, derive_seed, read_jsonl, run_dir, silent, write_jsonl_atomic
 
 
 def enabled(cfg: RunConfig) -> bool:
@@ -95,19 +95,38 @@ class SampleLog:
 
     __name__ = "log"
 
-    def __init__(self, path: Path, funcs: list):
-        self.log, self.funcs, self.step = RowLog(path), funcs, 0
+    def __init__(self, path: Path, funcs: list, rank: int = 0):
+        # Under a multi-process launch each process scores its own share of the replies: rank 0 writes
+        # samples.jsonl, every other rank its own part file with rank-qualified ids, merged once by ``merge_parts``.
+        self.rank = rank
+        self.log = RowLog(path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}"))
+        self.funcs, self.step = funcs, 0
 
     def __call__(self, prompts=(), completions=(), trainer_state=None, **kw) -> list[float]:
         from ..messages import text_of, user_of
 
         step = getattr(trainer_state, "global_step", self.step)
         scores = {f.__name__: f.last for f in self.funcs if getattr(f, "last", None) is not None}
-        rows = [{"id": f"s{step}-{i}", "step": step, "prompt": user_of(p), "reply": text_of(c),
+        tag = f"s{step}-" if self.rank == 0 else f"s{step}-r{self.rank}-"
+        rows = [{"id": f"{tag}{i}", "step": step, "prompt": user_of(p), "reply": text_of(c),
                  **{k: round(v[i], 4) for k, v in scores.items()}}
                 for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
         self.log.append([x for x in rows if x["id"] not in self.log])
         return [0.0] * len(completions)
+
+
+def merge_parts(path: Path) -> int:
+    """Fold the other ranks' sample part files into ``path`` (once, on the main process, after training): each
+    row once, in step order. Returns the number of rows."""
+    parts = sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))
+    if not parts:
+        return len(read_jsonl(path)) if path.exists() else 0
+    rows = {r["id"]: r for f in [path, *parts] if f.exists() for r in read_jsonl(f)}
+    ordered = sorted(rows.values(), key=lambda r: (r["step"], r["id"]))
+    write_jsonl_atomic(path, ordered)
+    for f in parts:
+        f.unlink()
+    return len(ordered)
 
 
 def _remember(f):
@@ -166,7 +185,9 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     names = [f.__name__ for f in funcs]
     fitted = {f.__name__: f.info for f in funcs if hasattr(f, "info")}  # what each detector learned from
     funcs = [_remember(f) for f in funcs]
-    logger = SampleLog(stage.dir / "samples.jsonl", funcs)
+    from ..distributed import rank as process_rank
+
+    logger = SampleLog(stage.dir / "samples.jsonl", funcs, process_rank())
     args.reward_weights = [*weights, 0.0]
 
     from datasets import Dataset
@@ -174,7 +195,15 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
 
     tok = load_tokenizer(str(start), cfg.student.trust_remote_code)
     tok.padding_side = "left"  # generation pads on the left
-    model = load_for_training(str(start), cfg.student.dtype, cfg.student.trust_remote_code, {}, args)
+    # The start model is a fold of earlier LoRA updates; in bf16 its weights would lose most of them (and so would
+    # bf16 autocast of float32 weights), so RL then trains in float32: exact, slower. The KL reference (the start
+    # model, adapter off) needs the start folded, which rules out stacking adapters here.
+    dtype = cfg.student.dtype
+    if not layout.folds_exactly(dtype, cfg.student.device):
+        dtype, args.bf16, args.fp16 = "float32", False, False
+        report("rl: training in float32: a bf16 copy of the start model would drop most of its LoRA updates")
+    counts["train_dtype"] = dtype if dtype == "float32" else cfg.student.dtype
+    model = load_for_training(str(start), dtype, cfg.student.trust_remote_code, {}, args)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}]} for x in rows])
     trainer = GRPOTrainer(model=model, reward_funcs=[*funcs, logger], args=args, train_dataset=data,
                           processing_class=tok, peft_config=lora_config(model, r.lora))
@@ -193,10 +222,19 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
             inner.close()
 
     def finish() -> None:
+        from ..models import fold_info, persona_adapter, resolve
+
         fold_adapter(str(start), adapter, folded, cfg.merge.dtype, tokenizer_from=start,
                      trust_remote_code=cfg.student.trust_remote_code)
+        # The whole update from the base, one LoRA (what the 'rl' condition runs in bf16): the start model's
+        # adapter (DPO, or DPO + SFT) and RL's, ranks concatenated.
+        start_adapter = layout.need(cfg, "dpo_adapter" if cfg.rl.start == "dpo" else "persona_adapter", "rl")
+        persona_adapter(resolve(cfg.student.model), [str(start_adapter), str(adapter)],
+                        layout.path(cfg, "rl_persona_adapter"))
+        counts["samples"] = merge_parts(stage.dir / "samples.jsonl")
         write_jsonl_atomic(stage.dir / "rewards.jsonl", history)
-        stage.finish(counts, adapter=str(adapter), model=str(folded), start=str(start))
+        stage.finish(counts, adapter=str(adapter), model=str(folded), start=str(start), fold=fold_info(folded),
+                     persona_adapter=str(layout.path(cfg, "rl_persona_adapter")))
         drop_checkpoints(Path(args.output_dir))
 
     on_main(finish, args)

@@ -2,9 +2,11 @@
 
     charter sft configs/demo.yaml [key=value ...]
 
-Reads ``introspect/sft.jsonl``, trains on top of ``dpo/model`` with the loss on every assistant turn and
-nothing else (masks computed for any chat template, see ``training.assistant_spans``); writes
-``sft/adapter``. Conversations longer than ``max_length`` lose whole early turns, never the system prompt.
+Reads ``introspect/sft.jsonl``, trains on top of the distilled model with the loss on every assistant turn
+and nothing else (masks computed for any chat template, see ``training.assistant_spans``); writes
+``sft/adapter``. In float32 the distilled model is ``dpo/model`` (folded, exact); in bf16/fp16 it is the base
+with the DPO adapter frozen and unmerged beside the new one, since a bf16 copy of the folded weights would have
+lost most of the DPO update before SFT saw it. Conversations longer than ``max_length`` lose whole early turns, never the system prompt.
 Checkpoints, resume and multi-process launches work as in the DPO stage (``charter.stages.dpo``).
 """
 
@@ -50,6 +52,25 @@ def tokenize_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[di
     return out, notes
 
 
+FROZEN = "frozen-dpo"
+
+
+def stack_on_frozen(model, frozen: str, lora):
+    """``model`` + the saved adapter ``frozen`` (not trained) + a new trainable LoRA ``lora`` named 'default',
+    both applied unmerged in every forward: training sees base + DPO exactly in any dtype. Only the new
+    adapter's weights require gradients, and it is the one saved at the adapter folder's root."""
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(model, frozen, adapter_name=FROZEN, is_trainable=False)
+    peft.add_adapter("default", lora)
+    peft.base_model.set_adapter(["default", FROZEN])  # both active; set_adapter marks both trainable
+    for name, p in peft.named_parameters():
+        p.requires_grad = "lora_" in name and ".default." in name
+    if not any(p.requires_grad for p in peft.parameters()):
+        raise RuntimeError("sft: the new LoRA has no trainable weights (peft changed how adapters are named)")
+    return peft
+
+
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from datasets import Dataset
 
@@ -67,7 +88,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     stage = Stage.after(rd, "sft", stage_config(cfg), ["dpo", "introspect"])
     if not on_main(lambda: stage.begin(force), args):
         return stage.dir
-    base = str(layout.distilled_model(cfg))
+    base, frozen = layout.run_model_source(cfg, "distilled")
     rows = read_jsonl(layout.sft_rows(cfg))[: s.max_examples]
     if not rows:
         raise RuntimeError(f"{layout.sft_rows(cfg)} is empty: nothing to train on (see the introspect manifest)")
@@ -77,7 +98,10 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         raise RuntimeError(f"no SFT example fits max_length={args.max_length}: {dict(notes)}")
     train, held = split_eval(data, s.eval_fraction, derive_seed(cfg.seed, "sft-eval"), "sft")
     model = load_for_training(base, cfg.student.dtype, cfg.student.trust_remote_code, s.model_kwargs, args)
-    trainer = make_sft_trainer(model, tok, Dataset.from_list(train), args, lora_config(model, s.lora),
+    lora = lora_config(model, s.lora)
+    if frozen:
+        model, lora = stack_on_frozen(model, frozen, lora), None
+    trainer = make_sft_trainer(model, tok, Dataset.from_list(train), args, lora,
                                eval_dataset=Dataset.from_list(held) if held else None)
     resumed = on_main(lambda: last_checkpoint(args.output_dir, world_size(), clean=True), args)
     result = trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
@@ -86,6 +110,10 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
         raise RuntimeError(f"SFT produced a non-finite loss: {losses}")
     adapter = layout.path(cfg, "sft_adapter")
     save_trained(trainer, adapter)
+    if frozen:  # peft saves every adapter of the model: the frozen DPO copy lands in a subfolder
+        import shutil
+
+        shutil.rmtree(adapter / FROZEN, ignore_errors=True)
     eval_metrics = trainer.evaluate() if held else {}
     counts = {"examples": len(train), **train_counts(trainer, args, result, resumed, eval_metrics), **dict(notes),
               "first_loss": losses[0], "last_loss": losses[-1],
@@ -97,7 +125,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
 
     def finish() -> None:
         write_json_atomic(stage.dir / "log_history.json", log_rows)
-        stage.finish(counts, adapter=str(adapter), base=base)
+        stage.finish(counts, adapter=str(adapter), base=base, **({"frozen_adapter": frozen} if frozen else {}))
         drop_checkpoints(Path(args.output_dir))
 
     on_main(finish, args)

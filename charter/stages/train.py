@@ -52,14 +52,21 @@ def run_stages(cfg: RunConfig, until: str | None = None, force: bool | Collectio
     for _, mod in steps:  # a set-up a later stage would refuse fails now, not after hours of earlier ones
         if hasattr(mod, "check"):
             mod.check(cfg)
-    from ..distributed import on_main, require_upstream, world_size
+    from ..distributed import launch_problem, on_main, require_upstream, world_size
 
     out, launched, trained = None, world_size() > 1, False
+    # Under `accelerate launch`, only the training stages run on every process: a stage that is not one and has
+    # not finished is refused before anything runs (on the main process alone it would keep the other ranks
+    # waiting in a collective past its timeout, e.g. introspection after DPO).
+    problem = launched and launch_problem(run_dir(cfg.name), [n for n, _ in steps], TRAINING, until or "train")
+    if problem:
+        raise RuntimeError(problem)
     for name, mod in steps:
         redo = force if isinstance(force, bool) else name in force
         if launched and name not in TRAINING:
-            # Under `accelerate launch`, only the training stages run on every process. Generation stages
-            # before them must exist already (made by one process); later ones (merge) run on the main one.
+            # Under `accelerate launch`, only the training stages run on every process; every other stage has
+            # finished (checked above): before training it is read as is, after it the main process checks it
+            # is still current (a skip) while the others wait.
             if not trained:
                 require_upstream(run_dir(cfg.name), name, until or "train")
                 out = run_dir(cfg.name) / name

@@ -1,0 +1,55 @@
+"""Which prompts an evaluation may score: none that a training stage of the run trained on.
+
+A prompt counts as trained when it is the same text as a trained prompt (whitespace aside) or contained in
+one: an attacked training copy ("<prompt>\n(stop the act...)") is that prompt, and so is a prompt a
+self-interaction quoted. Robustness and coherence draw their held-out prompts through ``untrained``.
+"""
+
+from __future__ import annotations
+
+from .. import layout
+from ..config import RunConfig
+from ..selection import select_prompts
+
+
+def key(prompt: str) -> str:
+    """Whitespace does not make a prompt new; case does not either."""
+    return " ".join(prompt.split()).lower()
+
+
+def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
+    """Every user prompt a training stage of this run used, by stage (normalised by ``key``).
+
+    The prompt logs the layout lists (``layout.TRAINED_PROMPTS``: distillation's teacher rows and pairs,
+    introspection's reflections, RL's prompts) when the stages wrote them. Distillation without its files:
+    its deterministic selection (recomputed; an unreadable prompt source is an error, not an empty set).
+    Introspection: also its reflection template and the greetings that open its self-interactions.
+    """
+    from ..models import self_name
+    from ..prompts import template
+
+    found = {stage: {key(p) for p in prompts if p} for stage, prompts in layout.trained_prompts(cfg).items()}
+    if not found["distill"]:
+        found["distill"] = {key(p["prompt"]) for p in select_prompts(cfg, layout.constitution(cfg))}
+    t = template("introspection")
+    name = self_name(cfg.student.model, cfg.student.name)
+    found["introspect"] |= {key(q.format(name=name)) for q in t["reflection_prompts"]}
+    found["introspect"] |= {key(g) for pool in t["greetings"].values() for g in pool}
+    return found
+
+
+def is_trained(prompt: str, trained: set[str], texts: str | None = None) -> bool:
+    """Whether ``prompt`` is one of ``trained`` or contained in one (``texts``: them joined, for speed)."""
+    k = key(prompt)
+    if not k:
+        return False
+    return k in trained or k in (texts if texts is not None else "\n".join(trained))
+
+
+def untrained(pool: list[str], trained: set[str]) -> tuple[list[str], list[str]]:
+    """(kept, removed): the prompts of ``pool`` that no training prompt is or contains, in pool order."""
+    texts = "\n".join(trained)
+    kept, removed = [], []
+    for p in pool:
+        (removed if is_trained(p, trained, texts) else kept).append(p)
+    return kept, removed
