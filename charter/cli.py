@@ -45,6 +45,33 @@ def _draft_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--force", action="store_true", help="overwrite the output file")
 
 
+def _examples_args(e: argparse.ArgumentParser) -> None:
+    e.add_argument("constitution", help="a constitution file (or a shipped persona name, with -o)")
+    e.add_argument("-o", "--output", help="folder to write teacher_examples.yaml and exemplars.yaml into (default: "
+                   "<stem>.examples/ beside the constitution file, where 'auto' looks)")
+    e.add_argument("--shots", type=int, default=4, help="teacher example exchanges wanted (default 4)")
+    e.add_argument("--exemplars", type=int, default=20, help="detector exemplars wanted, of each kind: persona and "
+                   "plain (default 20)")
+    e.add_argument("--min-shots", type=int, help="fewer usable exchanges is an error (default: half of --shots)")
+    e.add_argument("--min-exemplars", type=int, help="fewer usable persona/plain pairs is an error (default: half "
+                   "of --exemplars, at least 4)")
+    e.add_argument("--critique", action="store_true", help="ask the model to flag off-character, not-neutral or "
+                   "unhelpful texts (written as comments)")
+    e.add_argument("--rounds", type=int, default=4, help="generation rounds before giving up")
+    e.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm", "scripted"])
+    e.add_argument("--model", default="embedded", help="'embedded', a model dir, a hub id, a server's model, or "
+                   "the scripted backend's rule file")
+    e.add_argument("--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
+    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: variable holding the key")
+    e.add_argument("--dtype", default="auto", help="local backends: auto (bf16 where native, else float32), "
+                   "bfloat16, float16 or float32")
+    e.add_argument("--temperature", type=float, default=0.7)
+    e.add_argument("--max-tokens", type=int, default=512, help="per list of messages or review")
+    e.add_argument("--reply-tokens", type=int, default=160, help="per reply")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--force", action="store_true", help="overwrite the files in the output folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charter", description="Character training for chat models.")
     parser.add_argument("--version", action="version", version=f"charter {__version__}")
@@ -62,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("name")
     n.add_argument("-o", "--output", help="file to write (default: NAME.yaml)")
     _draft_args(csub.add_parser("draft", help="draft a constitution from a one-line description with a model"))
+    _examples_args(csub.add_parser("examples", help="draft teacher example exchanges and detector exemplars for "
+                                                    "a constitution with a model"))
 
     cf = sub.add_parser("config", help="show a resolved run config with the help of every key")
     cfsub = cf.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -225,6 +254,13 @@ def _constitution(args) -> int:
         from .draft import run_cli
 
         out, line = run_cli(args)
+        print(line, file=sys.stderr)
+        print(out)
+        return 0
+    if args.action == "examples":
+        from .draft_examples import run_cli as examples_cli
+
+        out, line = examples_cli(args)
         print(line, file=sys.stderr)
         print(out)
         return 0

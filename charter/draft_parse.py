@@ -1,4 +1,5 @@
-"""Parsing and deduplication for ``charter constitution draft``: pure functions, no model.
+"""Parsing and deduplication for ``charter constitution draft`` and ``charter constitution examples``: pure
+functions, no model.
 
 Models answer "a numbered list of traits" in many shapes: numbered or bulleted lines, items wrapped over
 several lines, a JSON list (of strings or of objects with a ``trait`` and maybe ``prompts``), markdown
@@ -225,3 +226,85 @@ def comment_text(text: str, limit: int = 200) -> str:
     """One line safe to put after '# ' in YAML: no newlines or control characters, bounded length."""
     t = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
     return t if len(t) <= limit else t[: limit - 1] + "…"
+
+
+# --- `charter constitution examples`: replies and labelled critiques --------------------------------------
+
+MIN_REPLY_WORDS = 6
+MAX_REPLY_WORDS = 120
+ECHOED_TURN_RE = re.compile(r"^\s*(?:\*\*|__)?(?:user|human|question|q)\s*(?:\*\*|__)?\s*:.*?\n\s*(?:\*\*|__)?"
+                            r"(?:assistant|answer|reply|response|a)\s*(?:\*\*|__)?\s*:", re.I | re.S)
+REPLY_LABEL_RE = re.compile(r"^\s*(?:\*\*|__)?(?:assistant|answer|reply|response|a)\s*(?:\*\*|__)?\s*:\s*"
+                            r"(?:\*\*|__)?\s*", re.I)
+NEXT_TURN_RE = re.compile(r"\n\s*(?:\*\*|__)?(?:user|human|question|q)\s*(?:\*\*|__)?\s*:", re.I)
+CHARACTER_TALK_RE = re.compile(r"\bmy (?:core |own )?traits?\b|\bas an? (?:ai|assistant) with (?:a|this) "
+                               r"(?:character|persona)\b|\bplay(?:ing)? (?:a|the|this) (?:character|role)\b", re.I)
+SENTENCE_STOP_RE = re.compile(r"[.!?][\"”’')]*(?=\s|$)")
+ITEM_CRITIQUE_RE = re.compile(
+    r"^\s*[-*•]?\s*(?:\*\*)?(shot|exchange|persona|plain)\s*#?\s*(\d{1,3})(?:\*\*)?\s*[:.)\-\u2013\u2014]\s*"
+    r"(?:\*\*)?\s*(?:(off[- ]character|has[- ]character|unhelpful)\b(?:\*\*)?\s*[:,\-\u2013\u2014]?\s*)?(.*?)\s*$",
+    re.I)
+
+
+def _sentences_within(t: str, limit: int) -> str:
+    """The longest run of whole sentences from the start of ``t`` with at most ``limit`` words ('' if none)."""
+    out = ""
+    for m in SENTENCE_STOP_RE.finditer(t):
+        if len(t[: m.end()].split()) > limit:
+            break
+        out = t[: m.end()]
+    return out.strip()
+
+
+def parse_reply(text: str, finished: bool = True) -> tuple[str | None, str | None]:
+    """One reply from a completion, as one paragraph: ``(reply, None)``, or ``(None, why it is unusable)``.
+
+    Models wrap an answer in many ways: an ``Assistant:`` label, the user's message echoed first, code
+    fences, quotes, markdown bold, or a made-up next user turn after it. Those are removed. A completion cut
+    off by the token limit keeps its complete sentences; one too long keeps the sentences that fit."""
+    t = re.sub(r"```[\w-]*", "", text.replace("\r", ""))
+    m = ECHOED_TURN_RE.match(t)
+    if m:
+        t = t[m.end():]
+    m = NEXT_TURN_RE.search("\n" + t.strip())
+    if m:  # the model went on to write the user's next turn: what came before is a whole answer
+        t, finished = ("\n" + t.strip())[: m.start()], True
+    t = REPLY_LABEL_RE.sub("", t.strip(), count=1)
+    t = " ".join(t.replace("**", "").replace("__", "").split())
+    if len(t) > 1 and t[0] in "\"“" and t[-1] in "\"”":
+        t = t[1:-1].strip()
+    if not finished:
+        t = _sentences_within(t, MAX_REPLY_WORDS)
+        if not t:
+            return None, "cut_off"
+    if not t or "{" in t or "}" in t:
+        return None, "empty" if not t else "not_a_reply"
+    if len(t.split()) > MAX_REPLY_WORDS:
+        t = _sentences_within(t, MAX_REPLY_WORDS)
+        if not t:
+            return None, "too_long"
+    if len(t.split()) < MIN_REPLY_WORDS:
+        return None, "too_short"
+    if CHARACTER_TALK_RE.search(t):
+        return None, "talks_about_its_character"
+    return t, None
+
+
+def parse_item_critique(text: str, counts: dict[str, int]) -> tuple[dict[tuple[str, int], list[str]], list[str]]:
+    """Remarks per labelled item, ``(label, 0-based index)``, from lines like "persona 3: off-character: ...";
+    labels are ``shot`` ("exchange" counts as one), ``persona`` and ``plain``, numbered from 1 up to
+    ``counts[label]``. Returns the remarks and the other non-empty lines."""
+    per: dict[tuple[str, int], list[str]] = {}
+    other: list[str] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        m = ITEM_CRITIQUE_RE.match(line)
+        label = m and ("shot" if m.group(1).lower() == "exchange" else m.group(1).lower())
+        if m and 1 <= int(m.group(2)) <= counts.get(label, 0) and (m.group(3) or m.group(4)):
+            kind = (m.group(3) or "").lower().replace(" ", "-")
+            reason = m.group(4).strip().strip("*").strip()
+            per.setdefault((label, int(m.group(2)) - 1), []).append(f"{kind}: {reason}" if kind else reason)
+        else:
+            other.append(line.strip())
+    return per, other

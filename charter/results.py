@@ -153,7 +153,32 @@ def table_seconds(doc: dict) -> str:
             + " | ".join(f"{s[k]:.0f} s" for k in stages) + f" | **{total / 60:.1f} min** |\n\n{_cpu(doc)}.")
 
 
-TABLES = {"inpersona": table_inpersona, "none": table_none, "fluency": table_fluency, "seconds": table_seconds}
+def timed(command: list[str], what: str, cwd: Path | None = None) -> dict:
+    """Run ``command`` once, timing it from outside, and return a results document for the timing table (the
+    command's own output is passed through; its tail and exit code are kept)."""
+    import time
+
+    from .hardware import machine
+    from .runs import package_versions
+
+    t0 = time.time()
+    proc = subprocess.run(command, cwd=cwd or ROOT, capture_output=True, text=True)
+    wall = time.time() - t0
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    return {"schema": SCHEMA, "what": what, "commands": [" ".join(command)], "commit": _commit(),
+            "machine": machine(), "versions": package_versions(), "config_hash": None,
+            "timing": {"wall_seconds": round(wall, 1), "returncode": proc.returncode, "tail": tail}}
+
+
+def table_timing(doc: dict) -> str:
+    t = doc["timing"]
+    return ("| what | command | wall | exit | CPU |\n|---|---|---|---|---|\n"
+            f"| {doc['what']} | `{doc['commands'][0]}` | {t['wall_seconds'] / 60:.1f} min | {t['returncode']} | "
+            f"{_cpu(doc)} |\n\nLast line: `{t['tail'][-1] if t['tail'] else ''}`")
+
+
+TABLES = {"inpersona": table_inpersona, "none": table_none, "fluency": table_fluency, "seconds": table_seconds,
+          "timing": table_timing}
 
 
 def load(name: str, results_dir: Path = RESULTS_DIR) -> dict:

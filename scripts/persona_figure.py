@@ -1,56 +1,81 @@
-"""The CPU persona figure: in-persona rate under the 8 break-character attacks, per condition, with 95% CIs,
-one panel per (run, detector) from ``charter eval robustness`` results files.
+"""The CPU persona figure, drawn from results files only: in-persona rate under the 8 break-character attacks
+per condition, with bootstrap 95% CIs and the range over detector refits, one panel per (results file,
+detector).
 
     .venv/bin/python scripts/persona_figure.py -o docs/cpu-sarcastic.png \
-        "A, pairs detector=runA-pairs.json" "A, exemplar detector=runA-exemplars.json" ...
+        "main=docs/results/cpu-sarcastic.json" "no attacked rows=docs/results/cpu-sarcastic-noattack.json"
 
-Each results.json is what ``<run>/eval-robustness/results.json`` held after scoring with that reference
-(copy it aside before re-scoring with another). The panel title carries the detector's own check.
+Each panel's title carries the detector's check (balanced accuracy on held-out prompted vs base replies) and
+whether it is independent of training or fit to the DPO contrast. Writes the figure and records it in
+docs/results/figures.json (the files it was drawn from and this command), which the README test reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from charter.eval.conditions import CONDITIONS as ORDER  # the one list of conditions, in order
+from charter.results import RESULTS_DIR
 
 
-def panel(ax, title: str, results: dict) -> None:
-    conds = [c for c in ORDER if c in results["summary"]]
-    cells = [results["summary"][c]["attacks"] for c in conds]
+def panel(ax, title: str, det: dict) -> None:
+    conds = [c for c in ORDER if c in det["summary"]]
+    cells = [det["summary"][c]["attacks"] for c in conds]
     rates = [c["rate"] for c in cells]
     err = [[r - c["lo"] for r, c in zip(rates, cells)], [c["hi"] - r for r, c in zip(rates, cells)]]
-    colors = ["#999999" if c in ("base", "prompted", "steered") else "#c0392b" for c in conds]
+    colors = ["#999999" if c in ("base", "prompted", "prompted-nonote", "steered") else "#c0392b" for c in conds]
     ax.bar(range(len(conds)), rates, yerr=err, capsize=3, color=colors)
-    ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right", fontsize=8)
+    spread = (det.get("seeds") or {}).get("conditions", {})
+    for i, c in enumerate(conds):  # the range over detector refits, as a thin black line beside the bar
+        st = spread.get(c, {}).get("attacks")
+        if st and len(st.get("values", [])) > 1:
+            ax.plot([i + 0.3, i + 0.3], [st["min"], st["max"]], color="black", lw=1)
+    ax.set_xticks(range(len(conds)), conds, rotation=35, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
-    check = results["detector"]["balanced_accuracy"]
-    ax.set_title(f"{title}\ncheck {check['rate']:.2f} [{check['lo']:.2f}, {check['hi']:.2f}]", fontsize=8)
+    check = det["detector"]["balanced_accuracy"]
+    ax.set_title(f"{title}\n{det['fit']}; check {check['rate']:.2f} [{check['lo']:.2f}, {check['hi']:.2f}]",
+                 fontsize=7)
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("panels", nargs="+", metavar="TITLE=RESULTS.json")
+    ap.add_argument("files", nargs="+", metavar="TITLE=RESULTS.json")
     ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("--detectors", nargs="*", help="which detectors to draw (default: every one in each file)")
     args = ap.parse_args()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(args.panels), figsize=(2.6 * len(args.panels), 3.2), sharey=True)
-    for ax, spec in zip(list(axes) if len(args.panels) > 1 else [axes], args.panels):
+    panels = []
+    for spec in args.files:
         title, _, path = spec.rpartition("=")
-        panel(ax, title, json.loads(Path(path).read_text()))
-    axes_list = list(axes) if len(args.panels) > 1 else [axes]
-    axes_list[0].set_ylabel("in-persona rate, mean over 8 attacks")
-    fig.suptitle("sarcastic on the embedded 135M model, 16 held-out prompts (grey: no training)", fontsize=9)
+        rob = json.loads(Path(path).read_text())["robustness"]
+        order = [rob["headline"], *[r for r in rob["detectors"] if r != rob["headline"]]]
+        panels += [(f"{title}: {ref}", rob["detectors"][ref]) for ref in order
+                   if not args.detectors or ref in args.detectors]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.7 * len(panels), 3.4), sharey=True, squeeze=False)
+    for ax, (title, det) in zip(axes[0], panels):
+        panel(ax, title, det)
+    axes[0][0].set_ylabel("in-persona rate, mean over 8 attacks")
+    fig.suptitle("sarcastic on the embedded 135M model (grey: no training; black line: range over detector refits)",
+                 fontsize=8)
     fig.tight_layout()
     fig.savefig(args.output, dpi=130)
+    index = RESULTS_DIR / "figures.json"
+    figures = json.loads(index.read_text()) if index.exists() else {}
+    figures[Path(args.output).name] = {
+        "from": [Path(spec.rpartition("=")[2]).name for spec in args.files],
+        "command": "python scripts/persona_figure.py " + shlex.join(sys.argv[1:])}
+    index.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
     print(args.output)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,6 +26,10 @@ def main() -> int:
     c.add_argument("--command", action="append", default=[], help="a command that wrote what the file holds")
     c.add_argument("--fluency", help="the JSON scripts/fluency.py -o wrote for this run")
     c.add_argument("--note", action="append", default=[])
+    t = sub.add_parser("time", help="run a command once, timed, and write its timing results file")
+    t.add_argument("-o", "--output", required=True)
+    t.add_argument("--what", required=True)
+    t.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND ...")
     r = sub.add_parser("readme")
     r.add_argument("--readme", default=str(results.ROOT / "README.md"))
     g = r.add_mutually_exclusive_group(required=True)
@@ -41,6 +45,11 @@ def main() -> int:
         Path(args.output).write_text(json.dumps(doc, indent=1) + "\n")
         print(args.output)
         return 0
+    if args.cmd == "time":
+        doc = results.timed([c for c in args.command_line if c != "--"], args.what)
+        Path(args.output).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"{args.output}: {doc['timing']['wall_seconds']} s, exit {doc['timing']['returncode']}")
+        return doc["timing"]["returncode"]
     path = Path(args.readme)
     text = path.read_text()
     if args.write:

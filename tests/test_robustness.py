@@ -576,3 +576,5 @@ def test_an_attacked_training_copy_removes_its_prompt_from_the_held_out_pool():
     kept, removed = untrained(["How do I fix a  leaky tap?", "Tell me a joke", "What is a prime number?"],
                               {" ".join(t.split()).lower() for t in trained})
     assert kept == ["What is a prime number?"] and len(removed) == 2
+    # a short prompt counts only where a trained prompt starts with it, not as a chance substring
+    assert untrained(["hi", "Tell me"], {"this is a thing", "tell me a joke"}) == (["hi"], ["Tell me"])

@@ -93,8 +93,10 @@ class DistillConfig:
                 "answers (case-insensitive, whole words); its family's usual spellings are always replaced"})
     teacher_examples: str = field(default="", metadata={
         "help": "few-shot exchanges shown to the teacher after its system prompt: '' = none (the paper), "
-                "'builtin' = prompts/teacher_examples/<persona>.yaml, or a YAML list of {user, assistant}. "
-                "Small teachers follow examples far better than a trait list"})
+                "'builtin' = prompts/teacher_examples/<persona>.yaml (shipped personas), 'auto' = builtin for a "
+                "shipped persona, else <stem>.examples/teacher_examples.yaml beside the constitution file (drafted "
+                "by `charter constitution examples CONSTITUTION`), a folder that command wrote, or a YAML list of "
+                "{user, assistant}. Small teachers follow examples far better than a trait list"})
     chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
 
 
@@ -213,7 +215,9 @@ class RLConfig:
         "help": "the detector's training settings (as robustness.classifier; model encoders default to 10 "
                 "epochs here: 80 exemplars underfit in 3)"})
     exemplars: str = field(default="builtin", metadata={
-        "help": "reference=exemplars: builtin (prompts/persona_exemplars/<persona>.yaml) or a "
+        "help": "reference=exemplars: builtin (prompts/persona_exemplars/<persona>.yaml, shipped personas), "
+                "auto (builtin for a shipped persona, else <stem>.examples/exemplars.yaml beside the constitution "
+                "file, drafted by `charter constitution examples CONSTITUTION`), a folder that command wrote, or a "
                 "YAML with 'persona' and 'plain' lists"})
     judge: ModelSpec | None = field(default=None, metadata={
         "help": "the judge reward's model; default the student's base model"})

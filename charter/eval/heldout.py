@@ -38,12 +38,21 @@ def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
     return found
 
 
+# A prompt this short counts as trained only when a trained prompt is it or starts with it (an attacked copy);
+# anywhere inside a longer text, a few common words would match by chance ("hi" in "this").
+MIN_CONTAINED = 20
+
+
 def is_trained(prompt: str, trained: set[str], texts: str | None = None) -> bool:
-    """Whether ``prompt`` is one of ``trained`` or contained in one (``texts``: them joined, for speed)."""
+    """Whether ``prompt`` is one of ``trained`` or contained in one (``texts``: them joined by newlines, for
+    speed; ``key`` turns a prompt's own newlines into spaces, so a newline starts a trained prompt)."""
     k = key(prompt)
     if not k:
         return False
-    return k in trained or k in (texts if texts is not None else "\n".join(trained))
+    if k in trained:
+        return True
+    texts = "\n" + (texts if texts is not None else "\n".join(trained))
+    return (k in texts) if len(k) >= MIN_CONTAINED else ("\n" + k) in texts
 
 
 def untrained(pool: list[str], trained: set[str]) -> tuple[list[str], list[str]]:

@@ -194,6 +194,16 @@ def _kept_epoch(clf) -> int | None:
     return getattr(clf, "epochs_run", None)
 
 
+def _exemplars_file(cfg, which: str, reference: str) -> str:
+    """The exemplar setting as a file path when the detector reads exemplars: 'auto' is resolved against the run's
+    constitution (a user constitution's drafted exemplars), which the persona label alone cannot find."""
+    if reference != "exemplars":
+        return which
+    from ..prompts import persona_file
+
+    return persona_file("persona_exemplars", which, cfg.persona, "robustness.exemplars")
+
+
 def score_detector(cfg, rows, persona, scored, attack_ids, split, encoder, settings, reference: str) -> dict:
     """One reference's detector, fitted ``robustness.detector_seeds`` times on the same texts, scoring the same
     replies: the first fit's table with bootstrap CIs, every fit's rates for their spread."""
@@ -202,7 +212,7 @@ def score_detector(cfg, rows, persona, scored, attack_ids, split, encoder, setti
     pids = [x["pid"] for x in split["heldout"]]
     heldout = {x["prompt"] for x in split["heldout"]}
     texts, labels, info = reference_texts(cfg.name, rows, persona, reference, train_prompts, heldout,
-                                          exemplars=r.exemplars)
+                                          exemplars=_exemplars_file(cfg, r.exemplars, reference))
     # The RL reward's detector must not certify what it rewarded: rl is left out of a detector of its reference.
     rl_ref = rl_reward_reference(cfg.name) if "rl" in scored else None
     own = [c for c in scored if not (c == "rl" and rl_ref == reference)]

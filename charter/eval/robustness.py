@@ -380,7 +380,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
         scoring.update(reference=r.reference, bootstrap=r.bootstrap,
                        pairs=inpersona.pairs_identity(cfg.name) if "pairs" in refs else None)
         if "exemplars" in refs:  # absent otherwise, so earlier results stay valid
-            scoring["exemplars"] = inpersona.exemplars_identity(label, r.exemplars)
+            scoring["exemplars"] = inpersona.exemplars_identity(cfg.persona, r.exemplars)
         if r.secondary or r.detector_seeds > 1:
             scoring.update(secondary=list(r.secondary), detector_seeds=r.detector_seeds)
         if "rl" in conds:

@@ -7,6 +7,7 @@
 - ``introspection.yaml``, ``expansion.yaml``: templates for those stages.
 - ``teacher_examples/<persona>.yaml``: few-shot exchanges for the distillation teacher (optional).
 - ``persona_exemplars/<persona>.yaml``: hand-written persona vs plain texts a detector can learn from.
+  For a user's constitution ``charter constitution examples`` drafts both beside it; ``auto`` finds them.
 
 ``load_prompt_source`` also reads any JSONL file (``prompt`` field, or the first user turn of
 ``messages``/``conversations``) or a Hugging Face dataset by name, for users who have LIMA or WildChat.
@@ -134,24 +135,87 @@ def attacked(prompt: str, rng) -> tuple[str, str]:
     return form.format(prompt=prompt, request=request), request
 
 
+# The file `charter constitution examples` writes for each kind (keyed by the kind's shipped folder here).
+DRAFTED_FILES = {"teacher_examples": "teacher_examples.yaml", "persona_exemplars": "exemplars.yaml"}
+EXAMPLES_SUFFIX = ".examples"
+
+
+def shipped_persona(persona: str) -> bool:
+    """Whether ``persona`` names a shipped constitution (by name, as ``constitution.load`` finds it, or by the
+    path of a shipped file)."""
+    from ..constitution import SHIPPED_DIR
+
+    if (SHIPPED_DIR / f"{persona}.yaml").is_file():
+        return True
+    p = Path(persona).expanduser()
+    return p.is_file() and p.resolve().parent == SHIPPED_DIR.resolve() and p.stem != "template"
+
+
+def examples_dir(constitution_file: str) -> Path:
+    """Where drafted examples for a constitution file live by default, and where 'auto' looks: beside the file,
+    ``<folder>/<stem>.examples/`` (``coach.yaml`` -> ``coach.examples/``)."""
+    p = Path(constitution_file).expanduser()
+    return p.parent / f"{p.stem}{EXAMPLES_SUFFIX}"
+
+
+def _draft_hint(persona: str) -> str:
+    import shlex
+
+    return f"run `charter constitution examples {shlex.quote(persona)}` to draft it"
+
+
 def _persona_file(folder: str, which: str, persona: str, field_name: str) -> Path:
-    """``builtin`` -> this folder's ``<folder>/<persona>.yaml``; anything else is a path."""
+    """The file a ``teacher_examples`` / ``exemplars`` setting names for ``persona``:
+
+    - ``builtin``: this folder's ``<folder>/<persona>.yaml`` (shipped personas);
+    - ``auto``: for a shipped persona the builtin file; for a constitution file what ``charter constitution
+      examples`` drafted beside it (``<stem>.examples/teacher_examples.yaml`` or ``exemplars.yaml``);
+    - a folder: that file in it (a folder the command wrote with ``-o``);
+    - anything else: a YAML file."""
+    name = DRAFTED_FILES[folder]
+    if which == "auto":
+        if shipped_persona(persona):
+            which = "builtin"
+        elif not Path(persona).expanduser().is_file():
+            raise PromptSourceError(f"{field_name}: auto: persona '{persona}' is neither a shipped persona nor a "
+                                    "constitution file, so there is nothing to look beside")
+        else:
+            path = examples_dir(persona) / name
+            if not path.is_file():
+                raise PromptSourceError(f"{field_name}: auto: no drafted {path} for the constitution {persona}; "
+                                        f"{_draft_hint(persona)}, or give a YAML file")
+            return path
     if which == "builtin":
         path = HERE / folder / f"{Path(persona).stem}.yaml"
         if not path.is_file():
             shipped = sorted(p.stem for p in (HERE / folder).glob("*.yaml"))
+            hint = (f"; for this constitution file use 'auto' ({_draft_hint(persona)} first)"
+                    if Path(persona).expanduser().is_file() else "")
             raise PromptSourceError(f"{field_name}: builtin: no shipped file for persona '{persona}' "
-                                    f"(shipped: {', '.join(shipped)}); give a YAML path instead")
+                                    f"(shipped: {', '.join(shipped)}); give a YAML path instead{hint}")
         return path
     path = Path(which).expanduser()
+    if path.is_dir():
+        if not (path / name).is_file():
+            raise PromptSourceError(f"{field_name}: '{which}': a folder without {name} (`charter constitution "
+                                    f"examples CONSTITUTION -o {which}` drafts it)")
+        return path / name
     if not path.is_file():
-        raise PromptSourceError(f"{field_name}: '{which}': expected 'builtin' or a YAML file")
+        raise PromptSourceError(f"{field_name}: '{which}': expected 'builtin' or a YAML file (or 'auto', or a "
+                                "folder `charter constitution examples` wrote)")
     return path
+
+
+def persona_file(kind: str, which: str, persona: str, field_name: str) -> str:
+    """The file a setting resolves to, as a path (``kind``: 'teacher_examples' or 'persona_exemplars'). For a
+    caller that holds the run's persona but hands a label on to the loaders: resolve here, pass the path."""
+    return str(_persona_file(kind, which, persona, field_name))
 
 
 def teacher_examples(which: str, persona: str) -> list[dict]:
     """Few-shot exchanges for the distillation teacher: a YAML list of ``{user, assistant}`` (see
-    ``teacher_examples/``). Empty ``which`` means none (the paper's teacher)."""
+    ``teacher_examples/``). Empty ``which`` means none (the paper's teacher); ``builtin``, ``auto``, a folder or
+    a file as ``_persona_file`` resolves them."""
     if not which:
         return []
     path = _persona_file("teacher_examples", which, persona, "distill.teacher_examples")
