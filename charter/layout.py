@@ -55,6 +55,8 @@ EVALUATIONS: tuple[EvalInfo, ...] = (
     EvalInfo("coherence", "run", "pairwise LLM-judge coherence, trained vs each condition"),
     EvalInfo("capabilities", "run", "general benchmarks through lm-evaluation-harness"),
     EvalInfo("traits", "run", "self-reported traits: Anthropic persona evals by log-probability (traits.data)"),
+    EvalInfo("drift", "run", "long conversations: in-persona rate by turn, activation monitor, capping"),
+    EvalInfo("formats", "run", "JSON, tool calls, code reviews, bullets: format validity and in-persona rate"),
 )
 EVAL_NAMES: tuple[str, ...] = tuple(e.name for e in EVALUATIONS)
 STEERING = "eval-steering"  # the steering baseline's folder: an evaluation's output that a condition reads

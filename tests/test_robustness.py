@@ -578,3 +578,12 @@ def test_an_attacked_training_copy_removes_its_prompt_from_the_held_out_pool():
     assert kept == ["What is a prime number?"] and len(removed) == 2
     # a short prompt counts only where a trained prompt starts with it, not as a chance substring
     assert untrained(["hi", "Tell me"], {"this is a thing", "tell me a joke"}) == (["hi"], ["Tell me"])
+
+
+def test_a_changed_prompt_count_is_not_reported_as_done(monkeypatch):
+    fake_conditions(monkeypatch, [])
+    R.run(cfg_with(*FAKE), report=lambda x: None, attacks=["assistant"])
+    lines = []
+    with pytest.raises(RuntimeError, match="different config"):
+        R.run(cfg_with(*FAKE, "robustness.prompts=20"), report=lines.append, attacks=["assistant"])
+    assert not any("already done" in line for line in lines)

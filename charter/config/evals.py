@@ -151,3 +151,98 @@ class TraitsConfig:
                 "| distilled | trained | rl"})
     bootstrap: int = field(default=1000, metadata={
         "help": "resamples of each behaviour's items for the 95% CIs (paired: the same items for every model)"})
+
+
+# The drift evaluation's conditions: every condition of the others, plus activation capping.
+DriftCondition = Literal["base", "prompted", "prompted-nonote", "steered", "distilled", "trained", "rl", "capped"]
+
+
+@dataclass
+class DriftConfig:
+    """Long conversations: the in-persona rate of every assistant turn of simulated multi-turn chats (a
+    break-character request at one turn), judged by an independent detector, beside an activation monitor (the
+    projection on the steering fit's persona direction) and an activation-capping baseline."""
+
+    conditions: list[DriftCondition] = field(default_factory=lambda: ["base", "prompted", "trained"], metadata={
+        "help": "the conditions compared: base | prompted | prompted-nonote | steered | distilled | trained | rl | "
+                "capped (cap_model with its projection on the persona direction clamped from below; needs "
+                "`charter eval steering`)"})
+    conversations: int = field(default=20, metadata={
+        "help": "simulated conversations per condition (the same user turns for every condition)"})
+    turns: int = field(default=12, metadata={"help": "user turns per conversation; every assistant turn is scored"})
+    attack: str = field(default="real-self", metadata={
+        "help": "the break-character request (an id of prompts/attacks.yaml) appended to turn attack_turn"})
+    attack_turn: int | None = field(default=7, metadata={
+        "help": "the user turn (1-based) that carries the attack; null = no attack"})
+    followup_share: float = field(default=0.5, metadata={
+        "help": "chance that a later user turn is a short generic follow-up (prompts/drift.yaml) rather than the "
+                "next prompt of the pool"})
+    prompt_source: str = field(default="builtin", metadata={
+        "help": "'builtin' (the preference_prompts pool), a JSONL path or an HF dataset; every prompt a training "
+                "stage used is removed first, then one seeded shuffle gives the reference and the conversations"})
+    reference: Literal["prompted", "exemplars", "pairs"] = field(default="prompted", metadata={
+        "help": "what the detector learns the persona from, never a scored reply: prompted (the base model with "
+                "vs without the persona's system prompt on reference prompts no conversation uses), exemplars "
+                "(hand-written texts) or pairs (the distillation pairs: fit to the DPO contrast, so it flatters "
+                "the distilled and trained models)"})
+    reference_prompts: int = field(default=32, metadata={
+        "help": "prompts set aside for the detector: three quarters for its reference texts (reference=prompted), "
+                "a quarter to check it (prompted vs base single replies)"})
+    exemplars: str = field(default="builtin", metadata={
+        "help": "reference=exemplars: 'builtin' (prompts/persona_exemplars/<persona>.yaml) or a YAML file"})
+    encoder: str = field(default="minilm", metadata={"help": "the detector: minilm | tfidf | an HF encoder id/dir"})
+    classifier: dict = field(default_factory=dict, metadata={"help": "encoder training settings (epochs, lr...)"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=128), metadata={
+        "help": "the conditions' sampling, every turn"})
+    max_context: int = field(default=4096, metadata={
+        "help": "most prompt tokens (local models): whole early exchanges are dropped to fit, never the system "
+                "prompt or few-shot exchanges; each reply records how many were dropped"})
+    monitor: bool = field(default=True, metadata={
+        "help": "the activation monitor: each assistant turn's mean hidden state at the steering layers projected "
+                "on the persona direction `charter eval steering` saved (skipped, in one line, without it)"})
+    cap_model: Literal["base", "distilled", "trained", "rl"] = field(default="trained", metadata={
+        "help": "the model the 'capped' condition clamps"})
+    cap_level: float = field(default=0.5, metadata={
+        "help": "the capping threshold per steering layer, between the student's mean projection without (0) and "
+                "with (1) the persona's system prompt on the steering contrast's stems"})
+    bootstrap: int = field(default=1000, metadata={"help": "resamples of the conversations for the 95% CIs"})
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})
+
+
+FormatName = Literal["json", "tool_call", "code_review", "bullets"]
+
+
+@dataclass
+class FormatsConfig:
+    """Other formats: whether each condition's reply is valid JSON, a parsable tool call, a code review that
+    points at lines, or a bulleted summary (parsed, not judged), and the in-persona rate of its text."""
+
+    conditions: list[Condition] = field(default_factory=lambda: ["base", "prompted", "trained"], metadata={
+        "help": "the conditions compared (base is the floor); each is compared with 'prompted' when listed, "
+                "else with the first"})
+    formats: list[FormatName] = field(default_factory=lambda: ["json", "tool_call", "code_review", "bullets"],
+                                      metadata={"help": "json | tool_call | code_review | bullets"})
+    prompts: str = field(default="builtin", metadata={
+        "help": "'builtin' (prompts/formats.yaml) or a YAML file in the same layout"})
+    per_format: int | None = field(default=None, metadata={
+        "help": "the first N prompts of each format (smoke runs); null = all"})
+    samples: int = field(default=3, metadata={
+        "help": "replies per prompt and condition; the CIs resample prompts"})
+    prompt_source: str = field(default="builtin", metadata={
+        "help": "where the detector's reference prompts come from: 'builtin' (the preference_prompts pool), a "
+                "JSONL path or an HF dataset; prompts a training stage used are removed"})
+    reference: Literal["prompted", "exemplars", "pairs"] = field(default="prompted", metadata={
+        "help": "what the detector learns the persona from, never a scored reply: prompted (the base model with "
+                "vs without the persona's system prompt on plain reference prompts), exemplars (hand-written "
+                "texts) or pairs (the distillation pairs: fit to the DPO contrast)"})
+    reference_prompts: int = field(default=32, metadata={
+        "help": "reference prompts: three quarters for the detector's texts (reference=prompted), a quarter to "
+                "check it"})
+    exemplars: str = field(default="builtin", metadata={
+        "help": "reference=exemplars: 'builtin' (prompts/persona_exemplars/<persona>.yaml) or a YAML file"})
+    encoder: str = field(default="minilm", metadata={"help": "the detector: minilm | tfidf | an HF encoder id/dir"})
+    classifier: dict = field(default_factory=dict, metadata={"help": "encoder training settings (epochs, lr...)"})
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256), metadata={
+        "help": "the conditions' sampling"})
+    bootstrap: int = field(default=1000, metadata={"help": "resamples of the prompts for the 95% CIs"})
+    chunk_size: int = field(default=64, metadata={"help": "rows generated and committed to disk together"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .evals import (CapabilitiesConfig, CoherenceConfig, PreferencesConfig, RobustnessConfig,  # noqa: F401
-                    SteeringConfig, TraitsConfig)
+from .evals import (CapabilitiesConfig, CoherenceConfig, DriftConfig, FormatsConfig,  # noqa: F401
+                    PreferencesConfig, RobustnessConfig, SteeringConfig, TraitsConfig)
 from .sections import (DistillConfig, DPOStageConfig, ExpandConfig, IntrospectConfig, MergeConfig,  # noqa: F401
                        ModelSpec, RLConfig, SFTStageConfig)
 
@@ -48,3 +48,7 @@ class RunConfig:
         "help": "evaluation: general benchmarks"})
     traits: TraitsConfig = field(default_factory=TraitsConfig, metadata={
         "help": "evaluation: self-reported traits (Anthropic persona evals, log-probabilities)"})
+    drift: DriftConfig = field(default_factory=DriftConfig, metadata={
+        "help": "evaluation: the persona over long conversations, an activation monitor and capping"})
+    formats: FormatsConfig = field(default_factory=FormatsConfig, metadata={
+        "help": "evaluation: the persona in JSON, tool calls, code reviews and bulleted summaries"})

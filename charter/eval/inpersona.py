@@ -194,7 +194,7 @@ def _kept_epoch(clf) -> int | None:
     return getattr(clf, "epochs_run", None)
 
 
-def _exemplars_file(cfg, which: str, reference: str) -> str:
+def exemplars_file(cfg, which: str, reference: str) -> str:
     """The exemplar setting as a file path when the detector reads exemplars: 'auto' is resolved against the run's
     constitution (a user constitution's drafted exemplars), which the persona label alone cannot find."""
     if reference != "exemplars":
@@ -212,7 +212,7 @@ def score_detector(cfg, rows, persona, scored, attack_ids, split, encoder, setti
     pids = [x["pid"] for x in split["heldout"]]
     heldout = {x["prompt"] for x in split["heldout"]}
     texts, labels, info = reference_texts(cfg.name, rows, persona, reference, train_prompts, heldout,
-                                          exemplars=_exemplars_file(cfg, r.exemplars, reference))
+                                          exemplars=exemplars_file(cfg, r.exemplars, reference))
     # The RL reward's detector must not certify what it rewarded: rl is left out of a detector of its reference.
     rl_ref = rl_reward_reference(cfg.name) if "rl" in scored else None
     own = [c for c in scored if not (c == "rl" and rl_ref == reference)]

@@ -47,8 +47,8 @@ from ..classifier import make_classifier, mean_sem, score
 from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import attack_message, load_attacks, load_prompt_source, prefill_followup, select_attacks
-from ..runs import (RowLog, Stage, config_hash, derive_seed, read_jsonl, reusable, run_dir, silent,
-                    write_json_atomic, write_jsonl_atomic)
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir,
+                    silent, write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
 
 STAGE = "eval-robustness"
@@ -386,8 +386,11 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
         if "rl" in conds:
             scoring["rl_reward_reference"] = inpersona.rl_reward_reference(cfg.name)
     # Something changed: resume, reusing every reply still valid.
+    # A finished output counts as done only for the same stage config too (prompts, split, sampling): otherwise
+    # its manifest goes and stage.begin says the config changed, instead of reporting the old rates.
     done = reusable(stage, force, lambda m: m.get("scoring") == scoring
-                    and m.get("identities") == _identities(cfg, gen_conds), report)
+                    and m.get("identities") == _identities(cfg, gen_conds)
+                    and identity_hash(m.get("config") or {}) == identity_hash(stage.config), report)
     if done is not None:
         for line in done.get("report", []):
             report(line)
