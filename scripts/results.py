@@ -26,6 +26,7 @@ def main() -> int:
     c.add_argument("--command", action="append", default=[], help="a command that wrote what the file holds")
     c.add_argument("--fluency", help="the JSON scripts/fluency.py -o wrote for this run")
     c.add_argument("--note", action="append", default=[])
+    c.add_argument("--commit", help="the commit whose code measured it (default: this checkout's HEAD)")
     t = sub.add_parser("time", help="run a command once, timed, and write its timing results file")
     t.add_argument("-o", "--output", required=True)
     t.add_argument("--what", required=True)
@@ -42,6 +43,8 @@ def main() -> int:
         run = Path(args.run) if Path(args.run).is_dir() else run_dir(args.run)
         fluency = json.loads(Path(args.fluency).read_text()) if args.fluency else None
         doc = results.collect(run, args.command, fluency, args.note)
+        if args.commit:
+            doc["commit"] = args.commit
         Path(args.output).write_text(json.dumps(doc, indent=1) + "\n")
         print(args.output)
         return 0
