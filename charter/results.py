@@ -164,7 +164,10 @@ def timed(command: list[str], what: str, cwd: Path | None = None) -> dict:
     t0 = time.time()
     proc = subprocess.run(command, cwd=cwd or ROOT, capture_output=True, text=True)
     wall = time.time() - t0
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    lines = (proc.stdout + "\n" + proc.stderr).strip().splitlines()
+    # the test runner's closing line when there is one (pytest: "N passed ..."), else the last lines
+    summary = [ln for ln in lines if re.search(r"\d+ (passed|failed)", ln)]
+    tail = summary[-1:] or lines[-3:]
     return {"schema": SCHEMA, "what": what, "commands": [" ".join(command)], "commit": _commit(),
             "machine": machine(), "versions": package_versions(), "config_hash": None,
             "timing": {"wall_seconds": round(wall, 1), "returncode": proc.returncode, "tail": tail}}
@@ -174,7 +177,8 @@ def table_timing(doc: dict) -> str:
     t = doc["timing"]
     return ("| what | command | wall | exit | CPU |\n|---|---|---|---|---|\n"
             f"| {doc['what']} | `{doc['commands'][0]}` | {t['wall_seconds'] / 60:.1f} min | {t['returncode']} | "
-            f"{_cpu(doc)} |\n\nLast line: `{t['tail'][-1] if t['tail'] else ''}`")
+            f"{_cpu(doc)} |" + (f"\n\n`{t['tail'][-1].strip()}`" if t["tail"] and re.search(
+                r"\d+ (passed|failed)", t["tail"][-1]) else ""))
 
 
 TABLES = {"inpersona": table_inpersona, "none": table_none, "fluency": table_fluency, "seconds": table_seconds,
