@@ -287,17 +287,8 @@ def write(d: Draft, output: str | Path) -> Path:
     return out
 
 
-def run_cli(args) -> tuple[Path, str]:
-    """``charter constitution draft``: check every argument before a model loads, draft, write.
-    Returns (file written, one summary line)."""
-    from .config import ConfigError, ModelSpec
-    from .preflight import check_model_ref
-
-    out = Path(args.output).expanduser()
-    if out.exists() and not args.force:
-        raise FileExistsError(f"-o {args.output}: already exists; not overwriting (--force replaces it)")
-    if out.exists() and not out.is_file():
-        raise IsADirectoryError(f"-o {args.output}: expected a file path, got a folder")
+def check_sampling_args(args) -> None:
+    """The drafting commands' sampling flags, checked before any model loads."""
     if args.temperature < 0:
         raise ValueError(f"--temperature {args.temperature}: expected a number >= 0")
     if args.max_tokens <= 0:
@@ -308,13 +299,20 @@ def run_cli(args) -> tuple[Path, str]:
         resolve_dtype(args.dtype)  # a bad name fails before any model loads
     except ValueError as e:
         raise ValueError(f"--dtype: {e}") from None
-    spec = DraftSpec(description=args.description, name=args.name or default_name(out), traits=args.traits,
-                     prompts=args.prompts, critique=args.critique, rounds=args.rounds, min_traits=args.min_traits,
-                     seed=args.seed, examples=read_examples(args.examples) if args.examples else [],
-                     sampling=Sampling(temperature=args.temperature, max_tokens=args.max_tokens))
+
+
+def backend_from_args(args):
+    """The backend the drafting commands' --backend/--model/--base-url flags name, checked before it loads."""
+    from .config import ConfigError, ModelSpec
+    from .preflight import check_model_ref
+
     if args.backend == "openai":
         if not (args.base_url or "").startswith(("http://", "https://")):
             raise ValueError(f"--base-url {args.base_url!r}: the openai backend needs an http:// or https:// URL")
+    elif args.backend == "scripted":
+        from .backends.scripted import load_script
+
+        load_script(args.model)
     else:
         try:
             check_model_ref(args.model, "--model")
@@ -322,9 +320,25 @@ def run_cli(args) -> tuple[Path, str]:
             raise ValueError(str(e)) from None
     from .backends import make_backend
 
-    mspec = ModelSpec(model=args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                      max_retries=2, dtype=args.dtype)
-    backend = make_backend(mspec)
+    return make_backend(ModelSpec(model=args.model, backend=args.backend, base_url=args.base_url,
+                                  api_key_env=args.api_key_env, max_retries=2, dtype=args.dtype))
+
+
+def run_cli(args) -> tuple[Path, str]:
+    """``charter constitution draft``: check every argument before a model loads, draft, write.
+    Returns (file written, one summary line)."""
+
+    out = Path(args.output).expanduser()
+    if out.exists() and not args.force:
+        raise FileExistsError(f"-o {args.output}: already exists; not overwriting (--force replaces it)")
+    if out.exists() and not out.is_file():
+        raise IsADirectoryError(f"-o {args.output}: expected a file path, got a folder")
+    check_sampling_args(args)
+    spec = DraftSpec(description=args.description, name=args.name or default_name(out), traits=args.traits,
+                     prompts=args.prompts, critique=args.critique, rounds=args.rounds, min_traits=args.min_traits,
+                     seed=args.seed, examples=read_examples(args.examples) if args.examples else [],
+                     sampling=Sampling(temperature=args.temperature, max_tokens=args.max_tokens))
+    backend = backend_from_args(args)
     try:
         # A server may not continue a prefilled assistant turn (see backends/openai_api.py): ask it plainly.
         d = draft(spec, backend, prefill=args.backend != "openai", model_label=f"{args.model} ({args.backend})")

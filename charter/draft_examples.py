@@ -425,9 +425,7 @@ def output_dir(persona: str, output: str | None) -> Path:
 def run_cli(args) -> tuple[Path, str]:
     """``charter constitution examples``: check every argument before a model loads, draft, write.
     Returns (folder written, one summary line)."""
-    from .config import ConfigError, ModelSpec
-    from .hardware import resolve_dtype
-    from .preflight import check_model_ref
+    from .draft import backend_from_args, check_sampling_args
 
     const.load(args.constitution)  # a bad constitution is one line, before anything else
     out = output_dir(args.constitution, args.output)
@@ -437,35 +435,12 @@ def run_cli(args) -> tuple[Path, str]:
     if existing and not args.force:
         raise FileExistsError(f"-o {out}: already has {' and '.join(existing)}; not overwriting (--force replaces "
                               "them)")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature {args.temperature}: expected a number >= 0")
-    if args.max_tokens <= 0:
-        raise ValueError(f"--max-tokens {args.max_tokens}: expected a number > 0")
-    try:
-        resolve_dtype(args.dtype)  # a bad name fails before any model loads
-    except ValueError as e:
-        raise ValueError(f"--dtype: {e}") from None
+    check_sampling_args(args)
     spec = ExamplesSpec(persona=args.constitution, shots=args.shots, exemplars=args.exemplars,
                         min_shots=args.min_shots, min_exemplars=args.min_exemplars, rounds=args.rounds,
                         critique=args.critique, seed=args.seed, reply_tokens=args.reply_tokens,
                         sampling=Sampling(temperature=args.temperature, max_tokens=args.max_tokens))
-    if args.backend == "openai":
-        if not (args.base_url or "").startswith(("http://", "https://")):
-            raise ValueError(f"--base-url {args.base_url!r}: the openai backend needs an http:// or https:// URL")
-    elif args.backend == "scripted":
-        from .backends.scripted import load_script
-
-        load_script(args.model)
-    else:
-        try:
-            check_model_ref(args.model, "--model")
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-    from .backends import make_backend
-
-    mspec = ModelSpec(model=args.model, backend=args.backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                      max_retries=2, dtype=args.dtype)
-    backend = make_backend(mspec)
+    backend = backend_from_args(args)
     try:
         # A server may not continue a prefilled assistant turn (see backends/openai_api.py): ask it plainly.
         d = draft_examples(spec, backend, prefill=args.backend != "openai",
