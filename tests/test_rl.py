@@ -224,3 +224,26 @@ def test_rl_stage_runs_for_real_and_resumes(tmp_path, embedded_path, charter_hom
     assert ref.keys() == again.keys()
     for name in ref:  # where the uninterrupted run ended (optimizer, schedule, RNG, data order restored)
         assert (ref[name] - again[name]).abs().max().item() <= 1e-5 + 1e-3 * ref[name].abs().max().item(), name
+
+
+def test_rl_samples_are_written_once_under_a_multi_process_launch(tmp_path):
+    """Each process scores its own share of the replies: rank 0 writes samples.jsonl, the others a part file with
+    rank-qualified ids, and the main process merges them once (ids used to collide across processes)."""
+    from types import SimpleNamespace
+
+    from charter.runs import read_jsonl
+    from charter.stages.rl import SampleLog, merge_parts
+
+    path = tmp_path / "samples.jsonl"
+    logs = [SampleLog(path, [], rank) for rank in (0, 1)]
+    for step in (1, 2):
+        for rank, log in enumerate(logs):
+            log(prompts=[[{"role": "user", "content": f"q{rank}"}]] * 2,
+                completions=[[{"role": "assistant", "content": f"a{rank}{i}"}] for i in range(2)],
+                trainer_state=SimpleNamespace(global_step=step))
+    assert (tmp_path / "samples.rank1.jsonl").exists()
+    assert merge_parts(path) == 8
+    rows = read_jsonl(path)
+    assert len({r["id"] for r in rows}) == 8 and [r["step"] for r in rows] == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert not (tmp_path / "samples.rank1.jsonl").exists()
+    assert merge_parts(path) == 8  # merging again changes nothing
