@@ -317,6 +317,16 @@ class Stage:
         return read_manifest(self.manifest_path)
 
 
+def drop_rows(log: RowLog, stale: Callable[[dict], bool]) -> RowLog:
+    """``log`` rewritten without the rows ``stale(row)`` picks (a condition whose model changed, say); the same
+    log when none is picked."""
+    keep = [r for r in log.rows.values() if not stale(r)]
+    if len(keep) != len(log.rows):
+        write_jsonl_atomic(log.path, keep)
+        return RowLog(log.path)
+    return log
+
+
 def reusable(stage: Stage, force: bool, same: Callable[[dict], bool], report: Callable[[str], None] | None = None
              ) -> dict | None:
     """Skip-if-done for outputs whose identity is more than their config (an evaluation's models, conditions or

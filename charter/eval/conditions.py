@@ -38,6 +38,21 @@ def _check_label(label: str) -> None:
         raise ValueError(f"condition '{label}': expected one of {', '.join(CONDITIONS)}")
 
 
+def check_labels(values: list, where: str, known=CONDITIONS, empty: str = "expected at least one") -> list[str]:
+    """A config's list of names (conditions, formats): non-empty, none twice, each known; one-line errors naming
+    ``where``. Returns them as strings."""
+    names = [str(x) for x in values]
+    if not names:
+        raise ValueError(f"{where}: {empty}")
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise ValueError(f"{where}: {dup} listed twice")
+    for x in names:
+        if x not in known:
+            raise ValueError(f"{where}: '{x}': expected one of {', '.join(known)}")
+    return names
+
+
 def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
     """The model behind a condition. Run models use the student's settings, on transformers when the student
     is served remotely (a server cannot be pointed at a local folder from here)."""

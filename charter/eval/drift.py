@@ -69,8 +69,8 @@ from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import attack_message, load_attacks, load_prompt_source
-from ..runs import (FORCE_HINT, RowLog, Stage, config_hash, derive_seed, identity_hash, read_json, reusable, run_dir,
-                    silent, stage_identity, write_json_atomic, write_jsonl_atomic)
+from ..runs import (FORCE_HINT, RowLog, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_json,
+                    reusable, run_dir, silent, stage_identity, write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
 from .robustness import persona_label, untrained_pool
 
@@ -526,16 +526,8 @@ def _signed(cell: dict | None) -> str:
 
 def _check(cfg: RunConfig) -> list[str]:
     d = cfg.drift
-    conds = [str(c) for c in d.conditions]
-    if not conds:
-        raise ValueError("drift.conditions: expected at least one condition")
-    dup = sorted({c for c in conds if conds.count(c) > 1})
-    if dup:
-        raise ValueError(f"drift.conditions: {dup} listed twice")
-    known = (*conditions.CONDITIONS, CAPPED)
-    for c in conds:
-        if c not in known:
-            raise ValueError(f"drift.conditions: '{c}': expected one of {', '.join(known)}")
+    conds = conditions.check_labels(d.conditions, "drift.conditions", (*conditions.CONDITIONS, CAPPED),
+                                    "expected at least one condition")
     for name, value, lo in (("conversations", d.conversations, 1), ("turns", d.turns, 1),
                             ("reference_prompts", d.reference_prompts, 2), ("bootstrap", d.bootstrap, 1),
                             ("max_context", d.max_context, 1), ("chunk_size", d.chunk_size, 1)):
@@ -611,14 +603,6 @@ def open_capped(cfg: RunConfig, cs, fit: dict | None):
     return CappedBackend(inner, fit["vector"], {i: c["threshold"] for i, c in calibration.items()}), calibration
 
 
-def _drop(log: RowLog, stale) -> RowLog:
-    keep = [r for r in log.rows.values() if not stale(r)]
-    if len(keep) != len(log.rows):
-        write_jsonl_atomic(log.path, keep)
-        return RowLog(log.path)
-    return log
-
-
 def _order(conds: list[str], cap_model: str) -> list[str]:
     """Generation order: steered first (opening it fits the steering direction the monitor and capping read),
     then base and prompted (the detector's reference), the others, capped last (it may share a loaded model)."""
@@ -643,9 +627,9 @@ class _Run:
         self.monitor_skipped: dict[str, str] = {}
 
     def drop_condition(self, cond: str) -> None:
-        self.log = _drop(self.log, lambda r: r["condition"] == cond)
-        self.ref = _drop(self.ref, lambda r: r["condition"] == cond)
-        self.mon = _drop(self.mon, lambda r: r["condition"] == cond)
+        self.log = drop_rows(self.log, lambda r: r["condition"] == cond)
+        self.ref = drop_rows(self.ref, lambda r: r["condition"] == cond)
+        self.mon = drop_rows(self.mon, lambda r: r["condition"] == cond)
 
     def complete(self, cond: str, conds: list[str], fit: dict | None) -> bool:
         """Whether every row this condition owes is on disk: its reference replies, its turns, its monitor rows."""
@@ -775,7 +759,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     known = json.loads(ids_path.read_text()) if ids_path.exists() else {}
     skipped: dict[str, str] = {}
     if fit is not None:  # monitor rows of another steering fit are stale
-        state.mon = _drop(state.mon, lambda r: r.get("steering") != fit["identity"])
+        state.mon = drop_rows(state.mon, lambda r: r.get("steering") != fit["identity"])
     with conditions.Conditions(cfg, report=report) as cs:
         for cond in _order(conds, d.cap_model):
             t0 = time.time()
@@ -804,7 +788,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
             if fit is None and cond == "steered":  # opening it fitted the direction
                 fit = steering_fit(cfg)
                 if fit is not None:
-                    state.mon = _drop(state.mon, lambda r: r.get("steering") != fit["identity"])
+                    state.mon = drop_rows(state.mon, lambda r: r.get("steering") != fit["identity"])
                     if d.monitor:
                         report("drift: the steering direction was fitted just now; the monitor reads it")
                 ident = identity(cfg, cond, fit)

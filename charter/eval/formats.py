@@ -302,16 +302,8 @@ def load_formats(path: Path = FORMATS_FILE) -> dict[str, list[dict]]:
 
 def _check(cfg: RunConfig) -> tuple[list[str], list[str]]:
     f = cfg.formats
-    conds, fmts = [str(c) for c in f.conditions], [str(x) for x in f.formats]
-    for name, values, known in (("conditions", conds, conditions.CONDITIONS), ("formats", fmts, FORMATS)):
-        if not values:
-            raise ValueError(f"formats.{name}: expected at least one")
-        dup = sorted({x for x in values if values.count(x) > 1})
-        if dup:
-            raise ValueError(f"formats.{name}: {dup} listed twice")
-        for x in values:
-            if x not in known:
-                raise ValueError(f"formats.{name}: '{x}': expected one of {', '.join(known)}")
+    conds = conditions.check_labels(f.conditions, "formats.conditions")
+    fmts = conditions.check_labels(f.formats, "formats.formats", FORMATS)
     for name, value, lo in (("samples", f.samples, 1), ("reference_prompts", f.reference_prompts, 2),
                             ("bootstrap", f.bootstrap, 1), ("chunk_size", f.chunk_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:

@@ -47,7 +47,7 @@ from ..classifier import make_classifier, mean_sem, score
 from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import attack_message, load_attacks, load_prompt_source, prefill_followup, select_attacks
-from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir,
+from ..runs import (RowLog, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_jsonl, reusable, run_dir,
                     silent, write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
 
@@ -122,15 +122,6 @@ def _ok(r: dict | None) -> bool:
     return r is not None and not r.get("error") and bool((r.get("response") or "").strip())
 
 
-def _drop(log: RowLog, stale) -> RowLog:
-    """Rewrite the log without the rows ``stale(row)`` picks."""
-    keep = [r for r in log.rows.values() if not stale(r)]
-    if len(keep) != len(log.rows):
-        write_jsonl_atomic(log.path, keep)
-        return RowLog(log.path)
-    return log
-
-
 def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: str, attack_ids: list[str],
               split: dict, report, plain_only: tuple = ()) -> tuple[RowLog, dict, dict]:
     """Replies from every condition in ``plan`` (base first); those in ``plain_only`` answer only plainly (no
@@ -159,7 +150,7 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
             ident = conditions.identity(cfg, cond)
             if known.get(cond) not in (None, ident):
                 report(f"robustness: '{cond}' is a different model now; redoing its replies")
-                log = _drop(log, lambda row, c=cond: row["condition"] == c)
+                log = drop_rows(log, lambda row, c=cond: row["condition"] == c)
             known[cond] = ident
             write_json_atomic(ids_path, known)
 
@@ -182,7 +173,7 @@ def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: 
             if r.prefill and (cond != BASE or mode == "single") and cond not in plain_only:
                 turn1 = {pid: log.rows.get(f"{BASE}/turn1/prefill/{pid}") for pid, _ in heldout}
                 # A turn 2 written after a different (or failed) turn 1, e.g. base was redone, is stale.
-                log = _drop(log, lambda row, c=cond: row["condition"] == c and row["split"] == "turn2" and (
+                log = drop_rows(log, lambda row, c=cond: row["condition"] == c and row["split"] == "turn2" and (
                     not _ok(turn1.get(row["pid"])) or row["turn1"] != turn1[row["pid"]]["response"]))
                 items = [{"id": f"{cond}/turn2/prefill/{pid}", "condition": cond, "split": "turn2",
                           "attack": "prefill", "pid": pid, "prompt": p, "user": follow,

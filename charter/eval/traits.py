@@ -367,15 +367,7 @@ def skip(cfg: RunConfig) -> str | None:
 
 def _check(cfg: RunConfig) -> list[str]:
     t = cfg.traits
-    labels = [str(x) for x in t.models]
-    if not labels:
-        raise ValueError("traits.models: expected at least one condition")
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise ValueError(f"traits.models: {dup} listed twice")
-    for x in labels:
-        if x not in conditions.CONDITIONS:
-            raise ValueError(f"traits.models: '{x}': expected one of {', '.join(conditions.CONDITIONS)}")
+    labels = conditions.check_labels(t.models, "traits.models", empty="expected at least one condition")
     if t.items_per_behaviour is not None and t.items_per_behaviour < 1:
         raise ValueError(f"traits.items_per_behaviour: expected a number >= 1 or null, got {t.items_per_behaviour}")
     if t.bootstrap < 1:
