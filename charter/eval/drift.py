@@ -72,7 +72,8 @@ from ..prompts import attack_message, load_attacks, load_prompt_source
 from ..runs import (FORCE_HINT, RowLog, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_json,
                     reusable, run_dir, silent, stage_identity, write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
-from .robustness import persona_label, untrained_pool
+from .heldout import untrained_pool
+from .robustness import persona_label
 
 STAGE = "eval-drift"
 CAPPED = "capped"

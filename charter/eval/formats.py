@@ -54,7 +54,8 @@ from ..runs import (RowLog, Stage, config_hash, derive_seed, reusable, run_dir, 
 from . import conditions, inpersona
 from .drift import (REFERENCE_CONDITIONS, THRESHOLD, _pct, _signed, check_config, detector_check, fit_detector,
                     generate_reference, paired_difference, reference_items, reference_split, split_pool)
-from .robustness import persona_label, untrained_pool
+from .heldout import untrained_pool
+from .robustness import persona_label
 
 STAGE = "eval-formats"
 FORMATS = ("json", "tool_call", "code_review", "bullets")

@@ -62,3 +62,17 @@ def untrained(pool: list[str], trained: set[str]) -> tuple[list[str], list[str]]
     for p in pool:
         (removed if is_trained(p, trained, texts) else kept).append(p)
     return kept, removed
+
+
+def trained_set(cfg: RunConfig) -> set[str]:
+    """Every prompt this run trained on (``key``-normalised); empty before training has written its logs and
+    while its constitution or prompt source cannot be read."""
+    try:
+        return set().union(*training_prompts(cfg).values())
+    except (FileNotFoundError, RuntimeError, ValueError):
+        return set()
+
+
+def untrained_pool(cfg: RunConfig, pool: list[str]) -> tuple[list[str], list[str]]:
+    """(kept, removed): ``pool`` without the prompts this run trained on."""
+    return untrained(pool, trained_set(cfg))

@@ -74,16 +74,15 @@ def split_prompts(pool: list[str], n: int, heldout_fraction: float, seed: int) -
     return train, heldout
 
 
-def untrained_pool(cfg: RunConfig, pool: list[str]) -> tuple[list[str], list[str]]:
-    """(kept, removed): the pool without every prompt a training stage of this run used (same text, or contained
-    in a trained prompt, so an attacked copy counts); nothing is removed before training has written its logs."""
-    from .heldout import training_prompts, untrained
+def untrained_split(cfg: RunConfig, train: list[str], heldout: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(train, held-out, removed): both sides without every prompt a training stage of this run used (same text,
+    or contained in a trained prompt, so an attacked copy counts); the run's prompt logs are read once. Nothing
+    is removed before training has written its logs."""
+    from .heldout import trained_set, untrained
 
-    try:
-        trained = set().union(*training_prompts(cfg).values())
-    except (FileNotFoundError, RuntimeError, ValueError):  # no constitution or prompt source yet: nothing trained
-        return pool, []
-    return untrained(pool, trained)
+    trained = trained_set(cfg)
+    (train, gone_train), (heldout, gone_heldout) = untrained(train, trained), untrained(heldout, trained)
+    return train, heldout, gone_heldout + gone_train
 
 
 def check_no_leak(train_prompts, heldout_prompts) -> None:
@@ -354,9 +353,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
     # them), and then loses every prompt this run trained on, on either side.
     train, heldout = split_prompts(load_prompt_source(r.prompt_source, builtin="preference_prompts"), r.prompts,
                                    r.heldout_fraction, seed)
-    heldout, removed = untrained_pool(cfg, heldout)
-    train, removed_train = untrained_pool(cfg, train)
-    removed += removed_train
+    train, heldout, removed = untrained_split(cfg, train, heldout)
     if not heldout or not train:
         raise RuntimeError(f"robustness: every {'held-out' if not heldout else 'train'} prompt of the split is a "
                            "prompt this run trained on; give robustness.prompt_source prompts no stage used")
