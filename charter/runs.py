@@ -177,9 +177,9 @@ def machine_info() -> dict:
 
 
 def identity_view(obj: Any, at: str = "") -> Any:
-    """``obj`` (a stage's config as plain dicts and lists) as identities see it: the per-field rules of
-    ``charter.config.identity`` (speed knobs at a fixed value, fields that never count or count only when they
-    leave their "as before" value), applied by dotted config path."""
+    """``obj`` (a stage's config as plain dicts and lists) as identities see it: the rules declared on the config
+    fields (speed knobs at a fixed value, fields that never count or count only when they leave their "as before"
+    value), applied by ``charter.config.identity``."""
     from .config.identity import identity_view as view
 
     return view(obj, at)

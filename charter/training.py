@@ -185,7 +185,7 @@ def grpo_args(seed: int, output_dir: str, overrides: dict, where: str = "rl", **
 def section_identity(section: dict) -> dict:
     """A training section as its stage config records it. Which of its fields count in the stage identity
     (``checkpoint_steps`` never; ``batch_size``, ``eval_fraction`` and ``model_kwargs`` once they leave their
-    "as before" values) is declared per path in ``charter.config.identity``, applied when the identity is
+    "as before" values) is declared on its fields (``charter.config.fields``), applied when the identity is
     hashed; the fields left out there are left out of the record too, as they always were."""
     from .config.identity import identity_view
 

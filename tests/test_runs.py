@@ -225,30 +225,34 @@ def test_training_batch_size_is_part_of_the_stage_identity(charter_home):
             stage().begin()  # unset (the default effective batch) is not 16 either
 
 
-def test_identity_table_lists_real_config_paths():
-    """Identity is declared per field, by the field's real dotted path in the run config, in one table."""
+def test_identity_rules_are_declared_on_the_fields():
+    """Identity is declared on each field (``setting(identity=...)``); a model spec's speed knobs once, on
+    ModelSpec, for every place a model spec appears."""
+    import dataclasses
     import typing
 
-    from charter.config import ModelSpec, RunConfig, _dataclass_type
-    from charter.config.identity import IDENTITY, MODEL_PATHS, Speed
+    from charter.config import DPOStageConfig, ModelSpec, RunConfig, SFTStageConfig, _dataclass_type
+    from charter.config.fields import AsBefore, PrefixCache, Speed, identity_of
 
-    def resolve(path):
-        cls = RunConfig
-        for part in path.split("."):
-            hints = typing.get_type_hints(cls)
-            assert part in hints, path
-            cls = _dataclass_type(hints[part]) or hints[part]
-        return cls
+    def rules(cls):
+        return {f.name: identity_of(f) for f in dataclasses.fields(cls)}
 
-    for path in IDENTITY:
-        assert "*" not in path
-        resolve(path)
-    for model in MODEL_PATHS:
-        assert resolve(model) is ModelSpec
-        for knob in ("batch_size", "max_concurrency", "max_retries", "timeout", "prefix_cache"):
-            assert f"{model}.{knob}" in IDENTITY, model
-    assert not isinstance(IDENTITY.get("dpo.batch_size"), Speed)
-    assert not isinstance(IDENTITY.get("sft.batch_size"), Speed)
+    def sections(cls):
+        yield cls
+        for tp in typing.get_type_hints(cls).values():
+            if _dataclass_type(tp) is not None:
+                yield from sections(_dataclass_type(tp))
+
+    for cls in set(sections(RunConfig)):
+        for name, rule in rules(cls).items():
+            assert rule in (True, False) or isinstance(rule, (Speed, AsBefore, PrefixCache)), (cls.__name__, name)
+
+    model = rules(ModelSpec)
+    assert model["prefix_cache"] == PrefixCache()
+    assert [model[k] for k in ("batch_size", "max_concurrency", "max_retries", "timeout")] == [
+        Speed(32), Speed(8), Speed(5), Speed(300.0)]
+    assert rules(DPOStageConfig)["batch_size"] == AsBefore(None) == rules(SFTStageConfig)["batch_size"]
+    assert rules(DPOStageConfig)["checkpoint_steps"] is False
 
 
 def test_prefix_cache_counts_where_it_changes_outputs(charter_home):

@@ -1,5 +1,5 @@
-"""Value checks beyond types: ranges, run names, model_kwargs (what needs files or packages is in
-``charter.preflight``)."""
+"""Value checks beyond types: each field's own check (declared on the field, ``fields.setting``), run names,
+model_kwargs (what needs files or packages is in ``charter.preflight``)."""
 
 from __future__ import annotations
 
@@ -7,69 +7,13 @@ import dataclasses
 from typing import Any
 
 from ..errors import ConfigError
+from .fields import SEED, check_of
 from .run import RunConfig
 from .sections import MODEL_KWARGS, MODEL_KWARGS_ELSEWHERE
 
 
-def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
-    """A range rule: (predicate, what was expected)."""
-    def ok(v) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-            return False
-        return ((lo is None or (v > lo if lo_open else v >= lo))
-                and (hi is None or (v < hi if hi_open else v <= hi)))
-    lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
-    hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
-    if lo is not None and hi is None:
-        return ok, f"a number {'>' if lo_open else '>='} {lo}"
-    return ok, f"{lo_s}x{hi_s}"
-
-
-_POS = _num(0, lo_open=True)
-_NONNEG = _num(0)
-_SHARE = _num(0, 1)
-_OPEN_SHARE = _num(0, 1, lo_open=True, hi_open=True)
-
-
-def _layers_ok(v) -> bool:
-    return (isinstance(v, list) and len(v) == 2 and all(_SHARE[0](x) for x in v) and v[0] < v[1])
-
-
-def _tasks_ok(v) -> bool:
-    return all(isinstance(e, str) and e.partition(":")[0].strip() and (e.partition(":")[2].strip() or "0").isdigit()
-               for e in v)
-
-
-# class name -> field -> (predicate, what was expected); None values (optional fields) are not checked.
-RANGES: dict[str, dict[str, tuple]] = {
-    "Sampling": {"temperature": _NONNEG, "top_p": (_num(0, 1, lo_open=True)[0], "0 < top_p <= 1"),
-                 "top_k": _NONNEG, "repetition_penalty": _POS, "max_tokens": _POS},
-    "ModelSpec": {"batch_size": _POS, "max_concurrency": _POS, "max_retries": _NONNEG, "timeout": _POS},
-    "ExpandConfig": {"target": _POS, "max_traits": _POS, "rounds": _POS, "samples_per_round": _POS,
-                     "max_overlap": _SHARE},
-    "DistillConfig": {"samples_per_prompt": _POS, "constitution_prompts": _NONNEG, "general_prompts": _NONNEG,
-                      "max_length": _POS, "chunk_size": _POS, "attack_share": _SHARE},
-    "DPOStageConfig": {"sq_logratio_coef": _NONNEG, "max_pairs": _POS, "batch_size": _POS,
-                       "checkpoint_steps": _NONNEG, "eval_fraction": _num(0, 1, hi_open=True)},
-    "IntrospectConfig": {"reflection_samples": _NONNEG, "free_conversations": _NONNEG,
-                         "leading_conversations": _NONNEG, "turns": _num(2), "max_context": _POS,
-                         "chunk_size": _POS},
-    "SFTStageConfig": {"max_examples": _POS, "batch_size": _POS, "checkpoint_steps": _NONNEG,
-                       "eval_fraction": _num(0, 1, hi_open=True)},
-    "RLConfig": {"prompts": _POS, "general_prompts": _NONNEG, "attack_share": _SHARE, "checkpoint_steps": _NONNEG,
-                 "rewards": (lambda v: all(k in ("persona", "judge", "coherence") and _NONNEG[0](w)
-                                           for k, w in v.items()) and any(v.values()),
-                             "weights for persona / judge / coherence, >= 0, not all 0")},
-    "PreferencesConfig": {"prompts": _POS, "bootstrap": _POS, "chunk_size": _POS},
-    "SteeringConfig": {"stems": _POS, "sweep_prompts": _POS, "max_tokens": _POS,
-                       "layers": (_layers_ok, "[start, end) with 0 <= start < end <= 1"),
-                       "coefficients": (lambda v: bool(v) and all(_num()[0](x) for x in v), "a non-empty list of numbers")},
-    "RobustnessConfig": {"prompts": _num(2), "heldout_fraction": _OPEN_SHARE, "bootstrap": _POS, "chunk_size": _POS},
-    "CoherenceConfig": {"prompts": _POS},
-    "CapabilitiesConfig": {"limit": _POS, "batch_size": _POS,
-                           "tasks": (_tasks_ok, "entries 'name:fewshot', e.g. 'arc_challenge:25'")},
-    "RunConfig": {"seed": (_num(0, 2 ** 32 - 1)[0], "an integer 0 <= seed < 2**32")},
-}
+# Until RunConfig declares its seed with ``setting(..., check=SEED)``: the one check not on a field yet.
+_PENDING = {("RunConfig", "seed"): SEED}
 
 
 def _walk(obj: Any, path: str):
@@ -81,15 +25,22 @@ def _walk(obj: Any, path: str):
             yield from _walk(v, f"{path}.{f.name}")
 
 
+def check_fields(obj: Any, where: str = "config") -> None:
+    """Every field check of dataclass ``obj`` and of every section below it: ConfigError naming the key path,
+    what was expected and the value. Unset optional fields (None) are not checked."""
+    for section, path in _walk(obj, where):
+        for f in dataclasses.fields(section):
+            check = check_of(f) or _PENDING.get((type(section).__name__, f.name))
+            value = getattr(section, f.name)
+            if check is not None and value is not None and not check(value):
+                raise ConfigError(f"{path}.{f.name}: expected {check.expected}, got {value!r}")
+
+
 def validate(cfg: RunConfig, where: str = "config") -> None:
-    """Ranges, counts and run names: ConfigError naming the key path, what was expected and the value."""
+    """Field checks, counts and run names: ConfigError naming the key path, what was expected and the value."""
     from ..runs import run_name_problem
 
-    for obj, path in _walk(cfg, where):
-        for key, (ok, expected) in RANGES.get(type(obj).__name__, {}).items():
-            value = getattr(obj, key, None)
-            if value is not None and not ok(value):
-                raise ConfigError(f"{path}.{key}: expected {expected}, got {value!r}")
+    check_fields(cfg, where)
     problem = run_name_problem(cfg.name)
     if problem:
         raise ConfigError(f"{where}.name: {problem}")

@@ -566,13 +566,13 @@ def check_config(stage: Stage, force: bool) -> None:
 
 
 def stage_config(cfg: RunConfig) -> dict:
-    """What the user turns and replies depend on. The conditions, the detector, the bootstrap, the monitor and
-    the capping settings only choose what is generated or scored (rows are keyed by condition, and the capped
-    condition's identity holds its settings), so changing them reuses the logs."""
-    skip = ("conditions", "encoder", "classifier", "reference", "exemplars", "bootstrap", "monitor", "cap_model",
-            "cap_level", "chunk_size")
-    return {"seed": cfg.seed, "persona": cfg.persona,
-            "drift": {k: v for k, v in dataclasses.asdict(cfg.drift).items() if k not in skip}}
+    """What the user turns and replies depend on: the section's fields that count. The conditions, the detector,
+    the bootstrap, the monitor and the capping settings only choose what is generated or scored (rows are keyed by
+    condition, and the capped condition's identity holds its settings): ``identity=False`` on DriftConfig, so
+    changing them reuses the logs."""
+    from ..config.identity import recorded
+
+    return {"seed": cfg.seed, "persona": cfg.persona, "drift": recorded(cfg.drift)}
 
 
 def identity(cfg: RunConfig, label: str, fit: dict | None) -> str | None:

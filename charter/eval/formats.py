@@ -323,11 +323,12 @@ def _check(cfg: RunConfig) -> tuple[list[str], list[str]]:
 
 def stage_config(cfg: RunConfig) -> dict:
     """What the replies depend on besides the prompts' texts (each row keeps its text and is redone when it
-    changes, whichever file it came from) and the models (identities): the seed, the persona, the sampling, the
-    samples per prompt and the reference prompts."""
-    keep = ("samples", "prompt_source", "reference_prompts", "sampling")
-    return {"seed": cfg.seed, "persona": cfg.persona,
-            "formats": {k: v for k, v in dataclasses.asdict(cfg.formats).items() if k in keep}}
+    changes, whichever file it came from) and the models (identities): the seed, the persona and the section's
+    fields that count (the sampling, the samples per prompt and the reference prompts; FormatsConfig marks the
+    rest ``identity=False``)."""
+    from ..config.identity import recorded
+
+    return {"seed": cfg.seed, "persona": cfg.persona, "formats": recorded(cfg.formats)}
 
 
 def items_for(cond: str, prompts: dict[str, list[dict]], samples: int) -> list[dict]:

@@ -313,13 +313,11 @@ def format_table(results: dict, attack_ids: list[str]) -> list[str]:
 
 
 def stage_config(cfg: RunConfig) -> dict:
-    # What the replies depend on. Conditions, personas, the encoder, the reference, the bootstrap and the
-    # prefill switch only choose what is generated or scored (rows are keyed by condition and attack), so
-    # changing them reuses the log.
-    rob = {k: v for k, v in dataclasses.asdict(cfg.robustness).items()
-           if k not in ("conditions", "personas", "encoder", "classifier", "prefill", "reference", "bootstrap",
-                        "exemplars", "train_replies", "secondary", "detector_seeds")}
-    return {"seed": cfg.seed, "persona": cfg.persona, "robustness": rob}
+    # What the replies depend on: the section's fields that count (the conditions, personas, detectors, bootstrap
+    # and prefill switch only choose what is generated or scored: ``identity=False`` on RobustnessConfig).
+    from ..config.identity import recorded
+
+    return {"seed": cfg.seed, "persona": cfg.persona, "robustness": recorded(cfg.robustness)}
 
 
 def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] | None = None) -> Path:
