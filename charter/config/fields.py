@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -110,3 +112,14 @@ def check_of(f: dataclasses.Field) -> Check | None:
 
 def identity_of(f: dataclasses.Field) -> Any:
     return f.metadata.get("identity", True)
+
+
+def dataclass_type(tp: Any) -> type | None:
+    """The dataclass inside a (possibly Optional) annotation, or None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None

@@ -18,10 +18,11 @@ the model a condition runs, or its judge: a whole ``ModelSpec`` dict) is viewed 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from functools import lru_cache
 from typing import Any
 
-from .fields import AsBefore, PrefixCache, Speed, identity_of
+from .fields import AsBefore, PrefixCache, Speed, dataclass_type, identity_of
 
 __all__ = ["AsBefore", "PrefixCache", "Speed", "identity_view", "recorded"]
 
@@ -31,12 +32,8 @@ _DROP = object()  # a field left out of the view
 @lru_cache(maxsize=None)
 def _fields(cls: type) -> dict[str, tuple[Any, type | None]]:
     """Field name -> (its identity rule, the dataclass its value is, if any)."""
-    import typing
-
-    from .load import _dataclass_type
-
     hints = typing.get_type_hints(cls)
-    return {f.name: (identity_of(f), _dataclass_type(hints[f.name])) for f in dataclasses.fields(cls)}
+    return {f.name: (identity_of(f), dataclass_type(hints[f.name])) for f in dataclasses.fields(cls)}
 
 
 @lru_cache(maxsize=1)

@@ -13,18 +13,8 @@ import yaml
 
 from ..errors import ConfigError
 from .checks import validate
+from .fields import dataclass_type as _dataclass_type
 from .run import RunConfig
-
-
-def _dataclass_type(tp: Any) -> type | None:
-    """The dataclass inside a (possibly Optional) annotation, or None."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg):
-                return arg
-    return None
 
 
 def _type_name(t: Any) -> str:
