@@ -87,7 +87,8 @@ SHARE = number(0, 1)
 OPEN_SHARE = number(0, 1, lo_open=True, hi_open=True)
 SHARE_BELOW_1 = number(0, 1, hi_open=True)
 SEED = number(0, 2 ** 32 - 1, expected="an integer 0 <= seed < 2**32")
-NUMBERS = Check(lambda v: bool(v) and all(number()(x) for x in v), "a non-empty list of numbers")
+_NUMBER = number()
+NUMBERS = Check(lambda v: bool(v) and all(_NUMBER(x) for x in v), "a non-empty list of numbers")
 SPAN = Check(lambda v: isinstance(v, list) and len(v) == 2 and all(SHARE(x) for x in v) and v[0] < v[1],
              "[start, end) with 0 <= start < end <= 1")
 
