@@ -52,8 +52,10 @@ from ..prompts import load_prompt_source
 from ..runs import (RowLog, Stage, config_hash, derive_seed, reusable, run_dir, silent, write_json_atomic,
                     write_jsonl_atomic)
 from . import conditions, inpersona
-from .drift import (REFERENCE_CONDITIONS, THRESHOLD, _pct, _signed, check_config, detector_check, fit_detector,
-                    generate_reference, paired_difference, reference_items, reference_split, split_pool)
+from .detector import REFERENCE_CONDITIONS, THRESHOLD, detector_check, fit_detector, generate_reference, reference_items
+from .drift import check_config
+from .drift_conversations import reference_split, split_pool
+from .stats import _pct, _signed, paired_difference
 from .heldout import untrained_pool
 from .robustness import persona_label
 
