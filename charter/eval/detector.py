@@ -80,4 +80,3 @@ def detector_check(clf, persona: str, ref_rows: list[dict], n_boot: int, seed: i
             "persona_recall": inpersona.bootstrap_rate([[hit["prompted"].get(p)] for p in pids], 0, seed)["rate"],
             "base_false_alarms": inpersona.bootstrap_rate([[hit["base"].get(p)] for p in pids], 0, seed)["rate"],
             "prompts": len(pids)}
-

@@ -203,4 +203,3 @@ class _Run:
                         "layers": {str(i): round(v, 6) for i, v in layers.items()},
                         "clamped": None if not g or g["clamped"] is None else round(g["clamped"], 4)})
         self.mon.append(out)
-

@@ -254,4 +254,3 @@ def capping_record(cfg: RunConfig, fit: dict, calibration: dict) -> dict:
                     "(persona - plain), the student's mean last-token projections on the steering stems without "
                     "and with the persona's system prompt",
             "layers": {str(i): c for i, c in calibration.items()}}
-

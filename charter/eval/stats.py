@@ -91,4 +91,3 @@ def _signed(cell: dict | None) -> str:
         return "-"
     ci = f" [{cell['lo']:+.2f},{cell['hi']:+.2f}]" if cell.get("lo") is not None else ""
     return f"{cell['delta']:+.2f}{ci}"
-
