@@ -19,7 +19,8 @@ THRESHOLD = inpersona.THRESHOLD
 REFERENCE_CONDITIONS = ("base", "prompted")  # always answer the reference prompts: the detector's check needs them
 
 
-def _ok(r: dict | None) -> bool:
+def usable(r: dict | None) -> bool:
+    """Whether a logged row is a reply to score: generated without an error and not empty."""
     return r is not None and not r.get("error") and bool((r.get("response") or "").strip())
 
 
@@ -69,7 +70,7 @@ def fit_detector(cfg: RunConfig, section, key: str, persona: str, ref_rows: list
 def detector_check(clf, persona: str, ref_rows: list[dict], n_boot: int, seed: int) -> dict:
     """Balanced accuracy on the check prompts' single replies (prompted judged persona, base judged plain), with
     a bootstrap CI over those prompts; also the persona recall and the base false-alarm rate."""
-    rows = [r for r in ref_rows if r["split"] == "check" and r["condition"] in REFERENCE_CONDITIONS and _ok(r)]
+    rows = [r for r in ref_rows if r["split"] == "check" and r["condition"] in REFERENCE_CONDITIONS and usable(r)]
     probs = proba_of(clf, [r["response"] for r in rows], persona)
     hit = {c: {} for c in REFERENCE_CONDITIONS}
     for r, p in zip(rows, probs, strict=True):

@@ -69,9 +69,9 @@ from ..prompts import load_attacks, load_prompt_source
 from ..runs import (FORCE_HINT, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_json, reusable,
                     run_dir, silent, write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
-from .detector import REFERENCE_CONDITIONS, _ok, generate_reference
-from .drift_conversations import _Run, load_followups, plan_conversations, reference_split, split_pool
-from .drift_monitor import CAPPED, _capping_of, capping_record, not_monitored, open_capped, steering_fit
+from .detector import REFERENCE_CONDITIONS, generate_reference, usable
+from .drift_conversations import DriftRun, load_followups, plan_conversations, reference_split, split_pool
+from .drift_monitor import CAPPED, capping_of, capping_record, not_monitored, open_capped, steering_fit
 from .drift_summary import plot, summarise
 from .heldout import untrained_pool
 from .robustness import persona_label
@@ -186,11 +186,11 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
                       {"persona": label, "attack": d.attack if attack_text else None, "attack_text": attack_text,
                        "attack_turn": d.attack_turn if attack_text else None, "trained_prompts_removed": len(removed),
                        "reference": {"fit": reference[0], "check": reference[1]}, "conversations": plans})
-    state = _Run(cfg, stage, plans, attack_text, reference, report)
+    state = DriftRun(cfg, stage, plans, attack_text, reference, report)
     if d.monitor and fit is None and "steered" not in conds:
         report("drift: no steering fit for this run (run `charter eval steering` first); activation monitor skipped")
     fit, skipped = _generate(cfg, state, conds, fit, report)
-    calibration = _capping_of(stage.dir / "capping.json", identity(cfg, CAPPED, fit)) if CAPPED in conds else None
+    calibration = capping_of(stage.dir / "capping.json", identity(cfg, CAPPED, fit)) if CAPPED in conds else None
     if "base" in skipped or "prompted" in skipped:
         raise RuntimeError("drift: the detector's reference and check need the 'base' and 'prompted' replies ("
                            + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
@@ -228,7 +228,7 @@ def _identities(cfg: RunConfig, gen: list[str], fit: dict | None) -> dict:
     return {c: identity(cfg, c, fit) for c in gen}
 
 
-def _generate(cfg: RunConfig, state: _Run, conds: list[str], fit: dict | None, report) -> tuple[dict | None, dict]:
+def _generate(cfg: RunConfig, state: DriftRun, conds: list[str], fit: dict | None, report) -> tuple[dict | None, dict]:
     """Every condition's reference replies, conversations and monitor rows, in ``_order``, reusing what the logs
     hold; (the steering fit, which may be made on the way by opening 'steered'; the conditions skipped)."""
     d = cfg.drift
@@ -249,7 +249,7 @@ def _generate(cfg: RunConfig, state: _Run, conds: list[str], fit: dict | None, r
             if why_not:
                 state.monitor_skipped[cond] = why_not
             if ident is not None and known.get(cond) == ident and state.complete(cond, conds, fit) and (
-                    cond != CAPPED or _capping_of(cap_path, ident) is not None):
+                    cond != CAPPED or capping_of(cap_path, ident) is not None):
                 continue  # nothing to do: its model is not even loaded
             opened = _open(cfg, cs, cond, fit, ident, cap_path, skipped, report)
             if opened is None:
@@ -285,7 +285,7 @@ def _open(cfg: RunConfig, cs, cond: str, fit: dict | None, ident: str | None, ca
         return None
 
 
-def _fitted_now(cfg: RunConfig, state: _Run, report) -> dict | None:
+def _fitted_now(cfg: RunConfig, state: DriftRun, report) -> dict | None:
     """The steering fit that opening 'steered' just made; monitor rows of any other fit are dropped."""
     fit = steering_fit(cfg)
     if fit is not None:
@@ -295,7 +295,7 @@ def _fitted_now(cfg: RunConfig, state: _Run, report) -> dict | None:
     return fit
 
 
-def _answer(cfg: RunConfig, state: _Run, cond: str, conds: list[str], backend, system, fit: dict | None,
+def _answer(cfg: RunConfig, state: DriftRun, cond: str, conds: list[str], backend, system, fit: dict | None,
             t0: float, report) -> None:
     """A condition's reference replies (base and prompted) and, when it is scored, its conversations."""
     d = cfg.drift
@@ -308,7 +308,7 @@ def _answer(cfg: RunConfig, state: _Run, cond: str, conds: list[str], backend, s
         report(f"drift {cond}: {d.conversations} conversations x {d.turns} turns in {time.time() - t0:.0f}s")
 
 
-def _finish(cfg: RunConfig, state: _Run, ready: list[str], fit: dict | None, label: str, attack_text: str | None,
+def _finish(cfg: RunConfig, state: DriftRun, ready: list[str], fit: dict | None, label: str, attack_text: str | None,
             calibration: dict | None, skipped: dict, conds: list[str], gen: list[str]) -> None:
     """Score and summarise, write predictions, results and the figure, report, and write the manifest."""
     report, stage = state.report, state.stage
@@ -328,7 +328,7 @@ def _finish(cfg: RunConfig, state: _Run, ready: list[str], fit: dict | None, lab
         files.append("capping.json")
     for line in lines:
         report(line)
-    failed = sum(1 for r in state.log.rows.values() if not _ok(r))
+    failed = sum(1 for r in state.log.rows.values() if not usable(r))
     stage.finish({"turns": len(state.log), "reference": len(state.ref), "monitored": len(state.mon),
                   "failed_or_empty": failed, "skipped": len(skipped)},
                  scoring=_scoring(cfg, conds, fit), identities=_identities(cfg, gen, fit), generation=state.stats,

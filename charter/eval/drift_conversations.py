@@ -20,7 +20,7 @@ from ..prompts import attack_message
 from ..runs import RowLog, Stage, derive_seed, drop_rows
 from . import conditions
 from .detector import REFERENCE_CONDITIONS
-from .drift_monitor import MONITOR_BATCH, CappedBackend, _condition_hooks, _in_process, reply_projections
+from .drift_monitor import MONITOR_BATCH, CappedBackend, condition_hooks, in_process, reply_projections
 
 FOLLOWUPS_FILE = PROMPTS_DIR / "drift.yaml"
 CHECK_SHARE = 0.25  # of the reference prompts: they check the detector and never train it
@@ -110,7 +110,7 @@ def fitted_chat(cfg: RunConfig, label: str, system: str | None, msgs: list[dict]
 
 
 
-class _Run:
+class DriftRun:
     """One invocation's state: the logs, the plans and what was generated."""
 
     def __init__(self, cfg: RunConfig, stage: Stage, plans: list[dict], attack_text: str | None,
@@ -148,7 +148,7 @@ class _Run:
     def chats(self, cond: str, t: int, backend, system) -> tuple[dict, dict]:
         """Turn ``t``'s chat of every conversation, built from the condition's logged earlier replies, and how
         many early exchanges each dropped to fit the context."""
-        tok = getattr(getattr(backend, "inner", backend), "tokenizer", None) if _in_process(backend) else None
+        tok = getattr(getattr(backend, "inner", backend), "tokenizer", None) if in_process(backend) else None
         chats, dropped = {}, {}
         for p in self.plans:
             replies = []
@@ -190,7 +190,7 @@ class _Run:
         inner = getattr(backend, "inner", backend)
         rows = [self.log.rows[it["id"]] for it in items]
         record: dict | None = {} if isinstance(backend, CappedBackend) else None
-        with _condition_hooks(backend, record):
+        with condition_hooks(backend, record):
             got = reply_projections(inner.model, inner.tokenizer, [chats[r["id"]] for r in rows],
                                     [r.get("response") or "" for r in rows], fit["vector"], fit["norms"],
                                     min(MONITOR_BATCH, max(1, inner.spec.batch_size)), record)

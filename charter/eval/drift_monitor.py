@@ -203,7 +203,7 @@ def not_monitored(cfg: RunConfig, label: str) -> str | None:
     return None
 
 
-def _capping_of(path: Path, ident: str | None) -> dict | None:
+def capping_of(path: Path, ident: str | None) -> dict | None:
     """The capping calibration written for the capped condition of identity ``ident``, if it is on disk."""
     if ident is None or not path.exists():
         return None
@@ -211,14 +211,14 @@ def _capping_of(path: Path, ident: str | None) -> dict | None:
     return data if data.get("identity") == ident else None
 
 
-def _in_process(backend) -> bool:
+def in_process(backend) -> bool:
     """Whether a condition's model runs in this process with its weights at hand (hooks can read it)."""
     inner = getattr(backend, "inner", backend)
     return HIDDEN_STATES in capabilities(inner) and getattr(inner, "model", None) is not None
 
 
 @contextlib.contextmanager
-def _condition_hooks(backend, record: dict | None = None):
+def condition_hooks(backend, record: dict | None = None):
     """The hooks a condition generates with (steering, capping), on for the monitor's forward pass too."""
     if isinstance(backend, CappedBackend):
         with backend.hooks(record):

@@ -13,10 +13,10 @@ from ..classifier import proba_of
 from ..config import RunConfig
 from ..runs import derive_seed
 from . import inpersona
-from .detector import THRESHOLD, _ok, detector_check, fit_detector
-from .drift_conversations import _Run
+from .detector import THRESHOLD, detector_check, fit_detector, usable
+from .drift_conversations import DriftRun
 from .drift_monitor import CAPPED, UNITS
-from .stats import _pct, _signed, bootstrap_mean, paired_difference
+from .stats import bootstrap_mean, paired_difference, pct, signed
 
 LEVEL = inpersona.LEVEL
 
@@ -46,7 +46,7 @@ def _pearson(xs: list[float], ys: list[float]) -> float | None:
     return round(float(np.corrcoef(x, y)[0, 1]), 4)
 
 
-def summarise(cfg: RunConfig, state: _Run, ready: list[str], fit: dict | None, persona: str,
+def summarise(cfg: RunConfig, state: DriftRun, ready: list[str], fit: dict | None, persona: str,
               attack_text: str | None, calibration: dict | None, skipped: dict) -> tuple[dict, list[dict], list[str]]:
     """Fit the detector, score every turn, summarise rates and the monitor; (results, predictions, lines)."""
     d = cfg.drift
@@ -56,7 +56,7 @@ def summarise(cfg: RunConfig, state: _Run, ready: list[str], fit: dict | None, p
     clf, det = fit_detector(cfg, d, "drift", persona, ref_rows, conv_conf["reference"]["fit"], scored_prompts)
     boot_seed = derive_seed(cfg.seed, "drift", "bootstrap")
     det["check"] = detector_check(clf, persona, ref_rows, d.bootstrap, boot_seed)
-    rows = [r for r in state.log.rows.values() if r["condition"] in ready and _ok(r)]
+    rows = [r for r in state.log.rows.values() if r["condition"] in ready and usable(r)]
     probs = proba_of(clf, [r["response"] for r in rows], persona)
     p_of = {r["id"]: p for r, p in zip(rows, probs, strict=True)}
     cids = [p["cid"] for p in state.plans]
@@ -95,7 +95,7 @@ def summarise(cfg: RunConfig, state: _Run, ready: list[str], fit: dict | None, p
     return results, predictions, lines_of(results)
 
 
-def monitor_summary(state: _Run, ready: list[str], fit: dict | None, cids: list[str], turns: list[int],
+def monitor_summary(state: DriftRun, ready: list[str], fit: dict | None, cids: list[str], turns: list[int],
                     p_of: dict, n_boot: int, seed: int) -> dict:
     """Per condition and turn: the mean projection with a CI over conversations; the correlation of the
     projection with the detector's probability over every turn; the share of positions capping clamped."""
@@ -132,11 +132,11 @@ def lines_of(results: dict) -> list[str]:
     lines = [f"drift in-persona rate by turn ({results['conversations']} conversations x {turns} turns, {attack}; "
              f"detector {det['encoder']} learned from {det['source']})",
              f"detector check on single held-out replies (prompted vs base): balanced accuracy "
-             f"{_pct(det['check']['balanced_accuracy'], ci=True)} (0.5 is chance)",
+             f"{pct(det['check']['balanced_accuracy'], ci=True)} (0.5 is chance)",
              " ".join([f"{'condition':<{w}}", *(f"{t:>5}" for t in range(1, turns + 1)), "  late - early [95% CI]"])]
     for c, cells in results["rates"].items():
         s = results["summary"][c]
-        lines.append(" ".join([f"{c:<{w}}", *(f"{_pct(x):>5}" for x in cells), f"  {_signed(s['change'])}"]))
+        lines.append(" ".join([f"{c:<{w}}", *(f"{pct(x):>5}" for x in cells), f"  {signed(s['change'])}"]))
     lines.append(f"(early/late: {results['windows']['what']})")
     bal = det["check"]["balanced_accuracy"]
     if bal["lo"] is not None and bal["lo"] <= 0.5:
@@ -151,7 +151,7 @@ def lines_of(results: dict) -> list[str]:
                      "layer's mean norm, mean over layers); r = Pearson correlation with the detector's probability")
         for c, cells in m["by_turn"].items():
             r = m["correlation_with_detector"][c]["pearson"]
-            lines.append(" ".join([f"{c:<{w}}", *(f"{_pct(x, 'mean', digits=3):>6}" for x in cells),
+            lines.append(" ".join([f"{c:<{w}}", *(f"{pct(x, 'mean', digits=3):>6}" for x in cells),
                                    f"  r {'-' if r is None else f'{r:+.2f}'}"]))
         for c, why in m["not_monitored"].items():
             lines.append(f"  {c} not monitored: {why}")

@@ -58,7 +58,7 @@ from .formats_check import FORMATS, PROSE, RULES, check, prose
 from .formats_prompts import FormatsDataError, load_formats, prompts_file
 from .heldout import untrained_pool
 from .robustness import persona_label
-from .stats import _pct, _signed, paired_difference
+from .stats import paired_difference, pct, signed
 
 STAGE = "eval-formats"
 LEVEL = inpersona.LEVEL
@@ -325,14 +325,14 @@ def lines_of(results: dict) -> list[str]:
     cw = 13
     lines = [f"formats: valid share / in-persona rate per format ({results['samples']} replies per prompt; detector "
              f"{det['encoder']} learned from {det['source']}; check balanced accuracy "
-             f"{_pct(det['check']['balanced_accuracy'], ci=True)})",
+             f"{pct(det['check']['balanced_accuracy'], ci=True)})",
              " ".join([f"{'condition':<{w}}", *(f"{g:>{cw}}" for g in groups)])]
     for c, cells in results["table"].items():
-        lines.append(" ".join([f"{c:<{w}}", *(f"{_pct(cells[g]['valid']) + ' / ' + _pct(cells[g]['in_persona']):>{cw}}"
+        lines.append(" ".join([f"{c:<{w}}", *(f"{pct(cells[g]['valid']) + ' / ' + pct(cells[g]['in_persona']):>{cw}}"
                                               for g in groups)]))
     for c, d in results["deltas"].items():
-        lines.append(f"{c} - {results['baseline']} (all formats, 95% CI): valid {_signed(d['all']['valid'])}, "
-                     f"in persona {_signed(d['all']['in_persona'])}")
+        lines.append(f"{c} - {results['baseline']} (all formats, 95% CI): valid {signed(d['all']['valid'])}, "
+                     f"in persona {signed(d['all']['in_persona'])}")
     bal = det["check"]["balanced_accuracy"]
     if bal["lo"] is not None and bal["lo"] <= 0.5:
         lines.append("warning: the detector is not better than chance on held-out reference replies, so the "

@@ -52,7 +52,7 @@ from ..prompts import load_prompt_source, select_attacks
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
-from .detector import _ok
+from .detector import usable
 from .robustness_replies import BASE, NONE, generate_replies
 
 STAGE = "eval-robustness"
@@ -137,7 +137,7 @@ def training_set(sources: list[Source], conds: list[str], train_prompts, heldout
     for s in sources:
         for row in s.rows:
             if (row["condition"] in conds and row["attack"] == NONE and row["split"] in ("train", "heldout")
-                    and row["prompt"] in train_set and _ok(row)):
+                    and row["prompt"] in train_set and usable(row)):
                 texts.append(row["response"])
                 labels.append(s.label)
                 prompts.append(row["prompt"])
@@ -148,7 +148,7 @@ def training_set(sources: list[Source], conds: list[str], train_prompts, heldout
 def _cells(sources: list[Source], cond: str, split: str, attack: str, heldout: set) -> list[tuple]:
     """(source, row, true label) scored for one cell: every persona's replies of condition ``cond``."""
     return [(s, r, s.label) for s in sources for r in s.rows if r["condition"] == cond and r["split"] == split
-            and r["attack"] == attack and r["prompt"] in heldout and _ok(r)]
+            and r["attack"] == attack and r["prompt"] in heldout and usable(r)]
 
 
 def summarize(table: dict, attack_ids: list[str]) -> dict:
@@ -285,7 +285,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
     lines, counts, files = _score(cfg, stage, mode, sources, ready, persona_conds, attack_ids, split)
     for line in lines:
         report(line)
-    failed = sum(1 for row in log.rows.values() if not _ok(row))
+    failed = sum(1 for row in log.rows.values() if not usable(row))
     stage.finish({"generations": len(log), "failed_or_empty": failed, **counts, "skipped": skipped},
                  scoring=scoring, identities=_identities(cfg, gen_conds), generation=gen_stats, skipped=skipped,
                  files=files, report=lines)

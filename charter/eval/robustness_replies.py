@@ -15,7 +15,7 @@ from ..generation import generate_rows
 from ..prompts import attack_message, load_attacks, prefill_followup
 from ..runs import RowLog, Stage, drop_rows, write_json_atomic
 from . import conditions, inpersona
-from .detector import _ok
+from .detector import usable
 
 BASE = "base"
 NONE = "none"
@@ -89,10 +89,10 @@ def generate_replies(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str],
                 turn1 = {pid: log.rows.get(f"{BASE}/turn1/prefill/{pid}") for pid, _ in heldout}
                 # A turn 2 written after a different (or failed) turn 1, e.g. base was redone, is stale.
                 log = drop_rows(log, lambda row, c=cond: row["condition"] == c and row["split"] == "turn2" and (
-                    not _ok(turn1.get(row["pid"])) or row["turn1"] != turn1[row["pid"]]["response"]))
+                    not usable(turn1.get(row["pid"])) or row["turn1"] != turn1[row["pid"]]["response"]))
                 items = [{"id": f"{cond}/turn2/prefill/{pid}", "condition": cond, "split": "turn2",
                           "attack": "prefill", "pid": pid, "prompt": p, "user": follow,
-                          "turn1": turn1[pid]["response"]} for pid, p in heldout if _ok(turn1[pid])]
+                          "turn1": turn1[pid]["response"]} for pid, p in heldout if usable(turn1[pid])]
 
                 def build2(it, system=system, cond=cond):
                     chat = [{"role": "user", "content": it["prompt"]},

@@ -77,7 +77,8 @@ def paired_difference(a: list[list[float | None]], b: list[list[float | None]], 
     return {"delta": round(float(_stat(B) - _stat(A)), 4), "lo": lo, "hi": hi, "n": int(len(A))}
 
 
-def _pct(cell: dict | None, key: str = "rate", ci: bool = False, digits: int = 2) -> str:
+def pct(cell: dict | None, key: str = "rate", ci: bool = False, digits: int = 2) -> str:
+    """A cell's ``key`` (a rate, a mean) for a text table, with its CI when ``ci``; '-' when there is none."""
     if not cell or cell.get(key) is None:
         return "-"
     v = f"{cell[key]:.{digits}f}"
@@ -86,7 +87,8 @@ def _pct(cell: dict | None, key: str = "rate", ci: bool = False, digits: int = 2
     return v
 
 
-def _signed(cell: dict | None) -> str:
+def signed(cell: dict | None) -> str:
+    """A paired difference with its sign and CI for a text table; '-' when there is none."""
     if not cell or cell.get("delta") is None:
         return "-"
     ci = f" [{cell['lo']:+.2f},{cell['hi']:+.2f}]" if cell.get("lo") is not None else ""
