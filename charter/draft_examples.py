@@ -30,7 +30,8 @@ Where they go: by default ``<stem>.examples/`` beside the constitution file, whi
 ``teacher_examples: auto`` / ``exemplars: auto`` look (``prompts._persona_file``); for a shipped persona 'auto'
 means its builtin files, so a drafted set for one needs ``-o``.
 
-Rendering, reading back and writing the two files is in ``draft_examples_files.py``.
+Rendering, reading back and writing the two files is in ``draft_examples_files.py``; the request and the
+drafted texts (``ExamplesSpec``, ``Drafted``) in ``draft_examples_spec.py``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import constitution as const
 from .config import Sampling
+from .draft_examples_files import EXEMPLARS_FILE, SHOTS_FILE, output_dir, write
+from .draft_examples_spec import Drafted, ExamplesError, ExamplesSpec
 from .draft_parse import duplicate_of, jaccard, parse_item_critique, parse_prompts, parse_reply
 from .prompts import load_attacks, load_prompt_source, template, train_attacks
 from .runs import derive_seed
@@ -52,55 +54,6 @@ MAX_REQUESTS = 6  # requests per round, sent as one batch
 MIN_QUESTION_WORDS, MAX_QUESTION_WORDS = 3, 60
 SAME_AS_PLAIN = 0.8  # a persona reply this close to its plain twin shows no voice: the pair is dropped
 EVALUATION_POOLS = ("preference_prompts", "general")  # every pool an evaluation draws its prompts from
-
-
-class ExamplesError(ValueError):
-    """The model did not give enough usable texts; nothing was written."""
-
-
-@dataclass
-class ExamplesSpec:
-    persona: str  # a shipped persona name or a constitution file
-    shots: int = 4
-    exemplars: int = 20
-    min_shots: int | None = None  # None: half the target, rounded up
-    min_exemplars: int | None = None  # None: half the target, rounded up, at least 4 (the loader's minimum)
-    rounds: int = 4
-    critique: bool = False
-    seed: int = 0
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512))
-    reply_tokens: int = 160
-    dedup: float = 0.5
-
-    def __post_init__(self):
-        for flag, v, lo in (("--shots", self.shots, 1), ("--exemplars", self.exemplars, 4),
-                            ("--rounds", self.rounds, 1), ("--reply-tokens", self.reply_tokens, 1)):
-            if v < lo:
-                why = " (a detector's reference needs at least 4 of each)" if flag == "--exemplars" else ""
-                raise ValueError(f"{flag} {v}: expected a number >= {lo}{why}")
-        if self.min_shots is None:
-            self.min_shots = math.ceil(self.shots / 2)
-        if self.min_exemplars is None:
-            self.min_exemplars = max(4, math.ceil(self.exemplars / 2))
-        if not 1 <= self.min_shots <= self.shots:
-            raise ValueError(f"--min-shots {self.min_shots}: expected 1..{self.shots} (the --shots target)")
-        if not 4 <= self.min_exemplars <= self.exemplars:
-            raise ValueError(f"--min-exemplars {self.min_exemplars}: expected 4..{self.exemplars} (the --exemplars "
-                             "target; a detector's reference needs at least 4 of each)")
-
-
-@dataclass
-class Drafted:
-    spec: ExamplesSpec
-    model_label: str
-    name: str  # the persona's name
-    description: str
-    shots: list[tuple[str, str]]  # (user message, in-character reply)
-    pairs: list[tuple[str, str, str]]  # (user message, persona reply, plain reply)
-    rejected: Counter
-    rounds_used: int = 0
-    critique: dict[tuple[str, int], list[str]] = field(default_factory=dict)
-    critique_other: dict[str, list[str]] = field(default_factory=dict)  # per file ('shots', 'exemplars')
 
 
 def _norm(text: str) -> str:
@@ -310,7 +263,6 @@ def run_cli(args) -> tuple[Path, str]:
     """``charter constitution examples``: check every argument before a model loads, draft, write.
     Returns (folder written, one summary line)."""
     from .draft import backend_from_args, check_sampling_args
-    from .draft_examples_files import EXEMPLARS_FILE, SHOTS_FILE, output_dir, write
 
     const.load(args.constitution)  # a bad constitution is one line, before anything else
     out = output_dir(args.constitution, args.output)

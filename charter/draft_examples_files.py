@@ -2,7 +2,7 @@
 rendered as commented YAML, read back with the loaders every stage uses, and written together (a new folder
 appears whole, by one rename); and where they go by default.
 
-Used by ``charter.draft_examples`` (which drafts the texts).
+Used by ``charter.draft_examples`` (which drafts the texts, ``draft_examples_spec.Drafted``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .draft_examples import Drafted, ExamplesError
+from .draft_examples_spec import Drafted, ExamplesError
 from .draft_parse import comment_text
 from .prompts import (DRAFTED_FILES, PromptSourceError, examples_dir, persona_exemplars, shipped_persona,
                       teacher_examples)
