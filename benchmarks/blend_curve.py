@@ -50,13 +50,20 @@ def folders(ref: str) -> list[Path]:
     return ([run_dir(ref)] if is_run_name(ref) else []) + [p, p.parent.parent]
 
 
+def distill_config(folder: Path) -> Path:
+    """The config the run's distill stage recorded (beside its pairs, as every stage records its own)."""
+    from charter import layout
+
+    return folder / layout.OUTPUTS["pairs"].stage / "config.json"
+
+
 def pairs_of(ref: str, heldout: set) -> tuple[list[str], list[str]]:
     """(chosen, rejected) replies of the run behind ``ref``, none answering a held-out prompt."""
-    from charter.layout import pair_texts
+    from charter import layout
 
     for folder in folders(ref):
-        if (folder / "distill" / "pairs.jsonl").is_file():
-            rows = [x for x in pair_texts(folder) if x[0] not in heldout]
+        if layout.path(folder, "pairs").is_file():
+            rows = [x for x in layout.pair_texts(folder) if x[0] not in heldout]
             return [c for _, c, _ in rows], [r for _, _, r in rows]
     sys.exit(f"blend_curve: {ref}: no distill/pairs.jsonl in its run; --reference pairs needs the parents' runs")
 
@@ -64,15 +71,16 @@ def pairs_of(ref: str, heldout: set) -> tuple[list[str], list[str]]:
 def persona_of(ref: str, given: str | None):
     """The constitution behind a run (or ``given``: a shipped persona name or a file)."""
     from charter import constitution as const
+    from charter import layout
     from charter.runs import read_json
 
     if given:
         return const.load(given)
     for folder in folders(ref):
-        expanded = folder / "expand" / "constitution.yaml"
-        if expanded.is_file() and (folder / "expand" / "manifest.json").is_file():
+        expanded = layout.path(folder, "constitution")
+        if expanded.is_file() and layout.finished(folder, layout.OUTPUTS["constitution"].stage):
             return const.load_file(expanded)
-        cfg = folder / "distill" / "config.json"
+        cfg = distill_config(folder)
         if cfg.is_file():
             return const.load(read_json(cfg)["config"]["persona"])
     sys.exit(f"blend_curve: {ref}: cannot tell its persona (no distill/config.json); pass --persona-a/--persona-b")
@@ -85,7 +93,7 @@ def examples_of(ref: str) -> list[dict]:
     from charter.runs import read_json
 
     for folder in folders(ref):
-        cfg = folder / "distill" / "config.json"
+        cfg = distill_config(folder)
         if cfg.is_file():
             return read_json(cfg)["config"]["distill"].get("teacher_examples", {}).get("exchanges", [])
     return []
@@ -134,7 +142,7 @@ def plot(path: Path, res: dict) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a", help="run name/folder or LoRA adapter folder (weight 0 end)")
     ap.add_argument("b", help="run name/folder or LoRA adapter folder (weight 1 end)")
@@ -156,17 +164,12 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", default="blend-curve")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from charter.backends.hf import TransformersBackend
-    from charter.blend import add_blend, attach, common_base, resolve_adapter
-    from charter.config import ModelSpec, Sampling
-    from charter.constitution import teacher_system_prompt
-    from charter.classifier import make_classifier, proba_of
-    from charter.messages import with_system
-    from charter.models import load_causal_lm, load_tokenizer, self_name
-    from charter.prompts import load_prompt_source, shot_messages
-    from charter.runs import derive_seed, write_json_atomic
+
+def check_args(args) -> tuple[dict, list[float]]:
+    """(the detectors' settings, the blend weights), checked before any model loads."""
+    from charter.classifier import make_classifier
 
     try:
         settings = json.loads(args.classifier)
@@ -177,36 +180,41 @@ def main(argv=None) -> int:
     weights = [float(w) for w in args.weights.split(",")]
     if any(not 0 <= w <= 1 for w in weights):
         sys.exit(f"blend_curve: --weights {args.weights}: expected numbers between 0 and 1")
-    adapters = [resolve_adapter(args.a, "A"), resolve_adapter(args.b, "B")]
-    base = common_base(adapters, args.base)
-    consts = [persona_of(args.a, args.persona_a), persona_of(args.b, args.persona_b)]
-    labels = [c.name for c in consts]
-    if labels[0] == labels[1]:
-        sys.exit(f"blend_curve: both parents are persona '{labels[0]}'; a blend curve needs two personas")
+    return settings, weights
+
+
+def draw_prompts(args) -> tuple[list[str], list[str]]:
+    """(the detectors' reference prompts, the held-out prompts the blends answer): one seeded draw, disjoint."""
+    from charter.prompts import load_prompt_source
+
     pool = list(dict.fromkeys(p.strip() for p in load_prompt_source("builtin", "preference_prompts")))
     picked = random.Random(args.seed).sample(pool, args.train_prompts + args.prompts)
     train, heldout = picked[:args.train_prompts], picked[args.train_prompts:]
     assert not set(train) & set(heldout)
+    return train, heldout
 
-    t0 = time.time()
-    tok = load_tokenizer(base)
-    model = attach(load_causal_lm(base, dtype="auto"), adapters)
-    backend = TransformersBackend(ModelSpec(model=base, batch_size=args.batch_size), model=model, tokenizer=tok)
-    sampling = Sampling(max_tokens=args.max_tokens)
-    systems = [teacher_system_prompt(c, self_name(base)) for c in consts]
-    shots = [examples_of(r) for r in (args.a, args.b)]  # [] for adapters outside a run
 
-    def gen(prompts, system, key, examples=()):
-        chats = [with_system([*shot_messages(examples), {"role": "user", "content": p}], system) for p in prompts]
-        return [o.text for o in backend.generate(chats, sampling, seed=derive_seed(args.seed, "blend-curve", key))]
-
+def reference_replies(model, gen, args, train: list[str], heldout: list[str], labels: list[str],
+                      systems: list[str], shots: list[list[dict]]) -> dict:
+    """The base model's replies, plainly and as each parent's teacher, to the reference prompts (with
+    ``--reference prompted``) and the held-out ones: the detectors' reference, floors and checks."""
     ref = {}
-    with model.disable_adapter():  # the base model: the detectors' reference, floors and checks
+    with model.disable_adapter():
         splits = (("train", train),) if args.reference == "prompted" else ()  # pairs: the runs' own texts
         for split, prompts in (*splits, ("heldout", heldout)):
             ref[("base", split)] = gen(prompts, None, f"base-{split}")
             for i, s in enumerate(systems):
                 ref[(labels[i], split)] = gen(prompts, s, f"prompted{i}-{split}", shots[i])
+    return ref
+
+
+def fit_detectors(args, settings: dict, ref: dict, heldout: list[str], labels: list[str], adapters: list,
+                  shots: list[list[dict]]) -> tuple[list, dict]:
+    """(each parent's detector, what each parent's entry in the results says: its reference, check, cross rate
+    and floor)."""
+    from charter.classifier import make_classifier, proba_of
+    from charter.runs import derive_seed
+
     if args.reference == "pairs":  # (persona texts, plain texts) of each parent run
         refs = [pairs_of(r, set(heldout)) for r in (args.a, args.b)]
     else:
@@ -229,6 +237,15 @@ def main(argv=None) -> int:
                          "base_rate": rate(base_hits, args.bootstrap, args.seed)}
         print(f"detector {labels[i]}: check {parents[side]['check']['rate']:.2f}, calls the other persona's "
               f"prompted replies its own {parents[side]['cross_rate']['rate']:.2f}", file=sys.stderr)
+    return dets, parents
+
+
+def sweep(model, gen, args, dets: list, labels: list[str], heldout: list[str], weights: list[float]
+          ) -> tuple[list[dict], dict]:
+    """(the curve: per weight, each detector's in-persona rate and mean probability; every blend's replies)."""
+    from charter.blend import add_blend
+    from charter.classifier import proba_of
+
     curve, replies = [], {}
     for w in weights:
         add_blend(model, [1 - w, w], name="sweep")
@@ -243,6 +260,45 @@ def main(argv=None) -> int:
         print(f"w_B={w:.2f}  {labels[0]} {pt['detector_a']['rate']:.2f}  {labels[1]} {pt['detector_b']['rate']:.2f}",
               file=sys.stderr)
     model.delete_adapter("sweep")
+    return curve, replies
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    from charter.backends.hf import TransformersBackend
+    from charter.blend import attach, common_base, resolve_adapter
+    from charter.config import ModelSpec, Sampling
+    from charter.constitution import teacher_system_prompt
+    from charter.messages import with_system
+    from charter.models import load_causal_lm, load_tokenizer, self_name
+    from charter.prompts import shot_messages
+    from charter.runs import derive_seed, write_json_atomic
+
+    settings, weights = check_args(args)
+    adapters = [resolve_adapter(args.a, "A"), resolve_adapter(args.b, "B")]
+    base = common_base(adapters, args.base)
+    consts = [persona_of(args.a, args.persona_a), persona_of(args.b, args.persona_b)]
+    labels = [c.name for c in consts]
+    if labels[0] == labels[1]:
+        sys.exit(f"blend_curve: both parents are persona '{labels[0]}'; a blend curve needs two personas")
+    train, heldout = draw_prompts(args)
+
+    t0 = time.time()
+    tok = load_tokenizer(base)
+    model = attach(load_causal_lm(base, dtype="auto"), adapters)
+    backend = TransformersBackend(ModelSpec(model=base, batch_size=args.batch_size), model=model, tokenizer=tok)
+    sampling = Sampling(max_tokens=args.max_tokens)
+    systems = [teacher_system_prompt(c, self_name(base)) for c in consts]
+    shots = [examples_of(r) for r in (args.a, args.b)]  # [] for adapters outside a run
+
+    def gen(prompts, system, key, examples=()):
+        chats = [with_system([*shot_messages(examples), {"role": "user", "content": p}], system) for p in prompts]
+        return [o.text for o in backend.generate(chats, sampling, seed=derive_seed(args.seed, "blend-curve", key))]
+
+    ref = reference_replies(model, gen, args, train, heldout, labels, systems, shots)
+    dets, parents = fit_detectors(args, settings, ref, heldout, labels, adapters, shots)
+    curve, replies = sweep(model, gen, args, dets, labels, heldout, weights)
     from charter.hardware import cpu_model
 
     res = {"settings": {**{k: v for k, v in vars(args).items()}, "base": base, "weights": weights,

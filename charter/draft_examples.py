@@ -29,87 +29,31 @@ written together: a new folder appears whole, by one rename.
 Where they go: by default ``<stem>.examples/`` beside the constitution file, which is where
 ``teacher_examples: auto`` / ``exemplars: auto`` look (``prompts._persona_file``); for a shipped persona 'auto'
 means its builtin files, so a drafted set for one needs ``-o``.
+
+Rendering, reading back and writing the two files is in ``draft_examples_files.py``; the request and the
+drafted texts (``ExamplesSpec``, ``Drafted``) in ``draft_examples_spec.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
-import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from . import constitution as const
 from .config import Sampling
-from .draft_parse import comment_text, duplicate_of, jaccard, parse_item_critique, parse_prompts, parse_reply
-from .prompts import (
-    DRAFTED_FILES, PromptSourceError, examples_dir, load_attacks, load_prompt_source, persona_exemplars,
-    shipped_persona, teacher_examples, template, train_attacks,
-)
-from .runs import derive_seed, write_text_atomic
+from .draft_examples_files import EXEMPLARS_FILE, SHOTS_FILE, output_dir, write
+from .draft_examples_spec import Drafted, ExamplesError, ExamplesSpec
+from .draft_parse import duplicate_of, jaccard, parse_item_critique, parse_prompts, parse_reply
+from .prompts import load_attacks, load_prompt_source, template, train_attacks
+from .runs import derive_seed
 
-SHOTS_FILE = DRAFTED_FILES["teacher_examples"]
-EXEMPLARS_FILE = DRAFTED_FILES["persona_exemplars"]
 PER_REQUEST = 6  # messages asked for in one request
 MAX_REQUESTS = 6  # requests per round, sent as one batch
 MIN_QUESTION_WORDS, MAX_QUESTION_WORDS = 3, 60
 SAME_AS_PLAIN = 0.8  # a persona reply this close to its plain twin shows no voice: the pair is dropped
-LENGTH_RATIO_NOTE = 1.5  # mean lengths further apart than this: a detector may learn length, said in the file
 EVALUATION_POOLS = ("preference_prompts", "general")  # every pool an evaluation draws its prompts from
-
-
-class ExamplesError(ValueError):
-    """The model did not give enough usable texts; nothing was written."""
-
-
-@dataclass
-class ExamplesSpec:
-    persona: str  # a shipped persona name or a constitution file
-    shots: int = 4
-    exemplars: int = 20
-    min_shots: int | None = None  # None: half the target, rounded up
-    min_exemplars: int | None = None  # None: half the target, rounded up, at least 4 (the loader's minimum)
-    rounds: int = 4
-    critique: bool = False
-    seed: int = 0
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512))
-    reply_tokens: int = 160
-    dedup: float = 0.5
-
-    def __post_init__(self):
-        for flag, v, lo in (("--shots", self.shots, 1), ("--exemplars", self.exemplars, 4),
-                            ("--rounds", self.rounds, 1), ("--reply-tokens", self.reply_tokens, 1)):
-            if v < lo:
-                why = " (a detector's reference needs at least 4 of each)" if flag == "--exemplars" else ""
-                raise ValueError(f"{flag} {v}: expected a number >= {lo}{why}")
-        if self.min_shots is None:
-            self.min_shots = math.ceil(self.shots / 2)
-        if self.min_exemplars is None:
-            self.min_exemplars = max(4, math.ceil(self.exemplars / 2))
-        if not 1 <= self.min_shots <= self.shots:
-            raise ValueError(f"--min-shots {self.min_shots}: expected 1..{self.shots} (the --shots target)")
-        if not 4 <= self.min_exemplars <= self.exemplars:
-            raise ValueError(f"--min-exemplars {self.min_exemplars}: expected 4..{self.exemplars} (the --exemplars "
-                             "target; a detector's reference needs at least 4 of each)")
-
-
-@dataclass
-class Drafted:
-    spec: ExamplesSpec
-    model_label: str
-    name: str  # the persona's name
-    description: str
-    shots: list[tuple[str, str]]  # (user message, in-character reply)
-    pairs: list[tuple[str, str, str]]  # (user message, persona reply, plain reply)
-    rejected: Counter
-    rounds_used: int = 0
-    critique: dict[tuple[str, int], list[str]] = field(default_factory=dict)
-    critique_other: dict[str, list[str]] = field(default_factory=dict)  # per file ('shots', 'exemplars')
 
 
 def _norm(text: str) -> str:
@@ -209,16 +153,14 @@ def draft_examples(spec: ExamplesSpec, backend, prefill: bool = True, model_labe
     ``prefill``: start the model's list of messages with its first marker (only for backends that honour it)."""
     c = const.load(spec.persona)
     t = template("drafting")
-    taken, attacks = reserved_messages(c)
+    reserved = reserved_messages(c)
     why: Counter = Counter()
     asked: list[str] = []  # every message kept from the lists, used or not: what later ones must differ from
     queue: list[str] = []
     shots: list[tuple[str, str]] = []
     pairs: list[tuple[str, str, str]] = []
-    persona_texts: list[str] = []  # the teacher's replies and the persona exemplars: none may repeat another
-    plain_texts: list[str] = []
-    reply_sampling = dataclasses.replace(spec.sampling, max_tokens=spec.reply_tokens)
-    in_character, plainly = persona_system(c), plain_system()
+    kept = ([], [])  # the teacher's replies and the persona exemplars (none may repeat another), the plain ones
+    systems = (persona_system(c), plain_system())
     rounds = 0
     for r in range(spec.rounds):
         need_s, need_p = spec.shots - len(shots), spec.exemplars - len(pairs)
@@ -227,199 +169,94 @@ def draft_examples(spec: ExamplesSpec, backend, prefill: bool = True, model_labe
         rounds += 1
         short = need_s + need_p - len(queue)
         if short > 0:
-            chats = [questions_chat(c, topics_for(r, j), PER_REQUEST, asked)
-                     for j in range(min(MAX_REQUESTS, math.ceil(short / PER_REQUEST)))]
-            for out, text in _gen(backend, chats, spec.sampling, t["example_questions_prefill"] if prefill else None,
-                                  derive_seed(spec.seed, "examples-messages", r)):
-                if out.error or not out.text.strip():
-                    why["message_failed_generation"] += 1
-                    continue
-                items, w = parse_prompts(text, out.finished)
-                why.update({f"message_{k}": v for k, v in w.items()})
-                for q in items:
-                    problem = question_problem(q, asked, taken, attacks, spec.dedup)
-                    if problem:
-                        why[f"message_{problem}"] += 1
-                    else:
-                        asked.append(q)
-                        queue.append(q)
+            _ask_messages(c, backend, spec, r, short, t["example_questions_prefill"] if prefill else None, reserved,
+                          asked, queue, why)
         take_s, take_p = queue[:need_s], queue[need_s:need_s + need_p]
         del queue[:len(take_s) + len(take_p)]
-        chats = ([reply_chat(in_character, q) for q in take_s + take_p]
-                 + [reply_chat(plainly, q) for q in take_p])
-        outs = _gen(backend, chats, reply_sampling, None, derive_seed(spec.seed, "examples-replies", r))
-        persona_outs, plain_outs = outs[:len(take_s) + len(take_p)], outs[len(take_s) + len(take_p):]
-        for q, (out, text) in zip(take_s, persona_outs[:len(take_s)]):
-            reply = _reply(out, text, persona_texts, spec, why)
-            if reply:
-                shots.append((q, reply))
-                persona_texts.append(reply)
-        for q, (po, pt), (no, nt) in zip(take_p, persona_outs[len(take_s):], plain_outs):
-            p = _reply(po, pt, persona_texts, spec, why)
-            n = _reply(no, nt, plain_texts, spec, why)
-            if p and n and jaccard(p, n) >= SAME_AS_PLAIN:
-                why["pair_persona_reply_same_as_plain"] += 1
-            elif p and n:
-                pairs.append((q, p, n))
-                persona_texts.append(p)
-                plain_texts.append(n)
-            else:
-                why["pair_incomplete"] += 1
+        _ask_replies(backend, spec, r, systems, take_s, take_p, shots, pairs, kept, why)
     if len(shots) < spec.min_shots or len(pairs) < spec.min_exemplars:
-        dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(why.items()) if v) or "nothing parseable"
-        raise ExamplesError(
-            f"examples: the model gave {len(shots)} usable teacher exchange{'s' if len(shots) != 1 else ''} and "
+        raise ExamplesError(_too_few(spec, shots, pairs, why))
+    d = Drafted(spec, model_label, c.name, c.description, shots, pairs, why, rounds)
+    if spec.critique:
+        _critique(c, backend, spec, d)
+    return d
+
+
+def _ask_messages(c: const.Constitution, backend, spec: ExamplesSpec, r: int, short: int, prefill: str | None,
+                  reserved: tuple[set[str], list[str]], asked: list[str], queue: list[str], why: Counter) -> None:
+    """Round ``r``'s requests for user messages (enough for ``short`` more); each usable one joins ``asked`` and
+    the ``queue`` of messages still to be answered, each unusable one is counted in ``why``."""
+    taken, attacks = reserved
+    chats = [questions_chat(c, topics_for(r, j), PER_REQUEST, asked)
+             for j in range(min(MAX_REQUESTS, math.ceil(short / PER_REQUEST)))]
+    for out, text in _gen(backend, chats, spec.sampling, prefill, derive_seed(spec.seed, "examples-messages", r)):
+        if out.error or not out.text.strip():
+            why["message_failed_generation"] += 1
+            continue
+        items, w = parse_prompts(text, out.finished)
+        why.update({f"message_{k}": v for k, v in w.items()})
+        for q in items:
+            problem = question_problem(q, asked, taken, attacks, spec.dedup)
+            if problem:
+                why[f"message_{problem}"] += 1
+            else:
+                asked.append(q)
+                queue.append(q)
+
+
+def _ask_replies(backend, spec: ExamplesSpec, r: int, systems: tuple[str, str], take_s: list[str],
+                 take_p: list[str], shots: list, pairs: list, kept: tuple[list[str], list[str]], why: Counter) -> None:
+    """Round ``r``'s replies: ``take_s`` answered in character become teacher exchanges, ``take_p`` answered in
+    character and plainly become exemplar pairs; unusable ones are counted in ``why``."""
+    in_character, plainly = systems
+    persona_texts, plain_texts = kept
+    reply_sampling = dataclasses.replace(spec.sampling, max_tokens=spec.reply_tokens)
+    chats = ([reply_chat(in_character, q) for q in take_s + take_p]
+             + [reply_chat(plainly, q) for q in take_p])
+    outs = _gen(backend, chats, reply_sampling, None, derive_seed(spec.seed, "examples-replies", r))
+    persona_outs, plain_outs = outs[:len(take_s) + len(take_p)], outs[len(take_s) + len(take_p):]
+    for q, (out, text) in zip(take_s, persona_outs[:len(take_s)]):
+        reply = _reply(out, text, persona_texts, spec, why)
+        if reply:
+            shots.append((q, reply))
+            persona_texts.append(reply)
+    for q, (po, pt), (no, nt) in zip(take_p, persona_outs[len(take_s):], plain_outs):
+        p = _reply(po, pt, persona_texts, spec, why)
+        n = _reply(no, nt, plain_texts, spec, why)
+        if p and n and jaccard(p, n) >= SAME_AS_PLAIN:
+            why["pair_persona_reply_same_as_plain"] += 1
+        elif p and n:
+            pairs.append((q, p, n))
+            persona_texts.append(p)
+            plain_texts.append(n)
+        else:
+            why["pair_incomplete"] += 1
+
+
+def _too_few(spec: ExamplesSpec, shots: list, pairs: list, why: Counter) -> str:
+    """The one error when the rounds gave fewer usable texts than the minimums."""
+    dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(why.items()) if v) or "nothing parseable"
+    return (f"examples: the model gave {len(shots)} usable teacher exchange{'s' if len(shots) != 1 else ''} and "
             f"{len(pairs)} exemplar pair{'s' if len(pairs) != 1 else ''} after {spec.rounds} round"
             f"{'s' if spec.rounds != 1 else ''} (needed at least {spec.min_shots} and {spec.min_exemplars}; "
             f"dropped: {dropped}); nothing written. Try a more capable model (--backend openai --base-url ...), "
             "more --rounds, or a lower --min-shots / --min-exemplars")
-    d = Drafted(spec, model_label, c.name, c.description, shots, pairs, why, rounds)
-    if spec.critique:
-        shot_items = "\n".join(f"shot {i}: the user wrote: {q}\n  the assistant replied: {a}"
-                               for i, (q, a) in enumerate(shots, 1))
-        pair_items = "\n".join(f"persona {i}: (to: {q}) {p}\nplain {i}: (to the same message) {n}"
-                               for i, (q, p, n) in enumerate(pairs, 1))
-        counts = [{"shot": len(shots)}, {"persona": len(pairs), "plain": len(pairs)}]
-        outs = _gen(backend, [critique_chat(c, shot_items), critique_chat(c, pair_items)], spec.sampling, None,
-                    derive_seed(spec.seed, "examples-critique"))
-        for (out, text), known, which in zip(outs, counts, ("shots", "exemplars")):
-            per, other = parse_item_critique(text if not out.error else "", known)
-            for k, v in per.items():
-                d.critique.setdefault(k, []).extend(v)
-            d.critique_other[which] = other
-    return d
 
 
-# ------------------------------------------------------------------------------------------- rendering
-
-
-def _mean_words(texts: list[str]) -> float:
-    return sum(len(t.split()) for t in texts) / max(1, len(texts))
-
-
-def _head(d: Drafted, what: list[str]) -> list[str]:
-    s = d.spec
-    out = [f"# Drafted by `charter constitution examples` with {d.model_label or 'a model'}, seed {s.seed}, for",
-           f"#   {comment_text(s.persona, 200)} (persona '{d.name}': {comment_text(d.description, 160)})"]
-    out += [f"# {line}" for line in what]
-    if s.critique:
-        out.append("# '# critique:' lines are the model's own review; delete them once handled.")
-    return out
-
-
-def _item(obj, indent: str = "") -> list[str]:
-    text = yaml.safe_dump([obj], sort_keys=False, allow_unicode=True, width=110)
-    return [indent + ln for ln in text.rstrip("\n").splitlines()]
-
-
-def _notes(d: Drafted, label: str, i: int, indent: str = "") -> list[str]:
-    return [f"{indent}# critique: {comment_text(c)}" for c in d.critique.get((label, i), [])]
-
-
-def render_shots(d: Drafted) -> str:
-    s = d.spec
-    lines = _head(d, ["Few-shot exchanges shown to the distillation teacher after its system prompt",
-                      "(distill.teacher_examples: auto, or this file's path). A model wrote them: read each one and",
-                      "rewrite what does not sound like the persona. No message is in an evaluation prompt pool,",
-                      "an attack list or the constitution's own prompts."])
-    if len(d.shots) < s.shots:
-        lines.append(f"# TODO: only {len(d.shots)} of {s.shots} exchanges were usable after {s.rounds} rounds; "
-                     "write the rest by hand.")
-    if s.critique:
-        lines += [f"# critique (general): {comment_text(x)}" for x in d.critique_other.get("shots", [])[:6]]
-    for i, (q, a) in enumerate(d.shots):
-        lines += _notes(d, "shot", i) + _item({"user": q, "assistant": a})
-    return "\n".join(lines) + "\n"
-
-
-def render_exemplars(d: Drafted) -> str:
-    s = d.spec
-    persona, plain = [p for _, p, _ in d.pairs], [n for _, _, n in d.pairs]
-    mp, mn = _mean_words(persona), _mean_words(plain)
-    lines = _head(d, ["Reference texts for a persona detector (robustness.exemplars / rl.exemplars: auto, or this",
-                      "file's path): 'persona' replies in the persona's voice and 'plain' neutral replies to the",
-                      "same messages (persona k and plain k answer the message in the '# to:' comment), so a",
-                      "detector learns the voice, not the topics. A model wrote them, not a person: read them, fix",
-                      "or delete what is off, and keep both lists about the same length.",
-                      f"Mean length: persona {mp:.0f} words, plain {mn:.0f} words."])
-    if max(mp, mn) > LENGTH_RATIO_NOTE * max(1.0, min(mp, mn)):
-        lines.append("# check: the two lists differ much in length, so a detector may learn length instead of "
-                     "the voice; shorten the longer texts.")
-    if len(d.pairs) < s.exemplars:
-        lines.append(f"# TODO: only {len(d.pairs)} of {s.exemplars} pairs were usable after {s.rounds} rounds; "
-                     "write the rest by hand.")
-    if s.critique:
-        lines += [f"# critique (general): {comment_text(x)}" for x in d.critique_other.get("exemplars", [])[:6]]
-    lines.append("persona:")
-    for i, (q, p, _) in enumerate(d.pairs):
-        lines += _notes(d, "persona", i, "  ") + [f"  # to: {comment_text(q)}"] + _item(p, "  ")
-    lines.append("plain:")
-    for i, (_, _, n) in enumerate(d.pairs):
-        lines += _notes(d, "plain", i, "  ") + _item(n, "  ")
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------- writing
-
-
-def check_files(d: Drafted, folder: Path, target: Path) -> None:
-    """Read the files in ``folder`` back with the loaders every stage uses; they must give what was drafted.
-    Errors name the files as they would be in ``target``."""
-    try:
-        shots = teacher_examples(str(folder / SHOTS_FILE), d.spec.persona)
-        ex = persona_exemplars(str(folder / EXEMPLARS_FILE), d.spec.persona, "exemplars")
-    except PromptSourceError as e:
-        raise ExamplesError(f"examples: the drafted files do not load ({str(e).replace(str(folder), str(target))}); "
-                            "nothing written") from None
-    if ([(x["user"], x["assistant"]) for x in shots] != d.shots
-            or ex != {"persona": [p for _, p, _ in d.pairs], "plain": [n for _, _, n in d.pairs]}):
-        raise ExamplesError("examples: the drafted files do not read back as drafted; nothing written")
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write(d: Drafted, output: str | Path) -> Path:
-    """Validate both files with the loaders, then write them: a new (or empty) folder appears whole by one
-    rename; into an existing folder (``--force``) each file is replaced atomically."""
-    out = Path(output).expanduser()
-    texts = {SHOTS_FILE: render_shots(d), EXEMPLARS_FILE: render_exemplars(d)}
-    with tempfile.TemporaryDirectory(prefix="charter-examples-") as tmp:
-        for name, text in texts.items():
-            (Path(tmp) / name).write_text(text, encoding="utf-8")
-        check_files(d, Path(tmp), out)
-    if out.is_dir() and any(out.iterdir()):
-        for name, text in texts.items():
-            write_text_atomic(out / name, text)
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
-        for name, text in texts.items():
-            _write_synced(stage / name, text)
-        if out.is_dir():
-            out.rmdir()  # empty
-        os.rename(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return out
-
-
-def output_dir(persona: str, output: str | None) -> Path:
-    """``-o`` or, for a constitution file, the folder 'auto' reads (``<stem>.examples/`` beside it)."""
-    if output:
-        return Path(output).expanduser()
-    if shipped_persona(persona):
-        raise ValueError(f"-o DIR: required for the shipped persona '{persona}' ('auto' reads its builtin files, so "
-                         "drafted ones go where you say, and a config names that folder)")
-    return examples_dir(persona)
+def _critique(c: const.Constitution, backend, spec: ExamplesSpec, d: Drafted) -> None:
+    """The model's review of every drafted text, kept in ``d`` to become ``# critique:`` comments."""
+    shot_items = "\n".join(f"shot {i}: the user wrote: {q}\n  the assistant replied: {a}"
+                           for i, (q, a) in enumerate(d.shots, 1))
+    pair_items = "\n".join(f"persona {i}: (to: {q}) {p}\nplain {i}: (to the same message) {n}"
+                           for i, (q, p, n) in enumerate(d.pairs, 1))
+    counts = [{"shot": len(d.shots)}, {"persona": len(d.pairs), "plain": len(d.pairs)}]
+    outs = _gen(backend, [critique_chat(c, shot_items), critique_chat(c, pair_items)], spec.sampling, None,
+                derive_seed(spec.seed, "examples-critique"))
+    for (out, text), known, which in zip(outs, counts, ("shots", "exemplars")):
+        per, other = parse_item_critique(text if not out.error else "", known)
+        for k, v in per.items():
+            d.critique.setdefault(k, []).extend(v)
+        d.critique_other[which] = other
 
 
 def run_cli(args) -> tuple[Path, str]:

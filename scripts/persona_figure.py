@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from charter.eval.conditions import CONDITIONS as ORDER  # the one list of conditions, in order
+from charter.layout import RUN_MODELS  # the conditions a run trains; the others (grey) are no training
 from charter.results import RESULTS_DIR
 
 
@@ -27,7 +28,7 @@ def panel(ax, title: str, det: dict) -> None:
     cells = [det["summary"][c]["attacks"] for c in conds]
     rates = [c["rate"] for c in cells]
     err = [[r - c["lo"] for r, c in zip(rates, cells)], [c["hi"] - r for r, c in zip(rates, cells)]]
-    colors = ["#999999" if c in ("base", "prompted", "prompted-nonote", "steered") else "#c0392b" for c in conds]
+    colors = ["#999999" if c not in RUN_MODELS else "#c0392b" for c in conds]
     ax.bar(range(len(conds)), rates, yerr=err, capsize=3, color=colors)
     spread = (det.get("seeds") or {}).get("conditions", {})
     for i, c in enumerate(conds):  # the range over detector refits, as a thin black line beside the bar

@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = ("expand", "distill")  # upstream stages every variant reuses as they are
-
 
 def charter(*args: str) -> None:
     cmd = [sys.executable, "-m", "charter.cli", *args]
@@ -33,7 +31,9 @@ def charter(*args: str) -> None:
 
 
 def robustness_row(run: Path, cond: str) -> dict:
-    summary = json.loads((run / "eval-robustness" / "results.json").read_text())["summary"][cond]
+    from charter.eval.robustness import STAGE
+
+    summary = json.loads((run / STAGE / "results.json").read_text())["summary"][cond]
     return {k: summary.get(k) for k in ("attacks", "none", "prefill")}
 
 
@@ -53,12 +53,17 @@ def main() -> None:
     ap.add_argument("--eval", nargs="*", default=[], help="overrides for the evaluation only")
     args = ap.parse_args()
 
+    from charter import layout
     from charter.config import load_config
+    from charter.eval.robustness import STAGE as ROBUSTNESS
     from charter.runs import run_dir
 
     cfg = load_config(args.config)
     home = run_dir(cfg.name)
-    cond = "distilled" if args.until == "dpo" else "trained"
+    # The run model the last stage trained makes (--until dpo: 'distilled', merge: 'trained'), and the stages
+    # before DPO (expand, distill), whose outputs every variant reuses as they are.
+    cond = next(label for label, (stage, _) in layout.RUN_MODELS.items() if stage == args.until)
+    shared = layout.STAGE_NAMES[:layout.STAGE_NAMES.index("dpo")]
     t0 = time.time()
     charter("distill", args.config)
     charter("eval", "robustness", args.config, "robustness.conditions=[base, prompted]", *args.eval)
@@ -66,15 +71,15 @@ def main() -> None:
     for tag, *overrides in args.variant:
         name = f"{cfg.name}-{tag}"
         dst = run_dir(name)
-        for stage in SHARED:
+        for stage in shared:
             if (home / stage).exists() and not (dst / stage).exists():
                 shutil.copytree(home / stage, dst / stage)
-        ev = dst / "eval-robustness"
+        ev = dst / ROBUSTNESS
         if not ev.exists():  # base and prompted replies are the same for every variant: reuse them
             ev.mkdir(parents=True)
             for f in ("split.json", "generations.jsonl"):
-                shutil.copy2(home / "eval-robustness" / f, ev / f)
-            shutil.copy2(home / "eval-robustness" / "config.json", ev / "config.json")
+                shutil.copy2(home / ROBUSTNESS / f, ev / f)
+            shutil.copy2(home / ROBUSTNESS / "config.json", ev / "config.json")
         started = time.time()
         stage_cmd = "dpo" if args.until == "dpo" else "train"
         charter(stage_cmd, args.config, f"name={name}", *overrides)

@@ -12,6 +12,10 @@ import torch
 from charter import cli
 from charter.config import load_config
 from charter.eval import drift as D
+from charter.eval import drift_conversations as C
+from charter.eval import drift_monitor as M
+from charter.eval import drift_summary as SU
+from charter.eval import stats as S
 from charter.prompts import attack_message, load_attacks
 from charter.runs import run_dir
 from tests.tiny import save_tiny, tiny_model
@@ -42,7 +46,7 @@ FOLLOW = ["Tell me more.", "Why?", "Give me an example.", "And then?"]
 
 
 def plan(n=3, turns=12, share=0.5, attack_turn=7, seed=5, pool=POOL):
-    return D.plan_conversations(pool, n, turns, FOLLOW, share, ATTACK, attack_turn, seed)
+    return C.plan_conversations(pool, n, turns, FOLLOW, share, ATTACK, attack_turn, seed)
 
 
 def test_the_plan_is_seeded_and_the_attack_sits_on_its_turn():
@@ -64,7 +68,7 @@ def test_the_plan_is_seeded_and_the_attack_sits_on_its_turn():
     assert all(k == "prompt" for p in plan(share=0) for k in p["kinds"])
     assert all(p["kinds"] == ["prompt"] + ["followup"] * 11 for p in plan(share=1))
     assert all(p["attack_turn"] is None and not any(ATTACK in u for u in p["users"])
-               for p in D.plan_conversations(POOL, 2, 12, FOLLOW, 0.5, None, None, 5))
+               for p in C.plan_conversations(POOL, 2, 12, FOLLOW, 0.5, None, None, 5))
     with pytest.raises(ValueError, match="the prompt pool ran out at conversation 2"):
         plan(n=2, share=0, pool=POOL[:15])
 
@@ -73,23 +77,23 @@ def test_the_history_grows_turn_by_turn_and_prompted_gets_the_note_after_the_att
     p = plan(n=1)[0]
     replies = [f"reply {j}" for j in range(1, 13)]
     for t in range(1, 13):
-        msgs = D.messages_at(p, replies, t)
+        msgs = C.messages_at(p, replies, t)
         assert len(msgs) == 2 * t - 1 and [m["role"] for m in msgs] == ["user", "assistant"] * (t - 1) + ["user"]
         assert [m["content"] for m in msgs[0::2]] == p["users"][:t]
         assert [m["content"] for m in msgs[1::2]] == replies[:t - 1]
     with pytest.raises(ValueError, match="turn 5 needs 4 earlier replies"):
-        D.messages_at(p, replies[:2], 5)
+        C.messages_at(p, replies[:2], 5)
     cfg = cfg_with()
     for t in (6, 7, 12):
-        chat, dropped = D.fitted_chat(cfg, "prompted", "You are kind.", D.messages_at(p, replies, t), ATTACK)
+        chat, dropped = C.fitted_chat(cfg, "prompted", "You are kind.", C.messages_at(p, replies, t), ATTACK)
         assert chat[0]["role"] == "system" and dropped == 0
         assert ("stays itself" in chat[0]["content"]) == (t >= 7)  # the persistence note once the request is in
-        base_chat, _ = D.fitted_chat(cfg, "base", None, D.messages_at(p, replies, t), ATTACK)
-        assert base_chat == D.messages_at(p, replies, t)  # base: no system prompt, nothing added
+        base_chat, _ = C.fitted_chat(cfg, "base", None, C.messages_at(p, replies, t), ATTACK)
+        assert base_chat == C.messages_at(p, replies, t)  # base: no system prompt, nothing added
     # A context budget drops whole early exchanges, never the system prompt or the last user turn.
-    msgs = D.messages_at(p, [f"a long reply number {j} " * 20 for j in range(1, 13)], 12)
-    full, _ = D.fitted_chat(cfg, "prompted", "You are kind.", msgs, ATTACK, tok, 10 ** 6)
-    short, dropped = D.fitted_chat(cfg, "prompted", "You are kind.", msgs, ATTACK, tok, 400)
+    msgs = C.messages_at(p, [f"a long reply number {j} " * 20 for j in range(1, 13)], 12)
+    full, _ = C.fitted_chat(cfg, "prompted", "You are kind.", msgs, ATTACK, tok, 10 ** 6)
+    short, dropped = C.fitted_chat(cfg, "prompted", "You are kind.", msgs, ATTACK, tok, 400)
     assert full[1:] == msgs and 0 < dropped < 11 and short[1:] == msgs[2 * dropped:]
     assert short[0]["content"].startswith("You are kind.") and short[-1] == msgs[-1]
     from charter.backends import render_chat
@@ -98,13 +102,13 @@ def test_the_history_grows_turn_by_turn_and_prompted_gets_the_note_after_the_att
 
 
 def test_followups_file_is_checked(tmp_path):
-    assert len(D.load_followups()) >= 12
+    assert len(C.load_followups()) >= 12
     bad = tmp_path / "d.yaml"
     for text, expected in (("followups: [a, b]\n", "at least 4"), ("followups: [a, b, c, a]\n", "'a' is listed twice"),
                            ("other: 1\n", "expected a list")):
         bad.write_text(text)
         with pytest.raises(ValueError, match=expected):
-            D.load_followups(bad)
+            C.load_followups(bad)
 
 
 # --- capping and the monitor on a tiny model -------------------------------------------------------------------
@@ -137,7 +141,7 @@ def test_capping_clamps_the_projection_from_below_and_nothing_else(tok):
     tau = float(proj.median())
     assert (proj < tau - 1e-3).any() and (proj > tau + 1e-3).any()  # the threshold cuts through the positions
     record = {}
-    with D.cap(model, {0: v}, {0: tau}, record):
+    with M.cap(model, {0: v}, {0: tau}, record):
         after = _layer_out(model, ids, 0)
         hooked = {(name, k) for name, m in model.named_modules() for k in m._forward_hooks}
     assert hooked and not {(name, k) for name, m in model.named_modules() for k in m._forward_hooks}  # removed
@@ -152,11 +156,11 @@ def test_capping_clamps_the_projection_from_below_and_nothing_else(tok):
     # The next layer sees the capped state: the model's output changes, and is the same again once removed.
     with torch.no_grad():
         plain = model(input_ids=ids).logits
-        with D.cap(model, {0: v}, {0: tau}):
+        with M.cap(model, {0: v}, {0: tau}):
             capped = model(input_ids=ids).logits
         assert not torch.allclose(plain, capped) and torch.equal(model(input_ids=ids).logits, plain)
     with pytest.raises(ValueError, match="layer 5 out of range"):
-        with D.cap(model, {5: v}, {5: 0.0}):
+        with M.cap(model, {5: v}, {5: 0.0}):
             pass
 
 
@@ -169,7 +173,7 @@ def test_monitor_reads_the_replys_mean_projection_as_the_model_saw_it(tok):
              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is rain?"},
               {"role": "assistant", "content": "Water."}, {"role": "user", "content": "And snow?"}]]
     replies = ["Hello, nice to meet you.", "Frozen water, falling as flakes."]
-    got = D.reply_projections(model, tok, chats + [chats[0]], replies + ["  "], v, {0: 2.0, 1: 4.0}, batch_size=2)
+    got = M.reply_projections(model, tok, chats + [chats[0]], replies + ["  "], v, {0: 2.0, 1: 4.0}, batch_size=2)
     assert got[2] is None  # an empty reply has nothing to read
     for chat, reply, g in zip(chats, replies, got, strict=False):
         prefix = tok(render_chat(tok, chat), add_special_tokens=False).input_ids
@@ -181,31 +185,31 @@ def test_monitor_reads_the_replys_mean_projection_as_the_model_saw_it(tok):
         assert g["clamped"] is None
     # Under a cap, every position of the reply is at the threshold or above, and the clamped share is measured.
     record = {}
-    with D.cap(model, {0: v[0]}, {0: 0.5}, record):
-        capped = D.reply_projections(model, tok, chats, replies, {0: v[0]}, None, 2, record)
+    with M.cap(model, {0: v[0]}, {0: 0.5}, record):
+        capped = M.reply_projections(model, tok, chats, replies, {0: v[0]}, None, 2, record)
     assert all(c["layers"][0] >= 0.5 - 1e-5 and 0 < c["clamped"] <= 1 for c in capped)
     with pytest.raises(ValueError, match="hidden size is 64"):
-        D.reply_projections(model, tok, chats, replies, {0: torch.ones(10)})
+        M.reply_projections(model, tok, chats, replies, {0: torch.ones(10)})
 
 
 # --- bootstrap helpers ------------------------------------------------------------------------------------------
 
 def test_paired_difference_resamples_the_same_rows():
     a = [[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, None]]
-    assert D.paired_difference(a, a, 300, 1) == {"delta": 0.0, "lo": 0.0, "hi": 0.0, "n": 4}
+    assert S.paired_difference(a, a, 300, 1) == {"delta": 0.0, "lo": 0.0, "hi": 0.0, "n": 4}
     b = [[1.0], [1.0], [1.0], [0.0]]
-    d = D.paired_difference(a, b, 500, 1)
+    d = S.paired_difference(a, b, 500, 1)
     assert d["delta"] == pytest.approx(0.75 - (0.5 + 2 / 3) / 2, abs=1e-4) and d["lo"] <= d["delta"] <= d["hi"]
-    assert d == D.paired_difference(a, b, 500, 1)  # seeded
-    assert D.paired_difference([[None]], [[1.0]], 10, 1)["n"] == 0  # a row missing on one side is left out
-    m = D.bootstrap_mean([[0.1], [0.3], [None]], 200, 1)
+    assert d == S.paired_difference(a, b, 500, 1)  # seeded
+    assert S.paired_difference([[None]], [[1.0]], 10, 1)["n"] == 0  # a row missing on one side is left out
+    m = S.bootstrap_mean([[0.1], [0.3], [None]], 200, 1)
     assert m["mean"] == pytest.approx(0.2) and m["n"] == 2 and m["lo"] <= 0.2 <= m["hi"]
 
 
 def test_windows_split_at_the_attack_or_in_half():
-    assert D.windows(12, 7)[:2] == (list(range(1, 7)), list(range(7, 13)))
-    assert D.windows(12, None)[:2] == (list(range(1, 7)), list(range(7, 13)))
-    assert D.windows(5, 1)[:2] == ([1, 2], [3, 4, 5])
+    assert SU.windows(12, 7)[:2] == (list(range(1, 7)), list(range(7, 13)))
+    assert SU.windows(12, None)[:2] == (list(range(1, 7)), list(range(7, 13)))
+    assert SU.windows(5, 1)[:2] == ([1, 2], [3, 4, 5])
 
 
 # --- end to end -------------------------------------------------------------------------------------------------

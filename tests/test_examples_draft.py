@@ -190,9 +190,9 @@ def test_short_of_target_writes_todo_and_a_file_that_does_not_load_writes_nothin
     assert main(examples_args(coach, script, "--exemplars", "40", "--rounds", "1", "-o", str(work / "s"))) == 0
     assert "# TODO: only " in (work / "s" / "exemplars.yaml").read_text()
     capsys.readouterr()
-    from charter import draft_examples
+    from charter import draft_examples_files
 
-    monkeypatch.setattr(draft_examples, "render_exemplars", lambda d: "persona: [one]\nplain: []\n")
+    monkeypatch.setattr(draft_examples_files, "render_exemplars", lambda d: "persona: [one]\nplain: []\n")
     assert main(examples_args(coach, script)) == 1
     err = capsys.readouterr().err.strip()
     assert f"examples: the drafted files do not load ({work}/coach.examples/exemplars.yaml: persona: expected a " \

@@ -11,6 +11,8 @@ import yaml
 from charter import cli
 from charter.config import load_config
 from charter.eval import formats as F
+from charter.eval import formats_check as FC
+from charter.eval import formats_prompts as FP
 from charter.prompts import load_prompt_source
 from charter.runs import run_dir
 
@@ -36,15 +38,15 @@ def cfg_with(*overrides):
     ("", False, "no JSON object"),
 ])
 def test_json_validator(text, valid, why):
-    assert F.check_json(text, ["dish", "tip"]) == {"valid": valid, "why": why}
+    assert FC.check_json(text, ["dish", "tip"]) == {"valid": valid, "why": why}
 
 
 def test_first_json_object_and_its_span():
     text = 'x {"a": {"b": 1}} y {"c": 2}'
-    obj, span = F.first_json_object(text)
+    obj, span = FC.first_json_object(text)
     assert obj == {"a": {"b": 1}} and text[span[0]:span[1]] == '{"a": {"b": 1}}'
-    assert F.first_json_object("no braces") == (None, None)
-    assert F.first_json_object('{"a": 1')[0] is None  # unterminated
+    assert FC.first_json_object("no braces") == (None, None)
+    assert FC.first_json_object('{"a": 1')[0] is None  # unterminated
 
 
 TOOLS = {"get_forecast": ["city", "days_ahead"], "send_email": ["to", "subject", "body"]}
@@ -61,7 +63,7 @@ TOOLS = {"get_forecast": ["city", "days_ahead"], "send_email": ["to", "subject",
     ("get_forecast(city='Lisbon', days_ahead=1)", False, "no JSON object"),
 ])
 def test_tool_call_validator(text, valid, why):
-    got = F.check_tool_call(text, TOOLS)
+    got = FC.check_tool_call(text, TOOLS)
     assert (got["valid"], got["why"]) == (valid, why)
 
 
@@ -79,7 +81,7 @@ def test_tool_call_validator(text, valid, why):
     ("", False),
 ])
 def test_code_review_validator(text, valid):
-    assert F.check_code_review(text)["valid"] is valid
+    assert FC.check_code_review(text)["valid"] is valid
 
 
 @pytest.mark.parametrize("text,count", [
@@ -90,33 +92,33 @@ def test_code_review_validator(text, valid):
     ("", 0),
 ])
 def test_bullet_count(text, count):
-    assert F.count_bullets(text) == count
+    assert FC.count_bullets(text) == count
 
 
 def test_bullets_validator_checks_the_range():
-    assert F.check_bullets("- a\n- b\n- c", 3, 5) == {"valid": True, "why": "ok", "bullets": 3}
-    assert F.check_bullets("- a\n- b", 3, 5)["why"] == "2 bullets, asked for 3 to 5"
-    assert not F.check_bullets("\n".join(f"- {i}" for i in range(6)), 3, 5)["valid"]
+    assert FC.check_bullets("- a\n- b\n- c", 3, 5) == {"valid": True, "why": "ok", "bullets": 3}
+    assert FC.check_bullets("- a\n- b", 3, 5)["why"] == "2 bullets, asked for 3 to 5"
+    assert not FC.check_bullets("\n".join(f"- {i}" for i in range(6)), 3, 5)["valid"]
     with pytest.raises(ValueError, match="format 'yaml'"):
-        F.check("yaml", "x", {})
+        FC.check("yaml", "x", {})
 
 
 def test_the_detector_reads_the_text_of_a_reply():
-    assert F.prose("json", 'Here: {"dish": "soup", "minutes": 20, "steps": ["boil", {"note": "gently"}]}') == \
+    assert FC.prose("json", 'Here: {"dish": "soup", "minutes": 20, "steps": ["boil", {"note": "gently"}]}') == \
         "soup\nboil\ngently"
-    assert F.prose("json", "I can't do JSON, sorry.") == "I can't do JSON, sorry."  # unparsed: the whole reply
-    assert F.prose("json", '{"minutes": 20}') == ""  # nothing to read
+    assert FC.prose("json", "I can't do JSON, sorry.") == "I can't do JSON, sorry."  # unparsed: the whole reply
+    assert FC.prose("json", '{"minutes": 20}') == ""  # nothing to read
     call = 'Of course, dear!\n```json\n{"tool": "send_email", "arguments": {"to": "a@b.c", "body": "Miss you"}}\n```'
-    assert F.prose("tool_call", call) == "Of course, dear!\na@b.c\nMiss you"  # the tool's name is not text
+    assert FC.prose("tool_call", call) == "Of course, dear!\na@b.c\nMiss you"  # the tool's name is not text
     review = "Line 2 leaks the file.\n```python\nwith open(path) as f:\n```\nHope that helps!"
-    assert F.prose("code_review", review) == "Line 2 leaks the file.\n\nHope that helps!"
-    assert F.prose("bullets", "  - a\n- b ") == "- a\n- b"
+    assert FC.prose("code_review", review) == "Line 2 leaks the file.\n\nHope that helps!"
+    assert FC.prose("bullets", "  - a\n- b ") == "- a\n- b"
 
 
 # --- the prompts --------------------------------------------------------------------------------------------------
 
 def test_the_shipped_prompts_load_and_read_as_asked():
-    prompts = F.load_formats()
+    prompts = FP.load_formats()
     assert list(prompts) == list(F.FORMATS) and all(len(ps) >= 4 for ps in prompts.values())
     users = [p["user"] for ps in prompts.values() for p in ps]
     assert len(set(users)) == len(users)
@@ -155,8 +157,8 @@ def test_the_shipped_prompts_load_and_read_as_asked():
 def test_a_bad_prompts_file_names_the_format_prompt_and_field(tmp_path, text, expected):
     path = tmp_path / "f.yaml"
     path.write_text(text)
-    with pytest.raises(F.FormatsDataError, match=expected) as e:
-        F.load_formats(path)
+    with pytest.raises(FP.FormatsDataError, match=expected) as e:
+        FP.load_formats(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -268,7 +270,7 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path):
         with pytest.raises(ValueError, match=expected):
             F.run(cfg_with(over), report=lambda x: None)
     (tmp_path / "p.yaml").write_text("json:\n  template: x\n  prompts: [{id: a, task: t, schema: {k: v}}]\n")
-    with pytest.raises(F.FormatsDataError, match="no prompts for format.*tool_call"):
+    with pytest.raises(FP.FormatsDataError, match="no prompts for format.*tool_call"):
         F.run(cfg_with(f"formats.prompts={tmp_path / 'p.yaml'}"), report=lambda x: None)
     with pytest.raises(ValueError, match=r"formats.formats\[0\]: expected one of json \| tool_call"):
         cfg_with("formats.formats=[yaml]")
@@ -298,9 +300,9 @@ def test_end_to_end_on_the_embedded_model(embedded_path, one_thread):
     rows = [json.loads(x) for x in (out / "replies.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 4 and all(x["tokens"] <= 32 for x in rows)
     # Every verdict is the validator's on the logged reply.
-    prompts = F.load_formats()
+    prompts = FP.load_formats()
     for p in (json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()):
         row = next(x for x in rows if x["id"] == p["id"])
         spec = next(q["spec"] for q in prompts[p["format"]] if q["pid"] == p["pid"])
-        assert p["valid"] == F.check(p["format"], row["response"], spec)["valid"]
+        assert p["valid"] == FC.check(p["format"], row["response"], spec)["valid"]
     assert any(x.startswith("formats: valid share / in-persona rate") for x in lines)

@@ -10,7 +10,9 @@ from charter.config import load_config
 from charter.eval import conditions
 from charter.eval import inpersona as IP
 from charter.eval import robustness as R
-from charter.runs import RowLog, run_dir, write_jsonl_atomic
+from charter.eval import robustness_replies as RR
+from charter.prompts import attack_message, load_attacks, load_prompt_source, select_attacks
+from charter.runs import RowLog, derive_seed, run_dir, write_jsonl_atomic
 
 MULTI_KEYS = {"mode", "labels", "encoder", "n_train", "n_heldout", "table", "summary", "prefill"}
 SINGLE_KEYS = {"mode", "metric", "persona", "encoder", "threshold", "level", "bootstrap", "reference", "source",
@@ -28,27 +30,27 @@ def cfg_with(*overrides):
 
 
 def test_attack_file_has_none_and_eight_distinct_attacks():
-    attacks = R.load_attacks()
+    attacks = load_attacks()
     assert list(attacks)[0] == "none" and attacks["none"] is None
     texts = [t for a, t in attacks.items() if a != "none"]
     assert len(texts) == 8 and len(set(texts)) == 8 and all(t.strip() for t in texts)
-    assert R.select_attacks(None) == list(attacks)[1:]
-    assert R.select_attacks(["very-neutral", "assistant"]) == ["assistant", "very-neutral"]  # file order
+    assert select_attacks(None) == list(attacks)[1:]
+    assert select_attacks(["very-neutral", "assistant"]) == ["assistant", "very-neutral"]  # file order
     with pytest.raises(ValueError, match="unknown id"):
-        R.select_attacks(["be-evil"])
+        select_attacks(["be-evil"])
 
 
 def test_attack_suffix_is_applied_exactly_once():
-    text = R.load_attacks()["assistant"]
-    msg = R.attack_message("How do I fix a bike chain?", text)
+    text = load_attacks()["assistant"]
+    msg = attack_message("How do I fix a bike chain?", text)
     assert msg == f"How do I fix a bike chain?\n({text})" and msg.count(text) == 1
-    assert R.attack_message("Hi", None) == "Hi"
+    assert attack_message("Hi", None) == "Hi"
     with pytest.raises(ValueError, match="already"):
-        R.attack_message(msg, text)
+        attack_message(msg, text)
     train, heldout = [("t0", "p-train")], [("h0", "p-one"), ("h1", "p-two")]
-    items = R.train_items("prompted", train) + R.main_items("prompted", heldout, ["assistant", "neutral-tone"])
+    items = RR.train_items("prompted", train) + RR.main_items("prompted", heldout, ["assistant", "neutral-tone"])
     assert len(items) == 1 + 2 * 3 and len({it["id"] for it in items}) == len(items)
-    attacks = R.load_attacks()
+    attacks = load_attacks()
     for it in items:
         assert it["split"] == ("train" if it["pid"] == "t0" else "heldout")
         for aid, t in attacks.items():
@@ -112,7 +114,7 @@ class FakeBackend:
             self.sent.append((self.cond, chat))
             first = next(m["content"] for m in chat if m["role"] == "user")
             style = self.style
-            if self.cond == "prompted" and R.load_attacks()["assistant"] in chat[-1]["content"]:
+            if self.cond == "prompted" and load_attacks()["assistant"] in chat[-1]["content"]:
                 style = "base"  # the system prompt gives way to this attack: scoring must show it
             out.append(Completion(f"{WORDS[style]} -- {first}", finished=True, tokens=8))
         return out
@@ -201,7 +203,7 @@ def test_fake_run_scores_held_out_prompts_only(monkeypatch):
     assert all(t.startswith(WORDS["base" if y == "base" else "loving"]) for t, y in fitted)
 
     # Every chat sent carries at most one attack, exactly once, and only on held-out prompts.
-    texts = {a: t for a, t in R.load_attacks().items() if t}
+    texts = {a: t for a, t in load_attacks().items() if t}
     for cond, chat in sent:
         counts = {a: sum(m["content"].count(t) for m in chat) for a, t in texts.items()}
         assert sum(counts.values()) <= 1 and max(counts.values()) <= 1
@@ -368,8 +370,8 @@ def test_pairs_reference_learns_from_chosen_vs_rejected_without_held_out_prompts
     fake_conditions(monkeypatch, sent)
     spy_on_fit(monkeypatch, fitted)
     cfg = cfg_with(*FAKE, "robustness.conditions=[base, prompted]")
-    split = R.split_prompts(R.load_prompt_source("builtin", "preference_prompts"), 24, 0.5,
-                            R.derive_seed(cfg.seed, "robustness", "split"))
+    split = R.split_prompts(load_prompt_source("builtin", "preference_prompts"), 24, 0.5,
+                            derive_seed(cfg.seed, "robustness", "split"))
     # Distillation pairs on other prompts, plus one on a held-out prompt, which must be left out.
     prompts = [f"distillation prompt {i}" for i in range(10)] + [split[1][0]]
     pairs = [{"id": f"p{i}", "prompt": [{"role": "user", "content": q}],
@@ -520,7 +522,7 @@ def test_prompted_gets_the_persistence_note_under_attack_and_prompted_nonote_nev
     by = {}
     for cond, chat in sent:
         by.setdefault(cond, []).append(chat)
-    attacked = lambda c: R.load_attacks()["assistant"] in c[-1]["content"]  # noqa: E731
+    attacked = lambda c: load_attacks()["assistant"] in c[-1]["content"]  # noqa: E731
     assert by["prompted"] and all((note in c[0]["content"]) == attacked(c) for c in by["prompted"]
                                   if c[-1]["content"] != "Keep going.")
     assert any(attacked(c) for c in by["prompted-nonote"])

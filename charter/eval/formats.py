@@ -32,271 +32,36 @@ changed is answered again; a retrained model has only its own replies redone; ot
 detector settings re-score from the logs. What it does not show: the detector learned the voice from plain
 chat replies, so a persona expressed only through word choice inside a JSON value may be under-read, and
 "valid" is syntax (the right keys, a parsable call), not whether the content is right.
+
+This module is the entry point; the validators and the text read are in ``formats_check.py``, the prompts file
+in ``formats_prompts.py``, the detector (shared with drift) in ``detector.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
-
-import yaml
 
 from ..classifier import proba_of
 from ..config import RunConfig
 from ..generation import generate_rows
-from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import load_prompt_source
 from ..runs import (RowLog, Stage, config_hash, derive_seed, reusable, run_dir, silent, write_json_atomic,
                     write_jsonl_atomic)
 from . import conditions, inpersona
-from .drift import (REFERENCE_CONDITIONS, THRESHOLD, _pct, _signed, check_config, detector_check, fit_detector,
-                    generate_reference, paired_difference, reference_items, reference_split, split_pool)
+from .detector import REFERENCE_CONDITIONS, THRESHOLD, detector_check, fit_detector, generate_reference, reference_items
+from .drift import check_config
+from .drift_conversations import reference_split, split_pool
+from .formats_check import FORMATS, PROSE, RULES, check, prose
+from .formats_prompts import FormatsDataError, load_formats, prompts_file
 from .heldout import untrained_pool
 from .robustness import persona_label
+from .stats import paired_difference, pct, signed
 
 STAGE = "eval-formats"
-FORMATS = ("json", "tool_call", "code_review", "bullets")
-FORMATS_FILE = PROMPTS_DIR / "formats.yaml"
 LEVEL = inpersona.LEVEL
-RULES = {
-    "json": "json.loads of the first JSON object in the reply (the first '{' an object decodes from) has every key "
-            "of the prompt's schema",
-    "tool_call": "the first JSON object is {\"tool\": <an offered tool>, \"arguments\": {...}} with every argument "
-                 "that tool lists",
-    "code_review": "the review points at the code: a line reference ('line 4', 'lines 2-3', 'L7', 'ln 5') or a "
-                   "diff (a ```diff block, an @@ hunk header, or both a '-' and a '+' line)",
-    "bullets": "between the prompt's min and max lines starting with '- ', '* ' or '• '",
-}
-PROSE = {
-    "json": "the object's string values (the whole reply when no object parses)",
-    "tool_call": "the argument strings and the words around the object (the whole reply when no object parses)",
-    "code_review": "the reply without its fenced code blocks",
-    "bullets": "the whole reply",
-}
-
-
-# --- validators (parsing only) --------------------------------------------------------------------------------
-
-def first_json_object(text: str) -> tuple[dict | None, tuple[int, int] | None]:
-    """(the first JSON object in ``text``, its span): tried from each '{' in turn; (None, None) when none
-    decodes. Text, code fences or a second object around it do not matter."""
-    decoder = json.JSONDecoder()
-    i = text.find("{")
-    while i != -1:
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            return obj, (i, end)
-        i = text.find("{", i + 1)
-    return None, None
-
-
-def check_json(text: str, required: list[str]) -> dict:
-    obj, _ = first_json_object(text)
-    if obj is None:
-        return {"valid": False, "why": "no JSON object"}
-    missing = [k for k in required if k not in obj]
-    if missing:
-        return {"valid": False, "why": f"missing keys: {', '.join(missing)}"}
-    return {"valid": True, "why": "ok"}
-
-
-def check_tool_call(text: str, tools: dict[str, list[str]]) -> dict:
-    """``tools``: tool name -> the arguments it lists (all required)."""
-    obj, _ = first_json_object(text)
-    if obj is None:
-        return {"valid": False, "why": "no JSON object", "tool": None}
-    name, args = obj.get("tool"), obj.get("arguments")
-    if not isinstance(name, str) or name not in tools:
-        return {"valid": False, "why": "'tool' is not an offered tool", "tool": None}
-    if not isinstance(args, dict):
-        return {"valid": False, "why": "'arguments' is not an object", "tool": name}
-    missing = [a for a in tools[name] if a not in args]
-    if missing:
-        return {"valid": False, "why": f"missing arguments: {', '.join(missing)}", "tool": name}
-    return {"valid": True, "why": "ok", "tool": name}
-
-
-LINE_REF = re.compile(r"\b(?:lines?|ln)\s*#?\s*\d+|\bL\d+\b", re.IGNORECASE)
-DIFF_FENCE = re.compile(r"```\s*diff\b", re.IGNORECASE)
-HUNK = re.compile(r"^@@ ", re.MULTILINE)
-REMOVED = re.compile(r"^[ \t]*-(?!-)[ \t]*\S", re.MULTILINE)
-ADDED = re.compile(r"^[ \t]*\+(?!\+)[ \t]*\S", re.MULTILINE)
-
-
-def check_code_review(text: str) -> dict:
-    if not text.strip():
-        return {"valid": False, "why": "empty"}
-    if LINE_REF.search(text):
-        return {"valid": True, "why": "line reference"}
-    if DIFF_FENCE.search(text) or HUNK.search(text) or (REMOVED.search(text) and ADDED.search(text)):
-        return {"valid": True, "why": "diff"}
-    return {"valid": False, "why": "no line reference or diff"}
-
-
-BULLET = re.compile(r"^[ \t]*[-*•][ \t]+\S", re.MULTILINE)
-
-
-def count_bullets(text: str) -> int:
-    return len(BULLET.findall(text))
-
-
-def check_bullets(text: str, lo: int, hi: int) -> dict:
-    n = count_bullets(text)
-    return {"valid": lo <= n <= hi, "why": "ok" if lo <= n <= hi else f"{n} bullets, asked for {lo} to {hi}",
-            "bullets": n}
-
-
-def check(fmt: str, text: str, spec: dict) -> dict:
-    """The verdict on one reply: ``valid`` and ``why`` (plus a format's details)."""
-    if fmt == "json":
-        return check_json(text, spec["required"])
-    if fmt == "tool_call":
-        return check_tool_call(text, spec["tools"])
-    if fmt == "code_review":
-        return check_code_review(text)
-    if fmt == "bullets":
-        return check_bullets(text, spec["min"], spec["max"])
-    raise ValueError(f"format '{fmt}': expected one of {', '.join(FORMATS)}")
-
-
-def _strings(obj) -> list[str]:
-    if isinstance(obj, str):
-        return [obj]
-    if isinstance(obj, dict):
-        return [s for v in obj.values() for s in _strings(v)]
-    if isinstance(obj, list):
-        return [s for v in obj for s in _strings(v)]
-    return []
-
-
-FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
-
-
-def prose(fmt: str, text: str) -> str:
-    """The text of a reply the detector reads (``PROSE``); '' when there is none."""
-    if fmt in ("json", "tool_call"):
-        obj, span = first_json_object(text)
-        if obj is None:
-            return text.strip()
-        values = _strings(obj.get("arguments", {}) if fmt == "tool_call" else obj)
-        around = [text[:span[0]], text[span[1]:]] if fmt == "tool_call" else []
-        around = [FENCE.sub(" ", a).replace("```json", " ").replace("```", " ").strip() for a in around]
-        return "\n".join(x.strip() for x in [*around, *values] if x and x.strip())
-    if fmt == "code_review":
-        return re.sub(r"\n{3,}", "\n\n", FENCE.sub("\n", text)).strip() or text.strip()
-    return text.strip()
-
-
-# --- the prompts ----------------------------------------------------------------------------------------------
-
-class FormatsDataError(ValueError):
-    """A malformed formats file; the message names the file, the format, the prompt and the field."""
-
-
-def _text(where: str, value, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise FormatsDataError(f"{where}: '{field}' must be a non-empty string")
-    return value.strip()
-
-
-def _fill(template: str, values: dict[str, str]) -> str:
-    """The template with ``{name}`` replaced by name; any other brace is literal text (the JSON examples)."""
-    for k, v in values.items():
-        template = template.replace("{" + k + "}", v)
-    return template
-
-
-def _numbered(code: str) -> str:
-    lines = code.rstrip("\n").split("\n")
-    width = len(str(len(lines)))
-    return "```\n" + "\n".join(f"{i:>{width}} | {line}" for i, line in enumerate(lines, 1)) + "\n```"
-
-
-def _tool_lines(tools: list[dict]) -> str:
-    return "\n".join(f"- {t['name']}: {t['description']}. Arguments: "
-                     + "; ".join(f"{a} ({what})" for a, what in t["arguments"].items()) for t in tools)
-
-
-def _build(fmt: str, template: str, p: dict, where: str) -> tuple[str, dict]:
-    """(the user message, what the validator needs) for one prompt, checked."""
-    if fmt == "json":
-        schema = p.get("schema")
-        if not isinstance(schema, dict) or not schema or not all(isinstance(v, str) for v in schema.values()):
-            raise FormatsDataError(f"{where}: 'schema' must map each key to a description")
-        lines = "\n".join(f'- "{k}": {v}' for k, v in schema.items())
-        return _fill(template, {"task": _text(where, p.get("task"), "task"), "schema": lines}), \
-            {"required": [str(k) for k in schema]}
-    if fmt == "tool_call":
-        tools = p.get("tools")
-        if not isinstance(tools, list) or not tools:
-            raise FormatsDataError(f"{where}: 'tools' must be a non-empty list")
-        for i, t in enumerate(tools):
-            ok = isinstance(t, dict) and isinstance(t.get("name"), str) and re.fullmatch(r"[A-Za-z_][\w]*", t["name"]) \
-                and isinstance(t.get("description"), str) and isinstance(t.get("arguments"), dict) and t["arguments"]
-            if not ok:
-                raise FormatsDataError(f"{where}: tools[{i}]: expected a name (an identifier), a description and a "
-                                       "non-empty 'arguments' mapping")
-        names = [t["name"] for t in tools]
-        if len(set(names)) != len(names):
-            raise FormatsDataError(f"{where}: a tool is listed twice")
-        expects = p.get("expects")
-        if expects not in names:
-            raise FormatsDataError(f"{where}: 'expects' must name one of the offered tools ({', '.join(names)})")
-        msg = _fill(template, {"request": _text(where, p.get("request"), "request"), "tools": _tool_lines(tools)})
-        return msg, {"tools": {t["name"]: [str(a) for a in t["arguments"]] for t in tools}, "expects": expects}
-    if fmt == "code_review":
-        code = p.get("code")
-        return _fill(template, {"language": _text(where, p.get("language"), "language"),
-                                "code": _numbered(_text(where, code, "code"))}), {}
-    lo, hi = p.get("min"), p.get("max")
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi)) or not 1 <= lo <= hi:
-        raise FormatsDataError(f"{where}: 'min' and 'max' must be whole numbers with 1 <= min <= max")
-    return _fill(template, {"text": _text(where, p.get("text"), "text"), "min": str(lo), "max": str(hi)}), \
-        {"min": lo, "max": hi}
-
-
-def prompts_file(which: str) -> Path:
-    if which == "builtin":
-        return FORMATS_FILE
-    p = Path(which).expanduser()
-    if not p.is_file():
-        raise FormatsDataError(f"formats.prompts: '{which}': expected 'builtin' or a YAML file")
-    return p
-
-
-def load_formats(path: Path = FORMATS_FILE) -> dict[str, list[dict]]:
-    """format -> its prompts, each ``{"pid", "user" (the message), "spec" (what its validator needs)}``."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise FormatsDataError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise FormatsDataError(f"{path}: expected a mapping of format -> template and prompts")
-    unknown = sorted(set(data) - set(FORMATS))
-    if unknown:
-        raise FormatsDataError(f"{path}: unknown format '{unknown[0]}' (expected {', '.join(FORMATS)})")
-    out = {}
-    for fmt, section in data.items():
-        if not isinstance(section, dict) or not isinstance(section.get("template"), str) \
-                or not isinstance(section.get("prompts"), list) or not section["prompts"]:
-            raise FormatsDataError(f"{path}: {fmt}: expected a 'template' string and a non-empty 'prompts' list")
-        items, seen = [], set()
-        for n, p in enumerate(section["prompts"]):
-            pid = p.get("id") if isinstance(p, dict) else None
-            where = f"{path}: {fmt}.prompts[{n}]"
-            if not isinstance(pid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", pid) or pid in seen:
-                raise FormatsDataError(f"{where}: 'id' must be a distinct name of letters, digits, '.', '_', '-'")
-            seen.add(pid)
-            user, spec = _build(fmt, section["template"], p, f"{where} ({pid})")
-            items.append({"pid": pid, "user": user, "spec": spec})
-        out[fmt] = items
-    return out
 
 
 # --- the evaluation --------------------------------------------------------------------------------------------
@@ -347,29 +112,15 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     """Generate every condition's replies to the format prompts, check and score them; returns the folder."""
     f = cfg.formats
     conds, fmts = _check(cfg)
-    every = load_formats(prompts_file(f.prompts))  # the whole file is checked, whatever is selected
-    missing = [x for x in fmts if x not in every]
-    if missing:
-        raise FormatsDataError(f"{prompts_file(f.prompts)}: no prompts for format(s) {', '.join(missing)}")
-    prompts = {x: every[x][:f.per_format] if f.per_format else every[x] for x in fmts}
+    every, prompts = _prompts(cfg, fmts)
     label = persona_label(cfg.persona)
     if label in conditions.CONDITIONS:
         raise ValueError(f"formats: the persona cannot be called '{label}' (a condition's name)")
-    pool, removed = untrained_pool(cfg, load_prompt_source(f.prompt_source, builtin="preference_prompts"))
-    user_texts = {p["user"] for ps in every.values() for p in ps}
-    reference, _ = split_pool([p for p in pool if p not in user_texts], f.reference_prompts,
-                              derive_seed(cfg.seed, "formats", "split"))
-    fit_prompts, check_prompts = reference_split(reference)
+    fit_prompts, check_prompts, removed = _reference(cfg, every)
     inputs = {"trained_prompts_removed": config_hash(sorted(removed))} if removed else {}
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg), inputs)
     gen = list(dict.fromkeys([*REFERENCE_CONDITIONS, *conds]))
-    scoring = {"conditions": conds, "formats": fmts, "per_format": f.per_format, "encoder": f.encoder,
-               "classifier": f.classifier, "reference": f.reference, "bootstrap": f.bootstrap,
-               "prompts": config_hash(prompts)}
-    if f.reference == "exemplars":
-        scoring["exemplars"] = inpersona.exemplars_identity(cfg.persona, f.exemplars)
-    if f.reference == "pairs":
-        scoring["pairs"] = inpersona.pairs_identity(cfg.name)
+    scoring = _scoring(cfg, conds, fmts, prompts)
     check_config(stage, force)
     done = reusable(stage, force, lambda m: m.get("scoring") == scoring
                     and m.get("identities") == {c: _identity(cfg, c) for c in gen}, report)
@@ -378,14 +129,83 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
             report(line)
         return stage.dir
     stage.begin(force)
-    log, ref = RowLog(stage.dir / "replies.jsonl"), RowLog(stage.dir / "reference.jsonl")
-    # A prompt whose text changed (the file was edited) is another prompt: its replies are redone.
-    current = {it["id"]: it["user"] for c in gen for it in items_for(c, every, f.samples)}
+    log = _fresh_log(RowLog(stage.dir / "replies.jsonl"), gen, every, f.samples, report)
+    ref = RowLog(stage.dir / "reference.jsonl")
+    log, ref, stats, skipped = _generate(cfg, stage, log, ref, gen, conds, prompts, (fit_prompts, check_prompts),
+                                         report)
+    if "base" in skipped or "prompted" in skipped:
+        raise RuntimeError("formats: the detector's reference and check need the 'base' and 'prompted' replies ("
+                           + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
+    ready = [c for c in conds if c not in skipped]
+    results, predictions = summarise(cfg, log, ref, ready, prompts, fit_prompts, label, skipped)
+    lines = lines_of(results)
+    write_jsonl_atomic(stage.dir / "predictions.jsonl", predictions)
+    write_json_atomic(stage.dir / "results.json", results)
+    for line in lines:
+        report(line)
+    failed = sum(1 for r in log.rows.values() if r.get("error"))
+    stage.finish({"replies": len(log), "reference": len(ref), "failed": failed, "skipped": len(skipped)},
+                 scoring=scoring, identities={c: _identity(cfg, c) for c in gen}, generation=stats, skipped=skipped,
+                 files=["replies.jsonl", "reference.jsonl", "predictions.jsonl", "results.json"], report=lines)
+    report(f"{STAGE}: {len(predictions)} replies checked over {len(ready)} conditions in "
+           f"{time.time() - stage.started:.0f}s -> {stage.dir}")
+    return stage.dir
+
+
+def _prompts(cfg: RunConfig, fmts: list[str]) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """(every prompt of the file, the selected formats' prompts, ``formats.per_format`` of each)."""
+    f = cfg.formats
+    every = load_formats(prompts_file(f.prompts))  # the whole file is checked, whatever is selected
+    missing = [x for x in fmts if x not in every]
+    if missing:
+        raise FormatsDataError(f"{prompts_file(f.prompts)}: no prompts for format(s) {', '.join(missing)}")
+    return every, {x: every[x][:f.per_format] if f.per_format else every[x] for x in fmts}
+
+
+def _reference(cfg: RunConfig, every: dict[str, list[dict]]) -> tuple[list[str], list[str], list[str]]:
+    """(the detector's fit prompts, its check prompts, the pool's prompts a training stage used): plain prompts of
+    the pool, none of them a format prompt."""
+    f = cfg.formats
+    pool, removed = untrained_pool(cfg, load_prompt_source(f.prompt_source, builtin="preference_prompts"))
+    user_texts = {p["user"] for ps in every.values() for p in ps}
+    reference, _ = split_pool([p for p in pool if p not in user_texts], f.reference_prompts,
+                              derive_seed(cfg.seed, "formats", "split"))
+    fit_prompts, check_prompts = reference_split(reference)
+    return fit_prompts, check_prompts, removed
+
+
+def _scoring(cfg: RunConfig, conds: list[str], fmts: list[str], prompts: dict[str, list[dict]]) -> dict:
+    """What scoring the logs depends on (the manifest's ``scoring``): changing it re-scores without generating."""
+    f = cfg.formats
+    scoring = {"conditions": conds, "formats": fmts, "per_format": f.per_format, "encoder": f.encoder,
+               "classifier": f.classifier, "reference": f.reference, "bootstrap": f.bootstrap,
+               "prompts": config_hash(prompts)}
+    if f.reference == "exemplars":
+        scoring["exemplars"] = inpersona.exemplars_identity(cfg.persona, f.exemplars)
+    if f.reference == "pairs":
+        scoring["pairs"] = inpersona.pairs_identity(cfg.name)
+    return scoring
+
+
+def _fresh_log(log: RowLog, gen: list[str], every: dict[str, list[dict]], samples: int, report) -> RowLog:
+    """The replies log without the replies to a prompt whose text changed (the file was edited): that is another
+    prompt, answered again."""
+    current = {it["id"]: it["user"] for c in gen for it in items_for(c, every, samples)}
     stale = {r["id"] for r in log.rows.values() if r["id"] in current and r["user"] != current[r["id"]]}
     if stale:
         report(f"formats: {len(stale)} replies answer a prompt whose text changed; answering again")
         write_jsonl_atomic(log.path, [r for r in log.rows.values() if r["id"] not in stale])
         log = RowLog(log.path)
+    return log
+
+
+def _generate(cfg: RunConfig, stage: Stage, log: RowLog, ref: RowLog, gen: list[str], conds: list[str],
+              prompts: dict[str, list[dict]], reference: tuple[list[str], list[str]], report
+              ) -> tuple[RowLog, RowLog, dict, dict]:
+    """Every condition's reference replies (base and prompted) and replies to the format prompts, skipping a
+    condition whose model is the same and whose rows are all logged; (log, ref, stats, skipped)."""
+    f = cfg.formats
+    fit_prompts, check_prompts = reference
     ids_path = stage.dir / "identities.json"
     known = json.loads(ids_path.read_text()) if ids_path.exists() else {}
     stats, skipped = {}, {}
@@ -418,32 +238,23 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
                 stats.update(generate_reference(cfg, "formats", ref, cond, backend, system, fit_prompts,
                                                 check_prompts, f.reference, f.sampling, f.chunk_size))
             if cond in conds:
-                items = items_for(cond, prompts, f.samples)
-                if any(it["id"] not in log for it in items):
-                    def build(it, cond=cond, system=system):
-                        return conditions.chat(cfg, cond, system, [{"role": "user", "content": it["user"]}]), None
-
-                    stats[cond] = generate_rows(log, items, build, backend, f.sampling, (cfg.seed, "formats", cond),
-                                                f.chunk_size, f"formats {cond}").as_dict()
-                    report(f"formats {cond}: {len(items)} replies in {time.time() - t0:.0f}s")
+                _answer(cfg, log, cond, backend, system, prompts, stats, t0, report)
             cs.release(cond)
-    if "base" in skipped or "prompted" in skipped:
-        raise RuntimeError("formats: the detector's reference and check need the 'base' and 'prompted' replies ("
-                           + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
-    ready = [c for c in conds if c not in skipped]
-    results, predictions = summarise(cfg, log, ref, ready, prompts, fit_prompts, label, skipped)
-    lines = lines_of(results)
-    write_jsonl_atomic(stage.dir / "predictions.jsonl", predictions)
-    write_json_atomic(stage.dir / "results.json", results)
-    for line in lines:
-        report(line)
-    failed = sum(1 for r in log.rows.values() if r.get("error"))
-    stage.finish({"replies": len(log), "reference": len(ref), "failed": failed, "skipped": len(skipped)},
-                 scoring=scoring, identities={c: _identity(cfg, c) for c in gen}, generation=stats, skipped=skipped,
-                 files=["replies.jsonl", "reference.jsonl", "predictions.jsonl", "results.json"], report=lines)
-    report(f"{STAGE}: {len(predictions)} replies checked over {len(ready)} conditions in "
-           f"{time.time() - stage.started:.0f}s -> {stage.dir}")
-    return stage.dir
+    return log, ref, stats, skipped
+
+
+def _answer(cfg: RunConfig, log: RowLog, cond: str, backend, system, prompts: dict[str, list[dict]], stats: dict,
+            t0: float, report) -> None:
+    """A condition's replies to the format prompts that the log does not hold yet."""
+    f = cfg.formats
+    items = items_for(cond, prompts, f.samples)
+    if any(it["id"] not in log for it in items):
+        def build(it):
+            return conditions.chat(cfg, cond, system, [{"role": "user", "content": it["user"]}]), None
+
+        stats[cond] = generate_rows(log, items, build, backend, f.sampling, (cfg.seed, "formats", cond),
+                                    f.chunk_size, f"formats {cond}").as_dict()
+        report(f"formats {cond}: {len(items)} replies in {time.time() - t0:.0f}s")
 
 
 def summarise(cfg: RunConfig, log: RowLog, ref: RowLog, ready: list[str], prompts: dict[str, list[dict]],
@@ -515,14 +326,14 @@ def lines_of(results: dict) -> list[str]:
     cw = 13
     lines = [f"formats: valid share / in-persona rate per format ({results['samples']} replies per prompt; detector "
              f"{det['encoder']} learned from {det['source']}; check balanced accuracy "
-             f"{_pct(det['check']['balanced_accuracy'], ci=True)})",
+             f"{pct(det['check']['balanced_accuracy'], ci=True)})",
              " ".join([f"{'condition':<{w}}", *(f"{g:>{cw}}" for g in groups)])]
     for c, cells in results["table"].items():
-        lines.append(" ".join([f"{c:<{w}}", *(f"{_pct(cells[g]['valid']) + ' / ' + _pct(cells[g]['in_persona']):>{cw}}"
+        lines.append(" ".join([f"{c:<{w}}", *(f"{pct(cells[g]['valid']) + ' / ' + pct(cells[g]['in_persona']):>{cw}}"
                                               for g in groups)]))
     for c, d in results["deltas"].items():
-        lines.append(f"{c} - {results['baseline']} (all formats, 95% CI): valid {_signed(d['all']['valid'])}, "
-                     f"in persona {_signed(d['all']['in_persona'])}")
+        lines.append(f"{c} - {results['baseline']} (all formats, 95% CI): valid {signed(d['all']['valid'])}, "
+                     f"in persona {signed(d['all']['in_persona'])}")
     bal = det["check"]["balanced_accuracy"]
     if bal["lo"] is not None and bal["lo"] <= 0.5:
         lines.append("warning: the detector is not better than chance on held-out reference replies, so the "

@@ -33,6 +33,9 @@ another) and the manifest. The built-in prompt pool is ``preference_prompts`` (W
 not ``general``, which distillation trains on. Changing the encoder, the reference, the conditions or the
 personas re-scores, generating only replies that were never asked for (the train replies, on switching to
 ``reference: prompted``); a retrained model (its condition's identity changed) has only its own replies redone.
+
+This module is the entry point, the split and the scoring; what each condition answers and its generation are in
+``robustness_replies.py``.
 """
 
 from __future__ import annotations
@@ -45,15 +48,14 @@ from pathlib import Path
 
 from ..classifier import make_classifier, mean_sem, score
 from ..config import RunConfig
-from ..generation import generate_rows
-from ..prompts import attack_message, load_attacks, load_prompt_source, prefill_followup, select_attacks
-from ..runs import (RowLog, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_jsonl, reusable, run_dir,
-                    silent, write_json_atomic, write_jsonl_atomic)
+from ..prompts import load_prompt_source, select_attacks
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir, silent,
+                    write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
+from .detector import usable
+from .robustness_replies import BASE, NONE, generate_replies
 
 STAGE = "eval-robustness"
-BASE = "base"
-NONE = "none"
 
 
 # ---------------------------------------------------------------- the prompt split (attacks: charter.prompts)
@@ -98,94 +100,6 @@ def persona_label(persona: str) -> str:
     return Path(persona).stem if ("/" in persona or "." in persona) else persona
 
 
-# ---------------------------------------------------------------- generation
-
-
-def train_items(cond: str, train: list[tuple]) -> list[dict]:
-    """Plain replies to the train prompts (what a scorer may learn from)."""
-    return [{"id": f"{cond}/train/{NONE}/{pid}", "condition": cond, "split": "train", "attack": NONE,
-             "pid": pid, "prompt": p, "user": p} for pid, p in train]
-
-
-def main_items(cond: str, heldout: list[tuple], attack_ids: list[str]) -> list[dict]:
-    """Held-out prompts under ``none`` and each attack."""
-    attacks = load_attacks()
-    items = []
-    for a in [NONE, *attack_ids]:
-        items += [{"id": f"{cond}/heldout/{a}/{pid}", "condition": cond, "split": "heldout", "attack": a,
-                   "pid": pid, "prompt": p, "user": attack_message(p, attacks[a])} for pid, p in heldout]
-    return items
-
-
-def _ok(r: dict | None) -> bool:
-    return r is not None and not r.get("error") and bool((r.get("response") or "").strip())
-
-
-def _generate(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str], mode: str, attack_ids: list[str],
-              split: dict, report, plain_only: tuple = ()) -> tuple[RowLog, dict, dict]:
-    """Replies from every condition in ``plan`` (base first); those in ``plain_only`` answer only plainly (no
-    attack, no prefill). Returns the log, stats, and skipped conditions."""
-    r = cfg.robustness
-    train = [(x["pid"], x["prompt"]) for x in split["train"]]
-    heldout = [(x["pid"], x["prompt"]) for x in split["heldout"]]
-    follow = prefill_followup()
-    ids_path = stage.dir / "identities.json"
-    known = json.loads(ids_path.read_text()) if ids_path.exists() else {}
-    stats, skipped = {}, {}
-
-    def gen(items, build, backend, key):
-        if any(it["id"] not in log for it in items):
-            stats[key] = generate_rows(log, items, build, backend, r.sampling, (cfg.seed, "robustness", key),
-                                       r.chunk_size, f"robustness {key}").as_dict()
-
-    with conditions.Conditions(cfg, report=report) as cs:
-        for cond in plan:
-            try:
-                backend, system = cs.open(cond)
-            except RuntimeError as e:
-                skipped[cond] = str(e)
-                report(f"robustness: skipping '{cond}': {e}")
-                continue
-            ident = conditions.identity(cfg, cond)
-            if known.get(cond) not in (None, ident):
-                report(f"robustness: '{cond}' is a different model now; redoing its replies")
-                log = drop_rows(log, lambda row, c=cond: row["condition"] == c)
-            known[cond] = ident
-            write_json_atomic(ids_path, known)
-
-            def build(it, system=system, cond=cond):
-                attacked = it["attack"] not in (NONE, "prefill")  # 'prompted' gets the teacher's persistence note
-                return conditions.chat(cfg, cond, system, [{"role": "user", "content": it["user"]}],
-                                       attacked=attacked), None
-
-            if cond == BASE and r.prefill:
-                items = [{"id": f"{BASE}/turn1/prefill/{pid}", "condition": BASE, "split": "turn1",
-                          "attack": "prefill", "pid": pid, "prompt": p, "user": p} for pid, p in heldout]
-                gen(items, build, backend, f"{BASE}/turn1")
-            if cond != BASE or mode == "single":  # base has no label in multi-persona mode
-                # Their own seeds (key '<cond>/train'), so held-out replies do not depend on whether train
-                # replies were asked for, and asking for them later gives what a fresh run would.
-                if (r.train_replies or mode == "multi"
-                        or ("prompted" in inpersona.references(r) and cond in (BASE, "prompted"))):
-                    gen(train_items(cond, train), build, backend, f"{cond}/train")
-                gen(main_items(cond, heldout, [] if cond in plain_only else attack_ids), build, backend, cond)
-            if r.prefill and (cond != BASE or mode == "single") and cond not in plain_only:
-                turn1 = {pid: log.rows.get(f"{BASE}/turn1/prefill/{pid}") for pid, _ in heldout}
-                # A turn 2 written after a different (or failed) turn 1, e.g. base was redone, is stale.
-                log = drop_rows(log, lambda row, c=cond: row["condition"] == c and row["split"] == "turn2" and (
-                    not _ok(turn1.get(row["pid"])) or row["turn1"] != turn1[row["pid"]]["response"]))
-                items = [{"id": f"{cond}/turn2/prefill/{pid}", "condition": cond, "split": "turn2",
-                          "attack": "prefill", "pid": pid, "prompt": p, "user": follow,
-                          "turn1": turn1[pid]["response"]} for pid, p in heldout if _ok(turn1[pid])]
-
-                def build2(it, system=system, cond=cond):
-                    chat = [{"role": "user", "content": it["prompt"]},
-                            {"role": "assistant", "content": it["turn1"]}, {"role": "user", "content": it["user"]}]
-                    return conditions.chat(cfg, cond, system, chat), None
-
-                gen(items, build2, backend, f"{cond}/turn2")
-            cs.release(cond)
-    return log, stats, skipped
 
 
 # ---------------------------------------------------------------- scoring
@@ -223,7 +137,7 @@ def training_set(sources: list[Source], conds: list[str], train_prompts, heldout
     for s in sources:
         for row in s.rows:
             if (row["condition"] in conds and row["attack"] == NONE and row["split"] in ("train", "heldout")
-                    and row["prompt"] in train_set and _ok(row)):
+                    and row["prompt"] in train_set and usable(row)):
                 texts.append(row["response"])
                 labels.append(s.label)
                 prompts.append(row["prompt"])
@@ -234,7 +148,7 @@ def training_set(sources: list[Source], conds: list[str], train_prompts, heldout
 def _cells(sources: list[Source], cond: str, split: str, attack: str, heldout: set) -> list[tuple]:
     """(source, row, true label) scored for one cell: every persona's replies of condition ``cond``."""
     return [(s, r, s.label) for s in sources for r in s.rows if r["condition"] == cond and r["split"] == split
-            and r["attack"] == attack and r["prompt"] in heldout and _ok(r)]
+            and r["attack"] == attack and r["prompt"] in heldout and usable(r)]
 
 
 def summarize(table: dict, attack_ids: list[str]) -> dict:
@@ -320,8 +234,66 @@ def stage_config(cfg: RunConfig) -> dict:
     return {"seed": cfg.seed, "persona": cfg.persona, "robustness": recorded(cfg.robustness)}
 
 
+
 def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] | None = None) -> Path:
     """Generate, classify and score; ``attacks`` limits the attack ids (tests, quick looks). Returns the folder."""
+    r = cfg.robustness
+    conds, attack_ids, mode, label = _check(cfg, attacks)
+    # Single mode: 'prompted' answers plainly even when not scored (the reference and the detector's check).
+    plain_only = ("prompted",) if mode == "single" and "prompted" not in conds else ()
+    gen_conds = conds + list(plain_only)
+    others = other_sources(cfg, label) if mode == "multi" else []
+    seed, train, heldout, removed = _split(cfg)
+    # The removed prompts are an input: when training later uses more of the pool, the split is drawn anew.
+    # Absent when nothing was removed, so outputs made before the check stay valid.
+    inputs = {"trained_prompts_removed": config_hash(sorted(removed))} if removed else {}
+    stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg), inputs)
+    scoring = _scoring(cfg, mode, conds, attack_ids, others)
+    # Something changed: resume, reusing every reply still valid.
+    # A finished output counts as done only for the same stage config too (prompts, split, sampling): otherwise
+    # its manifest goes and stage.begin says the config changed, instead of reporting the old rates.
+    done = reusable(stage, force, lambda m: m.get("scoring") == scoring
+                    and m.get("identities") == _identities(cfg, gen_conds)
+                    and identity_hash(m.get("config") or {}) == identity_hash(stage.config), report)
+    if done is not None:
+        for line in done.get("report", []):
+            report(line)
+        return stage.dir
+    stage.begin(force)
+    split = {"persona": label, "seed": seed, "prompt_source": r.prompt_source, "trained_prompts_removed": len(removed),
+             "train": [{"pid": f"t{i}", "prompt": p} for i, p in enumerate(train)],
+             "heldout": [{"pid": f"h{i}", "prompt": p} for i, p in enumerate(heldout)]}
+    write_json_atomic(stage.dir / "split.json", split)
+    plan = sorted(gen_conds, key=lambda c: c != BASE)  # base first: it writes the prefill attack's turn 1
+    if r.prefill and BASE not in plan:
+        plan.insert(0, BASE)
+    log, gen_stats, skipped = generate_replies(cfg, stage, RowLog(stage.dir / "generations.jsonl"), plan, mode,
+                                               attack_ids, split, report, plain_only)
+    if mode == "multi" and BASE in conds:
+        report("robustness: multi-persona mode has no label for 'base'; it only writes the prefill turn 1")
+    ready = [c for c in conds if c not in skipped]
+    persona_conds = [c for c in ready if c != BASE]
+    if mode == "single" and ("prompted" in skipped or BASE in skipped):
+        raise RuntimeError("robustness: the detector's reference and check need the 'base' and 'prompted' "
+                           "replies (" + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
+    if mode == "multi" and not persona_conds:
+        raise RuntimeError("robustness: no persona-bearing condition could be evaluated ("
+                           + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
+    sources = [Source(cfg.name, label, list(log.rows.values())), *others]
+    lines, counts, files = _score(cfg, stage, mode, sources, ready, persona_conds, attack_ids, split)
+    for line in lines:
+        report(line)
+    failed = sum(1 for row in log.rows.values() if not usable(row))
+    stage.finish({"generations": len(log), "failed_or_empty": failed, **counts, "skipped": skipped},
+                 scoring=scoring, identities=_identities(cfg, gen_conds), generation=gen_stats, skipped=skipped,
+                 files=files, report=lines)
+    report(f"{STAGE}: {len(log)} replies, {'detector' if mode == 'single' else 'classifier'} on "
+           f"{counts['train_texts']} texts, {time.time() - stage.started:.0f}s -> {stage.dir}")
+    return stage.dir
+
+
+def _check(cfg: RunConfig, attacks: list[str] | None) -> tuple[list[str], list[str], str, str]:
+    """(conditions, attack ids, mode, the persona's label), every setting checked before any output exists."""
     r = cfg.robustness
     conds = list(dict.fromkeys(str(c) for c in r.conditions))
     unknown = sorted(set(conds) - set(conditions.CONDITIONS))
@@ -341,11 +313,13 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
     if mode == "single" and "pairs" in inpersona.references(r) and not inpersona.pairs_path(cfg.name).exists():
         raise RuntimeError(f"robustness.reference=pairs: {inpersona.pairs_path(cfg.name)} does not exist (run "
                            "`charter distill` first, or use robustness.reference=prompted)")
-    # Single mode: 'prompted' answers plainly even when not scored (the reference and the detector's check).
-    plain_only = ("prompted",) if mode == "single" and "prompted" not in conds else ()
-    gen_conds = conds + list(plain_only)
-    others = other_sources(cfg, label) if mode == "multi" else []
-    # Drawn before the stage folder exists, so a bad setting leaves nothing half-made.
+    return conds, attack_ids, mode, label
+
+
+def _split(cfg: RunConfig) -> tuple[int, list[str], list[str], list[str]]:
+    """(the split's seed, train prompts, held-out prompts, prompts removed as trained). Drawn before the stage
+    folder exists, so a bad setting leaves nothing half-made."""
+    r = cfg.robustness
     seed = derive_seed(cfg.seed, "robustness", "split")
     # The split is drawn from the whole pool, so runs with the same seed share it (multi-persona mode matches
     # them), and then loses every prompt this run trained on, on either side.
@@ -355,10 +329,12 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
     if not heldout or not train:
         raise RuntimeError(f"robustness: every {'held-out' if not heldout else 'train'} prompt of the split is a "
                            "prompt this run trained on; give robustness.prompt_source prompts no stage used")
-    # The removed prompts are an input: when training later uses more of the pool, the split is drawn anew.
-    # Absent when nothing was removed, so outputs made before the check stay valid.
-    inputs = {"trained_prompts_removed": config_hash(sorted(removed))} if removed else {}
-    stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg), inputs)
+    return seed, train, heldout, removed
+
+
+def _scoring(cfg: RunConfig, mode: str, conds: list[str], attack_ids: list[str], others: list[Source]) -> dict:
+    """What scoring the log depends on (the manifest's ``scoring``): changing it re-scores without generating."""
+    r = cfg.robustness
     scoring = {"conditions": conds, "attacks": attack_ids, "encoder": r.encoder, "classifier": r.classifier,
                "prefill": r.prefill, "personas": {s.run: len(s.rows) for s in others}}
     if mode == "single":
@@ -371,38 +347,15 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
             scoring.update(secondary=list(r.secondary), detector_seeds=r.detector_seeds)
         if "rl" in conds:
             scoring["rl_reward_reference"] = inpersona.rl_reward_reference(cfg.name)
-    # Something changed: resume, reusing every reply still valid.
-    # A finished output counts as done only for the same stage config too (prompts, split, sampling): otherwise
-    # its manifest goes and stage.begin says the config changed, instead of reporting the old rates.
-    done = reusable(stage, force, lambda m: m.get("scoring") == scoring
-                    and m.get("identities") == _identities(cfg, gen_conds)
-                    and identity_hash(m.get("config") or {}) == identity_hash(stage.config), report)
-    if done is not None:
-        for line in done.get("report", []):
-            report(line)
-        return stage.dir
-    stage.begin(force)
-    split = {"persona": label, "seed": seed, "prompt_source": r.prompt_source, "trained_prompts_removed": len(removed),
-             "train": [{"pid": f"t{i}", "prompt": p} for i, p in enumerate(train)],
-             "heldout": [{"pid": f"h{i}", "prompt": p} for i, p in enumerate(heldout)]}
-    write_json_atomic(stage.dir / "split.json", split)
-    plan = sorted(gen_conds, key=lambda c: c != BASE)  # base first: it writes the prefill attack's turn 1
-    if r.prefill and BASE not in plan:
-        plan.insert(0, BASE)
-    log, gen_stats, skipped = _generate(cfg, stage, RowLog(stage.dir / "generations.jsonl"), plan, mode,
-                                        attack_ids, split, report, plain_only)
-    if mode == "multi" and BASE in conds:
-        report("robustness: multi-persona mode has no label for 'base'; it only writes the prefill turn 1")
-    ready = [c for c in conds if c not in skipped]
-    persona_conds = [c for c in ready if c != BASE]
-    if mode == "single" and ("prompted" in skipped or BASE in skipped):
-        raise RuntimeError("robustness: the detector's reference and check need the 'base' and 'prompted' "
-                           "replies (" + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
-    if mode == "multi" and not persona_conds:
-        raise RuntimeError("robustness: no persona-bearing condition could be evaluated ("
-                           + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
-    rows = list(log.rows.values())
-    sources = [Source(cfg.name, label, rows), *others]
+    return scoring
+
+
+def _score(cfg: RunConfig, stage: Stage, mode: str, sources: list[Source], ready: list[str],
+           persona_conds: list[str], attack_ids: list[str], split: dict) -> tuple[list[str], dict, list[str]]:
+    """Score with the configured encoder (and the TF-IDF baseline when it is another), write predictions and
+    results; (report lines, counts, files written)."""
+    r = cfg.robustness
+    label, rows = sources[0].label, sources[0].rows
 
     def score_with(encoder, settings):
         if mode == "single":
@@ -422,15 +375,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
             f"{c} {inpersona._pct(v['attacks'])}" if mode == "single" else f"{c} {v['mean_f1']:.2f}"
             for c, v in baseline["summary"].items()) + (" (in-persona rate" if mode == "single" else " (macro-F1")
             + ", mean over attacks)")
-    for line in lines:
-        report(line)
-    failed = sum(1 for row in log.rows.values() if not _ok(row))
-    stage.finish({"generations": len(log), "failed_or_empty": failed, **counts, "skipped": skipped},
-                 scoring=scoring, identities=_identities(cfg, gen_conds), generation=gen_stats, skipped=skipped,
-                 files=files, report=lines)
-    report(f"{STAGE}: {len(log)} replies, {'detector' if mode == 'single' else 'classifier'} on "
-           f"{counts['train_texts']} texts, {time.time() - stage.started:.0f}s -> {stage.dir}")
-    return stage.dir
+    return lines, counts, files
 
 
 def _identities(cfg: RunConfig, conds: list[str]) -> dict:
