@@ -7,19 +7,19 @@ import threading
 from pathlib import Path
 
 from .layout import path as output_path
-from .runs import is_run_name, run_dir
+from .runs import find_run, is_run_name
 
 
 def resolve_chat_model(ref: str) -> str:
     """A run name or run folder means that run's final model; anything else is a model reference."""
-    named = run_dir(ref) if is_run_name(ref) else None
-    for cand in ([output_path(named, "final_model")] if named else []) + [output_path(Path(ref).expanduser(),
-                                                                                        "final_model")]:
-        if (cand / "config.json").exists():
-            return str(cand)
-    if named is not None and named.is_dir() and not Path(ref).expanduser().exists():
-        raise FileNotFoundError(f"run {ref}: no final model yet ({output_path(named, 'final_model')} does not exist; "
-                                "run `charter train` first)")
+    run = find_run(ref)
+    if run is None:
+        return ref
+    final = output_path(run, "final_model")
+    if (final / "config.json").exists():
+        return str(final)
+    if is_run_name(ref) and not Path(ref).expanduser().exists():
+        raise FileNotFoundError(f"run {ref}: no final model yet ({final} does not exist; run `charter train` first)")
     return ref
 
 

@@ -6,7 +6,7 @@ here: the ``trl`` and ``lora`` sub-dicts pass straight through to ``DPOConfig``/
 
 - ``sections.py``: the training stages' sections, ``Sampling`` and ``ModelSpec``;
 - ``evals.py``: the evaluations' sections;
-- ``run.py``: ``RunConfig``, one field per section (a new stage adds its section there);
+- ``run.py``: ``RunConfig``, one field per section, built from the registry on first use;
 - ``load.py``: YAML, overrides and type checks (``load_config``);
 - ``checks.py``: ranges, run names and model_kwargs (``validate``).
 """
@@ -16,7 +16,6 @@ from .checks import RANGES, check_model_kwargs, validate
 from .evals import (CapabilitiesConfig, CoherenceConfig, Condition, PreferencesConfig, RobustnessConfig,
                     SteeringConfig)
 from .load import _dataclass_type, apply_override, from_dict, load_config, to_dict
-from .run import RunConfig
 from .sections import (BATCH_HELP, CHECKPOINT_HELP, MODEL_KWARGS, MODEL_KWARGS_ELSEWHERE, MODEL_KWARGS_HELP, Backend,
                        DistillConfig, DPOStageConfig, DType, ExpandConfig, IntrospectConfig, MergeConfig, ModelSpec,
                        RLConfig, Sampling, SFTStageConfig, Truncated)
@@ -27,3 +26,11 @@ __all__ = ["BATCH_HELP", "CHECKPOINT_HELP", "MODEL_KWARGS", "MODEL_KWARGS_ELSEWH
            "PreferencesConfig", "RLConfig", "RobustnessConfig", "RunConfig", "SFTStageConfig", "Sampling", "SteeringConfig",
            "Truncated", "_dataclass_type", "apply_override", "check_model_kwargs", "from_dict", "load_config",
            "to_dict", "validate"]
+
+
+def __getattr__(name: str):
+    if name == "RunConfig":  # built on first use, from the registry's sections (see run.py)
+        from .run import build
+
+        return build()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .run import RunConfig
 from .sections import MODEL_KWARGS, MODEL_KWARGS_ELSEWHERE
+
+if TYPE_CHECKING:
+    from .run import RunConfig
 
 
 def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):

@@ -7,13 +7,15 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from ..errors import ConfigError
 from .checks import validate
-from .run import RunConfig
+
+if TYPE_CHECKING:
+    from .run import RunConfig
 
 
 def _dataclass_type(tp: Any) -> type | None:
@@ -154,6 +156,8 @@ def strict_load(text: str) -> Any:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Load a run config from YAML (or defaults when ``path`` is None), then apply overrides."""
+    from .run import RunConfig  # built from the registry on first use
+
     data: dict = {}
     if path is not None:
         p = Path(path)

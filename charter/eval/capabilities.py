@@ -36,10 +36,13 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import HIDDEN_STATES, require
-from ..config import RunConfig
 from ..runs import RowLog, Stage, reusable, run_dir, silent, write_json_atomic
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-capabilities"
 TASKS_DIR = Path(__file__).parent / "tasks"

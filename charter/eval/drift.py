@@ -59,13 +59,13 @@ import random
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .. import layout
 from ..backends import HIDDEN_STATES, capabilities, render_chat
 from ..classifier import make_classifier, proba_of
-from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import attack_message, load_attacks, load_prompt_source
@@ -74,6 +74,9 @@ from ..runs import (FORCE_HINT, RowLog, Stage, config_hash, derive_seed, drop_ro
 from . import conditions, inpersona
 from .heldout import untrained_pool
 from .robustness import persona_label
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-drift"
 CAPPED = "capped"

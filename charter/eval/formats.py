@@ -41,11 +41,11 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..classifier import proba_of
-from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import load_prompt_source
@@ -56,6 +56,9 @@ from .drift import (REFERENCE_CONDITIONS, THRESHOLD, _pct, _signed, check_config
                     generate_reference, paired_difference, reference_items, reference_split, split_pool)
 from .heldout import untrained_pool
 from .robustness import persona_label
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-formats"
 FORMATS = ("json", "tool_call", "code_review", "bullets")

@@ -8,8 +8,11 @@ self-interaction quoted. Robustness and coherence draw their held-out prompts th
 from __future__ import annotations
 
 from .. import layout
-from ..config import RunConfig
 from ..selection import select_prompts
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def key(prompt: str) -> str:

@@ -9,7 +9,7 @@ import base64
 import html
 import io
 
-from .conditions import CONDITIONS
+from .conditions import all_conditions
 
 COLORS = {"base": "#8d99ae", "prompted": "#e9c46a", "steered": "#f4a261", "distilled": "#2a9d8f",
           "trained": "#264653", "rl": "#9b2226"}
@@ -77,4 +77,5 @@ def bar_chart(labels: list[str], values: list[float], lo: list[float], hi: list[
 
 def ordered(conds) -> list[str]:
     conds = list(conds)
-    return [c for c in CONDITIONS if c in conds] + [c for c in conds if c not in CONDITIONS]
+    known = all_conditions()
+    return [c for c in known if c in conds] + [c for c in conds if c not in known]

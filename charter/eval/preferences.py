@@ -31,17 +31,21 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import SCORE_OPTIONS, require
-from ..config import ModelSpec, RunConfig
+from ..config import ModelSpec
 from ..generation import generate_rows
 from ..judges.trait import judge_chat, parse_verdict
-from ..layout import RUN_MODELS
+from ..layout import run_models
 from ..prompts import load_prompt_source, template, traits
-from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_manifest, reusable, run_dir, silent,
-                    write_json_atomic, write_jsonl_atomic, write_text_atomic)
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, manifest_path, read_manifest, reusable,
+                    run_dir, silent, write_json_atomic, write_jsonl_atomic, write_text_atomic)
 from . import elo, persona_traits
 from .preferences_plots import plot_histogram, plot_rises_falls
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-preferences"
 TOP = 5
@@ -114,10 +118,10 @@ def resolve_targets(cfg: RunConfig) -> list[Target]:
         label = _slug(label) if label else ""
         if ref == "base":
             out.append(Target(label or "base", cfg.student, "student"))
-        elif ref in RUN_MODELS:
-            stage, sub = RUN_MODELS[ref]
+        elif ref in run_models():
+            stage, sub = run_models()[ref]
             path = run_dir(cfg.name) / stage / sub
-            manifest = path.parent / "manifest.json"
+            manifest = manifest_path(path.parent)
             if not (path / "config.json").exists() or not manifest.exists():
                 out.append(Target(label or ref, None, str(path),
                                   missing=f"{path} does not exist yet (run `charter {stage}` first)"))

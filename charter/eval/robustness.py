@@ -42,14 +42,17 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..classifier import make_classifier, mean_sem, score
-from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import attack_message, load_attacks, load_prompt_source, prefill_followup, select_attacks
 from ..runs import (RowLog, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_jsonl, reusable, run_dir,
                     silent, write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-robustness"
 BASE = "base"

@@ -38,14 +38,18 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import HIDDEN_STATES, require
-from ..config import RunConfig, Sampling
+from ..config import Sampling
 from ..layout import STEERING, persona_system_prompt
 from ..prompts import steering_stems as load_stems
 from ..runs import RowLog, Stage, derive_seed, run_dir, silent, write_json_atomic, write_jsonl_atomic
 from ..backends.hf import reply_logprobs
 from .proxies import normalise, repetition
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = STEERING
 CONTRAST_USER = "Please talk about anything."

@@ -39,16 +39,19 @@ import random
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..backends import SCORE_OPTIONS, require
-from ..config import RunConfig
 from ..prompts import HERE as PROMPTS_DIR
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent,
                     write_json_atomic)
 from . import conditions
 from .robustness import persona_label
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-traits"
 LEVEL = 0.95
