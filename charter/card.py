@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 from . import registry
+from .layout import path as output_path
 from .runs import manifest_path, read_json
 
 # The embedded model is this hub model, shipped as a GGUF inside a wheel.
@@ -56,7 +57,7 @@ def constitution_yaml(run: Path, ms: dict) -> tuple[str, str] | None:
             return c.name, c.to_yaml()
         except ConstitutionError:
             pass
-    kept = run / "expand" / "constitution.yaml"
+    kept = output_path(run, "constitution")
     if kept.is_file():
         c = load_file(kept)
         return c.name, c.to_yaml()
@@ -64,29 +65,8 @@ def constitution_yaml(run: Path, ms: dict) -> tuple[str, str] | None:
 
 
 def _counts(ms: dict) -> list[str]:
-    """One bullet per training stage with the numbers that say how much data and training went in."""
-    lines = []
-
-    def n(stage: str, key: str):
-        return (ms.get(stage, {}).get("counts") or {}).get(key)
-
-    if "expand" in ms:
-        lines.append(f"- expand: {n('expand', 'accepted')} new prompts over {n('expand', 'traits_expanded')} traits")
-    if "distill" in ms:
-        lines.append(f"- distill: {n('distill', 'pairs')} DPO pairs (chosen: the teacher with the constitution; "
-                     f"rejected: the student without it) from {n('distill', 'generations')} generations")
-    if "dpo" in ms:
-        lines.append(f"- DPO: {n('dpo', 'steps')} steps on {n('dpo', 'pairs')} pairs, loss {n('dpo', 'train_loss')}")
-    if "introspect" in ms:
-        lines.append(f"- introspection: {n('introspect', 'sft_rows')} SFT transcripts "
-                     f"({n('introspect', 'sft_reflection')} self-reflections, {n('introspect', 'sft_interaction')} "
-                     "self-interactions)")
-    if "sft" in ms:
-        lines.append(f"- SFT: {n('sft', 'steps')} steps on {n('sft', 'examples')} transcripts")
-    if "merge" in ms:
-        lines.append(f"- persona adapter rank: {n('merge', 'persona_adapter_rank')} (the DPO and SFT adapters' "
-                     "ranks concatenated, so it equals the folded model)")
-    return lines
+    """One bullet per finished training stage (its registry entry's ``card``)."""
+    return [s.card(ms[s.name]) for s in registry.stages() if s.card is not None and s.name in ms]
 
 
 def _evaluations(run: Path) -> list[str]:

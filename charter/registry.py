@@ -60,6 +60,7 @@ class Stage:
     enabled: Callable[[Any], bool] | None = None  # False: `charter train` skips it
     check: Callable[[Any], None] | None = None  # refuses a set-up before any stage of the plan runs
     preflight: Callable[[Any, str, bool], list] | None = None  # (cfg, where, it will run) -> [(ModelSpec, where)]
+    card: Callable[[dict], str] | None = None  # card(its manifest) -> the model card's training-data bullet
 
 
 @dataclass(frozen=True)

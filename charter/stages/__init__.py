@@ -15,7 +15,7 @@ from ..config.sections import (DistillConfig, DPOStageConfig, ExpandConfig, Intr
                                SFTStageConfig)
 from ..preflight_stages import distill_specs, expand_specs
 from ..registry import Stage, Trainer
-from . import distill, dpo, expand, introspect, merge, rl, sft
+from . import card_sections as card, distill, dpo, expand, introspect, merge, rl, sft
 
 
 def _run_fields(section) -> dict:
@@ -43,26 +43,28 @@ def _grpo_args(cfg, s, scratch):
 for _entry in (
     Stage("expand", "write more prompts per trait with a model", expand.run, expand.summary,
           ExpandConfig, "stage 1: more prompts per trait", outputs={"constitution": "constitution.yaml"},
-          enabled=expand.enabled, preflight=expand_specs),
+          enabled=expand.enabled, preflight=expand_specs, card=card.expand),
     Stage("distill", "teacher/student generations -> DPO pairs", distill.run, distill.summary,
           DistillConfig, "stage 2: teacher vs student answers -> DPO pairs", needs=("expand",),
           outputs={"pairs": "pairs.jsonl", "teacher_rows": "teacher.jsonl"}, prompts=("teacher_rows", "pairs"),
-          preflight=distill_specs),
+          preflight=distill_specs, card=card.distill),
     Stage("dpo", "DPO + LoRA on the distillation pairs, then fold the adapter", dpo.run, dpo.summary,
           DPOStageConfig, "stage 3: DPO + LoRA on the pairs", needs=("distill",),
           outputs={"distilled_model": "model", "dpo_adapter": "adapter"}, model="distilled_model",
-          condition="distilled", adapter="dpo_adapter", trains=True, trainer=Trainer("trl DPOConfig", _dpo_args)),
+          condition="distilled", adapter="dpo_adapter", trains=True, trainer=Trainer("trl DPOConfig", _dpo_args),
+          card=card.dpo),
     Stage("introspect", "self-reflection and self-interaction transcripts -> SFT set", introspect.run,
           introspect.summary, IntrospectConfig, "stage 4: self-reflection and self-interaction data",
           needs=("dpo",), outputs={"reflections": "reflection.jsonl", "sft_rows": "sft.jsonl"},
-          prompts=("reflections",), check=introspect.check),
+          prompts=("reflections",), check=introspect.check, card=card.introspect),
     Stage("sft", "SFT + LoRA on the introspection transcripts", sft.run, sft.summary,
           SFTStageConfig, "stage 5: SFT + LoRA on the introspection data", needs=("dpo", "introspect"),
-          outputs={"sft_adapter": "adapter"}, trains=True, trainer=Trainer("trl SFTConfig", _sft_args)),
+          outputs={"sft_adapter": "adapter"}, trains=True, trainer=Trainer("trl SFTConfig", _sft_args),
+          card=card.sft),
     Stage("merge", "fold DPO and SFT into the final model; export one persona adapter", merge.run, merge.summary,
           MergeConfig, "stage 6: the final model and one persona adapter", needs=("dpo", "sft"),
           outputs={"final_model": "model", "persona_adapter": "persona-adapter"}, model="final_model",
-          condition="trained", adapter="persona_adapter"),
+          condition="trained", adapter="persona_adapter", card=card.merge),
     Stage("rl", "online RL (GRPO): persona, judge and coherence rewards, attacks in the loop (rl.enabled)", rl.run,
           rl.summary, RLConfig, "optional stage 7: online RL (GRPO) with persona, judge and coherence rewards",
           needs=("dpo",), outputs={"rl_prompts": "prompts.jsonl", "rl_adapter": "adapter", "rl_model": "model",
