@@ -205,9 +205,33 @@ def _chat_parser(ch: argparse.ArgumentParser) -> None:
 
 def _chat(args) -> int:
     _chat_args(args)
-    from .chat import chat_main
+    from .chat import load_chat_model, stream_reply
 
-    return chat_main(args)
+    model, tok, ref = load_chat_model(args.model, args.blend)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    scripted = list(args.message or [])
+    interactive = not scripted
+    if interactive:
+        print(f"chatting with {ref} (empty line or Ctrl-D to quit)", file=sys.stderr)
+    while scripted or interactive:
+        if scripted:
+            text = scripted.pop(0)
+            print(f"> {text}")
+        else:
+            try:
+                text = input("> ")
+            except EOFError:
+                break
+        if not text.strip():
+            break
+        history.append({"role": "user", "content": text})
+        reply = []
+        for piece in stream_reply(model, tok, history, args.max_tokens, args.temperature):
+            reply.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        history.append({"role": "assistant", "content": "".join(reply).strip()})
+    return 0
 
 
 def _blend_parser(b: argparse.ArgumentParser) -> None:

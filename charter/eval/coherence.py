@@ -34,6 +34,7 @@ from ..config import Sampling
 from ..generation import generate_rows
 from .. import layout
 from ..layout import run_model
+from ..registry import eval_folder
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
 from . import conditions, heldout
@@ -43,7 +44,7 @@ from ..judges.pairwise import FORCE, judge_chat, pair_outcome, parse_choice
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-STAGE = "eval-coherence"
+STAGE = eval_folder("coherence")
 LEVEL = 0.95
 CHUNK = 64
 

@@ -29,7 +29,7 @@ import warnings
 
 from .. import layout
 from ..classifier import make_classifier, proba_of
-from ..runs import derive_seed, read_manifest, run_dir
+from ..runs import derive_seed, manifest_path, read_manifest, run_dir
 
 BASE, NONE, PREFILL = "base", "none", "prefill"
 REFERENCES = ("prompted", "pairs", "exemplars")
@@ -52,7 +52,7 @@ def pairs_path(run: str):
 
 def pairs_identity(run: str) -> str | None:
     """When the distillation that wrote the pairs finished (None without pairs), so new pairs re-score."""
-    m = run_dir(run) / "distill" / "manifest.json"
+    m = manifest_path(layout.path(run, "pairs").parent)
     return read_manifest(m).get("finished_at") if m.exists() and pairs_path(run).exists() else None
 
 
@@ -167,7 +167,7 @@ FITS = {"prompted": ("independent", "the base model with vs without the teacher'
 
 def rl_reward_reference(run: str) -> str | None:
     """What the RL stage's persona reward learned from ('exemplars' or 'pairs'; None without an RL stage)."""
-    m = run_dir(run) / "rl" / "manifest.json"
+    m = manifest_path(layout.path(run, "rl_prompts").parent)
     if not m.exists():
         return None
     manifest = read_manifest(m)

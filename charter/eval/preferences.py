@@ -39,6 +39,7 @@ from ..generation import generate_rows
 from ..judges.trait import judge_chat, parse_verdict
 from ..layout import run_models
 from ..prompts import load_prompt_source, template, traits
+from ..registry import eval_folder
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, manifest_path, read_manifest, reusable,
                     run_dir, silent, write_json_atomic, write_jsonl_atomic, write_text_atomic)
 from . import elo, persona_traits
@@ -47,7 +48,7 @@ from .preferences_plots import plot_histogram, plot_rises_falls
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-STAGE = "eval-preferences"
+STAGE = eval_folder("preferences")
 TOP = 5
 LEVEL = 0.95
 

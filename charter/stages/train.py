@@ -78,7 +78,7 @@ def run_stages(cfg: RunConfig, until: str | None = None, force: bool | Collectio
     return out
 
 
-def run(cfg: RunConfig, force: bool | Collection[str] = False, report: Callable[[str], None] | None = print,
+def run(cfg: RunConfig, force: bool | Collection[str] = False, report: Callable[[str], None] | None = None,
         until: str | None = None) -> Path:
     """Run (or resume) every stage; ``force`` redoes them all. Returns the final model's folder (with
     ``until``: that stage's folder)."""
