@@ -61,6 +61,7 @@ class Stage:
     check: Callable[[Any], None] | None = None  # refuses a set-up before any stage of the plan runs
     preflight: Callable[[Any, str, bool], list] | None = None  # (cfg, where, it will run) -> [(ModelSpec, where)]
     card: Callable[[dict], str] | None = None  # card(its manifest) -> the model card's training-data bullet
+    color: str | None = None  # its condition's colour in the report's figures
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Evaluation:
     report: tuple[Section, ...] = ()  # its sections of the HTML report
     card: Callable[[Path], list[str]] | None = None  # card(its folder) -> Markdown lines of the model card
     condition: str | None = None  # a condition its output makes (the steering vector: 'steered')
+    color: str | None = None  # that condition's colour in the report's figures
     first: bool = False  # `charter eval all` runs it before the others (their conditions read its output)
     skip: Callable[[Any], str | None] | None = None  # why `charter eval all` leaves it out, or None
     preflight: Callable[[Any, str], list] | None = None  # (cfg, where) -> [(ModelSpec, where)]; raises ConfigError

@@ -21,6 +21,7 @@ from ..config.evals import (CapabilitiesConfig, CoherenceConfig, DriftConfig, Fo
                             RobustnessConfig, SteeringConfig, TraitsConfig)
 from ..preflight_stages import capabilities_specs, coherence_specs, preferences_specs, robustness_specs
 from ..registry import Evaluation, Section
+from .conditions import STEERED
 from . import capabilities, card_sections as card, coherence, drift, formats, preferences, report_sections as html
 from . import robustness, steering, traits
 
@@ -41,7 +42,7 @@ for _entry in (
     Evaluation("steering", "fit the activation-steering baseline (direction + sweep)", steering.fit, SteeringConfig,
                "evaluation: the activation-steering baseline", results="steering.json",
                report=(Section("steering", "Steering baseline", html.steering),), card=card.steering,
-               condition="steered", first=True),
+               condition=STEERED, color="#f4a261", first=True),
     Evaluation("robustness", "break-character attacks and prefill, scored by a classifier", robustness.run,
                RobustnessConfig, "evaluation: break-character attacks",
                report=(Section("robustness", "Robustness to break-character attacks", html.robustness),

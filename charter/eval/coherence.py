@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 
 from ..config import Sampling
 from ..generation import generate_rows
-from .. import layout
 from ..layout import run_model
 from ..registry import eval_folder
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent,

@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 BASE = "base"
-PROMPTED = ("prompted", "prompted-nonote")  # the teacher's prompt, with and without the persistence note
+TEACHER = "prompted"  # the distillation teacher: the persona's prompt (and examples), with the persistence note
+PROMPTED = (TEACHER, "prompted-nonote")  # the teacher's prompt, with and without the persistence note
 STEERED = "steered"
+COLORS = {BASE: "#8d99ae", TEACHER: "#e9c46a"}  # a run model's or the steered condition's: its registry entry
 
 
 def all_conditions() -> tuple[str, ...]:
@@ -44,6 +46,12 @@ def all_conditions() -> tuple[str, ...]:
     registered evaluation (the steering vector) and stage (the run's models) makes."""
     made_by_evals = tuple(e.condition for e in registry.evaluations() if e.condition)
     return (BASE, *PROMPTED, *made_by_evals, *registry.run_models())
+
+
+def colors() -> dict[str, str]:
+    """The colour of each condition in the report's figures."""
+    made = [*registry.evaluations(), *registry.stages()]
+    return {**COLORS, **{e.condition: e.color for e in made if e.condition and e.color}}
 
 
 def __getattr__(name: str):
@@ -118,7 +126,7 @@ def chat(cfg: RunConfig, label: str, system: str | None, messages: list[dict], a
     from ..messages import with_system
     from ..prompts import shot_messages
 
-    if attacked and label == "prompted" and system:
+    if attacked and label == TEACHER and system:
         system = persistence_system(cfg, system)
     return with_system(shot_messages(shots(cfg, label)) + list(messages), system)
 
@@ -139,7 +147,7 @@ def identity(cfg: RunConfig, label: str) -> str:
         parts["stage_identity"] = stage_identity(run_dir(cfg.name), stage)
     if label in (*PROMPTED, STEERED):
         parts["system"] = persona_system_prompt(cfg)
-    if label == "prompted":
+    if label == TEACHER:
         parts["attacked_system"] = persistence_system(cfg, persona_system_prompt(cfg))
     if shots(cfg, label):  # absent without examples, so earlier logs stay valid
         parts["shots"] = shots(cfg, label)

@@ -5,8 +5,9 @@
     charter eval all configs/my-run.yaml   # every evaluation, then this report
 
 Reads only what the stages and evaluations wrote (their manifests, ``results.json`` files and figures) and
-writes ``<run>/report.html``: figures are base64 PNGs (matplotlib Agg), the style is inline, nothing is
-fetched, so the file can be mailed or archived alone. A section whose evaluation has not run says so; one
+writes ``<run>/report.html``: an overview, then the sections of every registered evaluation
+(``registry.Evaluation.report``; the built-ins' are in ``report_sections.py``). Figures are base64 PNGs
+(matplotlib Agg), the style is inline, nothing is fetched, so the file can be mailed or archived alone. A section whose evaluation has not run says so; one
 whose files cannot be read says what went wrong instead of failing the whole page.
 """
 
@@ -22,6 +23,7 @@ from .. import registry
 from ..layout import path as output_path
 from ..runs import MANIFEST, manifest_path, resolve_run, write_text_atomic
 from .html import esc, num, table
+from .report_sections import read_json
 
 CSS = """
 body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2433;margin:0;background:#f6f7f9}
@@ -45,10 +47,6 @@ details{margin:6px 0}summary{cursor:pointer;color:#345}
 
 def not_run(command: str) -> str:
     return f'<p class="notrun">Not run. <code>{esc(command)}</code> makes it.</p>'
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())
 
 
 # ---------------------------------------------------------------- sections
