@@ -42,7 +42,7 @@ from ..prompts import load_prompt_source, template, traits
 from ..registry import eval_folder
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, manifest_path, read_manifest, reusable,
                     run_dir, silent, write_json_atomic, write_jsonl_atomic, write_text_atomic)
-from . import elo, persona_traits
+from . import persona_traits
 from .preferences_plots import plot_histogram, plot_rises_falls
 
 if TYPE_CHECKING:
@@ -226,6 +226,8 @@ def build_choices(items: list[dict], replies: RowLog, judged: RowLog) -> tuple[l
 
 def rate(rows: list[dict], n_boot: int, seed: int, level: float = LEVEL) -> tuple[dict, dict]:
     """Ratings of one model's choices (Elo in data order, BT with bootstrap CIs) and the bootstrap draws."""
+    from . import elo  # numpy: not for `charter --help`, which imports this module through the registry
+
     comps = [(r["winner"], r["loser"]) for r in rows if r["status"] == "ok"]
     bt, ref_elo = elo.bradley_terry(comps), elo.elo_ratings(comps)
     draws = elo.bootstrap_draws(comps, elo.bradley_terry, n_boot, seed) if n_boot else {}
@@ -338,6 +340,8 @@ def _rate_all(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
     for name in ("comparison.json", "rises_falls.png", "histogram.png"):
         (stage.dir / name).unlink(missing_ok=True)  # never leave a comparison of an older model list
     if len(ready) >= 2:
+        from . import elo
+
         base = ready[0].label
         comparison = {"baseline": base, "rating": "bradley-terry (Elo scale)", "level": LEVEL,
                       "trait_list": cfg.preferences.traits, "persona_traits_from": own[1], "against": {}}
