@@ -89,6 +89,7 @@ class Evaluation:
     skip: Callable[[Any], str | None] | None = None  # why `charter eval all` leaves it out, or None
     preflight: Callable[[Any, str], list] | None = None  # (cfg, where) -> [(ModelSpec, where)]; raises ConfigError
     packages: tuple[str, ...] = ()  # what `charter eval NAME` needs installed, required up front
+    prompts: Callable[[Any], list[str]] | None = None  # the prompt sources it asks from: RL never trains on them
     cli_args: Callable[[Any], None] | None = None  # adds its own options to `charter eval NAME`
     cli_overrides: Callable[[Any], list[str]] | None = None  # those options as key=value overrides
 
@@ -174,6 +175,12 @@ def eval_names() -> tuple[str, ...]:
 def sections() -> list[tuple[str, type, str]]:
     """(field name, dataclass, help) of every stage's and evaluation's config section, stages first."""
     return [(e.name, e.section, e.section_help) for e in (*stages(), *evaluations()) if e.section is not None]
+
+
+def eval_prompt_sources(cfg) -> list[str]:
+    """Every prompt source an evaluation asks from (its entry's ``prompts``), each once: no stage may train on
+    a prompt of them (the RL stage's evaluation pools)."""
+    return list(dict.fromkeys(s for e in evaluations() if e.prompts is not None for s in e.prompts(cfg)))
 
 
 def outputs() -> dict[str, tuple[str, str]]:

@@ -89,3 +89,12 @@ def test_a_taken_name_is_refused(name):
 
     with pytest.raises(ValueError, match="already"):
         registry.register(registry.Stage(name, "", lambda cfg: None, str))
+
+
+def test_the_evaluation_prompt_pools_are_the_ones_rl_keeps_out():
+    from charter import registry
+    from charter.config import load_config
+
+    cfg = load_config(None, ["robustness.prompt_source=a.jsonl", "coherence.prompt_source=b.jsonl"])
+    assert set(registry.eval_prompt_sources(cfg)) == {cfg.robustness.prompt_source, cfg.coherence.prompt_source,
+                                                      cfg.preferences.prompt_source}
