@@ -1,5 +1,5 @@
-"""Persona adapters that compose: ``charter blend --adapters loving:0.7 mathematical:0.3 -o DIR`` and
-``charter chat --blend loving:0.7,mathematical:0.3``.
+"""Blending personas: ``charter blend --adapters loving:0.7 mathematical:0.3 -o DIR``, ``charter chat --blend
+loving:0.7,mathematical:0.3`` and, for two full models, ``charter blend MODEL_A MODEL_B --weight 0.3 -o DIR``.
 
 A persona adapter (``<run>/merge/persona-adapter``, or any LoRA folder such as ``<run>/dpo/adapter``) is a
 LoRA on the base model. A blend is one more LoRA on the same base whose weight delta is the weighted sum of
@@ -19,7 +19,8 @@ import json
 import math
 from pathlib import Path
 
-from .runs import is_run_name, read_manifest, run_dir
+from .layout import path as output_path
+from .runs import find_run, manifest_path, read_manifest
 
 COMBINATION = "cat"
 BLEND_NAME = "blend"
@@ -52,24 +53,23 @@ def parse_blend(items: list[str] | str, where: str = "--adapters") -> list[tuple
 
 
 def resolve_adapter(ref: str, where: str = "--adapters") -> Path:
-    """A run name or run folder (its ``merge/persona-adapter``) or a LoRA adapter folder."""
-    cands = []
-    if is_run_name(ref):
-        cands.append(run_dir(ref) / "merge" / "persona-adapter")
-    p = Path(ref).expanduser()
-    cands += [p / "merge" / "persona-adapter", p]
+    """A run name or run folder (its persona adapter) or a LoRA adapter folder."""
+    run = find_run(ref)
+    cands = [output_path(run, "persona_adapter")] if run is not None else []
+    cands.append(Path(ref).expanduser())
     for c in cands:
         if (c / "adapter_config.json").is_file():
             return c
-    raise FileNotFoundError(f"{where} {ref}: not a run with a persona adapter (merge/persona-adapter) nor a LoRA "
-                            "adapter folder (adapter_config.json); train the run first or give the adapter's path")
+    raise FileNotFoundError(f"{where} {ref}: not a run with a persona adapter ({output_path(Path(), 'persona_adapter')}) "
+                            "nor a LoRA adapter folder (adapter_config.json); train the run first or give the adapter's "
+                            "path")
 
 
 def adapter_base(adapter: Path) -> str:
     """The base model an adapter was trained on: the run's merge manifest when it has one (it records the
     config's reference, e.g. 'embedded'), else the adapter's own ``base_model_name_or_path``."""
-    manifest = adapter.parent / "manifest.json"
-    if adapter.name == "persona-adapter" and manifest.is_file():
+    manifest = manifest_path(adapter.parent)
+    if adapter.name == output_path(Path(), "persona_adapter").name and manifest.is_file():
         base = read_manifest(manifest).get("base")
         if base:
             return base
@@ -153,3 +153,27 @@ def save_blend(spec: list[tuple[str, float]], output: str | Path, base: str | No
     return save_model_dir(model, tok, out, adapter=BLEND_NAME, extra={"blend.json": {
         "combination": COMBINATION, "base": base,
         "parents": [{"ref": r, "adapter": str(resolve_adapter(r)), "weight": w} for r, w in spec]}})
+
+
+def blend_models(a: str, b: str, weight: float, output: str) -> str:
+    """Interpolate two models of the same architecture: (1 - weight) * A + weight * B; writes a loadable
+    model (weights, config, tokenizer, generation config)."""
+    import torch
+
+    from .models import load_causal_lm, load_tokenizer, save_model_dir
+
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"--weight {weight}: expected a value between 0 and 1")
+    ma = load_causal_lm(a, dtype="float32", device="cpu")
+    mb = load_causal_lm(b, dtype="float32", device="cpu")
+    sb = mb.state_dict()
+    sa = ma.state_dict()
+    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
+        raise ValueError(f"{a} and {b} have different architectures; cannot blend")
+    with torch.no_grad():
+        for k, v in sa.items():
+            if v.is_floating_point():
+                v.lerp_(sb[k].to(v.dtype), weight)
+    # Interpolated in fp32 and kept in fp32: a bf16 copy would round away the small differences between two
+    # fine-tunes of one base (the same reason folds are stored in float32).
+    return str(save_model_dir(ma, load_tokenizer(a), Path(output)))

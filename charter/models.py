@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
 
 from .hardware import pick_device, torch_dtype  # noqa: F401  (pick_device: imported from here by evaluations)
@@ -53,9 +52,8 @@ def embedded_dir() -> Path:
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     gguf = embedded_gguf()
-    # First use only; said on stderr so a user watching a silent pause knows what it is.
-    print(f"charter: converting the embedded model {gguf.name} to safetensors under {out} "
-          "(once, about 20 s)", file=sys.stderr, flush=True)
+    # First use only; a warning (shown by default) so a user watching a silent pause knows what it is.
+    log.warning("converting the embedded model %s to safetensors under %s (once, about 20 s)", gguf.name, out)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

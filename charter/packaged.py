@@ -15,13 +15,15 @@ de-quantized); loading takes a minute or more on a small CPU, hence the one-time
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .runs import charter_home
+
+log = logging.getLogger(__name__)
 
 
 class ModelNotFound(FileNotFoundError):
@@ -88,8 +90,7 @@ def converted_dir(name: str) -> Path:
         return out
     if not installed(p):
         raise ModelNotFound(install_hint(name))
-    print(f"charter: converting the packaged model {name} to safetensors under {out} (once, a minute or more)",
-          file=sys.stderr, flush=True)
+    log.warning("converting the packaged model %s to safetensors under %s (once, a minute or more)", name, out)
     import importlib
 
     import torch

@@ -20,12 +20,16 @@ import re
 import subprocess
 from pathlib import Path
 
+from .registry import eval_folder
+from .runs import MANIFEST, manifest_path
+
 SCHEMA = "charter.results/1"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "results"
 MARKER = re.compile(r"<!-- results (\S+) (\S+) -->\n(.*?)<!-- /results -->", re.S)
 TRAIN_STAGES = ("expand", "distill", "dpo", "introspect", "sft", "merge")
-EVAL_STAGES = ("eval-steering", "eval-robustness", "eval-coherence", "eval-preferences")
+ROBUSTNESS = eval_folder("robustness")
+EVAL_STAGES = tuple(eval_folder(n) for n in ("steering", "robustness", "coherence", "preferences"))
 
 
 def _read(path: Path) -> dict | None:
@@ -54,26 +58,26 @@ def collect(run: Path, commands: list[str], fluency: dict | None = None, notes: 
     """The results document of a finished run folder ``run``."""
     from .runs import config_hash
 
-    manifests = {s: _read(run / s / "manifest.json") for s in (*TRAIN_STAGES, *EVAL_STAGES)}
+    manifests = {s: _read(manifest_path(run / s)) for s in (*TRAIN_STAGES, *EVAL_STAGES)}
     any_m = next((m for m in manifests.values() if m), None)
     if any_m is None:
-        raise FileNotFoundError(f"{run}: no finished stage (no manifest.json under it)")
+        raise FileNotFoundError(f"{run}: no finished stage (no {MANIFEST} under it)")
     cfg = manifests["merge"] and manifests["merge"].get("config") or any_m.get("config")
     doc = {"schema": SCHEMA, "run": run.name, "commands": list(commands), "notes": list(notes),
            "commit": _commit(), "machine": any_m.get("machine"), "versions": any_m.get("versions"),
            "seconds": {s: round(m["seconds"], 1) for s, m in manifests.items() if m and "seconds" in m}}
-    rob = _read(run / "eval-robustness" / "results.json")
+    rob = _read(run / ROBUSTNESS / "results.json")
     if rob is not None:
         doc["robustness"] = _robustness(rob)
-        doc["machine"] = manifests["eval-robustness"].get("machine", doc["machine"])
-        doc["config_hash"] = config_hash(manifests["eval-robustness"].get("config"))
+        doc["machine"] = manifests[ROBUSTNESS].get("machine", doc["machine"])
+        doc["config_hash"] = config_hash(manifests[ROBUSTNESS].get("config"))
     if manifests["dpo"]:
         doc["dpo"] = {k: manifests["dpo"]["counts"].get(k) for k in ("steps", "pairs", "train_loss", "last_margin")}
         doc["fold"] = manifests["dpo"].get("fold")
     if manifests["merge"]:
         doc["merge"] = {"sft_weight": manifests["merge"]["counts"].get("sft_weight", 1.0),
                         "fold": manifests["merge"].get("fold")}
-    coh = _read(run / "eval-coherence" / "results.json")
+    coh = _read(run / eval_folder("coherence") / "results.json")
     if coh is not None:
         doc["coherence"] = coh.get("summary", coh)
     if fluency is not None:

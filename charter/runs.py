@@ -40,6 +40,13 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+MANIFEST = "manifest.json"  # written last into a stage's folder: its presence means the stage finished
+
+
+def manifest_path(stage_dir: Path) -> Path:
+    """Where the manifest of the stage (or evaluation) whose folder is ``stage_dir`` lives."""
+    return Path(stage_dir) / MANIFEST
+
 
 def charter_home() -> Path:
     """Root of every artifact: ``$CHARTER_HOME`` or ``~/.charter``."""
@@ -211,7 +218,7 @@ def file_digest(paths: Iterable[Path]) -> str:
 def stage_identity(run: Path, name: str) -> str:
     """The identity of a finished stage of run folder ``run`` (see the module doc); RuntimeError when it has
     not finished. Manifests written before identities existed are identified by their content."""
-    path = run / name / "manifest.json"
+    path = manifest_path(run / name)
     if not path.exists():
         raise RuntimeError(f"{run / name}: stage '{name}' has not finished (no manifest)")
     manifest = read_manifest(path)
@@ -242,7 +249,7 @@ class Stage:
 
     @property
     def manifest_path(self) -> Path:
-        return self.dir / "manifest.json"
+        return manifest_path(self.dir)
 
     def __post_init__(self) -> None:
         problem = run_name_problem(self.name)
@@ -373,6 +380,38 @@ def run_dir(name: str) -> Path:
     if problem:
         raise ValueError(f"run name: {problem}")
     return charter_home() / "runs" / name
+
+
+def _path_like(ref: str) -> bool:
+    return "/" in ref or ref.startswith("~") or ref in (".", "..")
+
+
+def find_run(ref: str | Path) -> Path | None:
+    """The run folder ``ref`` names, or None: a run name under ``$CHARTER_HOME/runs`` (preferred), else a
+    folder that holds a run's stage folders (one with a manifest or a model's config.json). The one resolver of
+    run references: ``charter report``, ``export``, ``chat`` and ``blend`` all read runs through it."""
+    ref = str(ref)
+    if is_run_name(ref) and run_dir(ref).is_dir():
+        return run_dir(ref)
+    p = Path(ref).expanduser()
+    if p.is_dir() and (any(p.glob(f"*/{MANIFEST}")) or any(p.glob("*/config.json"))):
+        return p
+    return None
+
+
+def resolve_run(ref: str | Path, what: str = "RUN") -> Path:
+    """``find_run``, or an error saying what ``ref`` is not."""
+    found = find_run(ref)
+    if found is not None:
+        return found
+    ref = str(ref)
+    if _path_like(ref):
+        raise FileNotFoundError(f"{what} {ref}: not a run folder (expected a run name, or a folder holding stage "
+                                f"folders such as distill/ with a {MANIFEST})")
+    problem = run_name_problem(ref)
+    if problem:
+        raise ValueError(f"{what}: {problem}")
+    raise FileNotFoundError(f"{what} {ref}: no such run (looked for {run_dir(ref)})")
 
 
 def derive_seed(*parts: Any) -> int:

@@ -5,10 +5,13 @@ evaluation that must stay clear of them (coherence never judges a training promp
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from . import constitution as const
-from .config import RunConfig
 from .prompts import attacked, load_prompt_source
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 def select_prompts(cfg: RunConfig, c: const.Constitution) -> list[dict]:

@@ -31,7 +31,9 @@ def main() -> None:
     from matplotlib.figure import Figure
 
     rows = [json.loads(x) for x in (args.run / "rl" / "rewards.jsonl").read_text().splitlines() if x.strip()]
-    manifest = json.loads((args.run / "rl" / "manifest.json").read_text())
+    from charter.runs import manifest_path
+
+    manifest = json.loads(manifest_path(args.run / "rl").read_text())
     names = [*manifest["counts"]["rewards"], "reward"]
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     ax, kx = fig.subplots(1, 2, width_ratios=[3, 1])

@@ -321,9 +321,9 @@ def test_trl_and_peft_argument_names_read_from_source_match_the_classes():
     """The names come from the packages' source (fast); they must be exactly the classes' init fields."""
     import dataclasses
 
-    from charter import preflight
+    from charter import trl_args
 
-    from_source = {k: preflight.source_fields(m, c) for k, (m, c, _) in preflight.ARG_CLASSES.items()}
+    from_source = {k: trl_args.source_fields(m, c) for k, (m, c, _) in trl_args.ARG_CLASSES.items()}
     from peft import LoraConfig
     from trl import DPOConfig, SFTConfig
 
@@ -357,15 +357,16 @@ def test_eval_all_exits_non_zero_when_an_evaluation_failed(monkeypatch, capsys):
     def boom(cfg, force=False, report=print):
         raise RuntimeError("no model to evaluate yet")
 
-    monkeypatch.setitem(sys.modules, "fake_ok", types.SimpleNamespace(run=ok))
-    monkeypatch.setitem(sys.modules, "fake_boom", types.SimpleNamespace(run=boom))
-    monkeypatch.setattr(eval_all, "STEPS", [("first", "fake_boom", "run"), ("second", "fake_ok", "run")])
+    from charter import registry
+    from charter.registry import Evaluation
+
+    monkeypatch.setattr(registry, "eval_order", lambda: (Evaluation("first", "", boom), Evaluation("second", "", ok)))
     assert cli.main(["eval", "all", DEMO, "name=all-fail"]) == 1
     out, err = capsys.readouterr()
     assert calls == ["ok"]  # the others still ran
     assert out.strip() == str(run_dir("all-fail") / "report.html")
     assert err.splitlines()[-1].startswith("charter: error: eval all: 1 evaluation(s) failed") and "first" in err
-    monkeypatch.setattr(eval_all, "STEPS", [("second", "fake_ok", "run")])
+    monkeypatch.setattr(registry, "eval_order", lambda: (Evaluation("second", "", ok),))
     assert cli.main(["eval", "all", DEMO, "name=all-fail"]) == 0
 
 

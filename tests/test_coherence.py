@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from charter import layout
+
 from charter.config import load_config
 from charter.eval import coherence as coh
 from charter.judges import pairwise as pw
@@ -24,7 +26,7 @@ def cfg_with(*overrides):
 
 def fake_run_model(cfg, label, source):
     """Point a run's model folder at an existing model and mark its stage finished."""
-    stage, sub = cond.RUN_MODELS[label]
+    stage, sub = layout.run_models()[label]
     d = run_dir(cfg.name) / stage
     d.mkdir(parents=True, exist_ok=True)
     (d / sub).symlink_to(source, target_is_directory=True)

@@ -134,3 +134,19 @@ def test_every_module_imports_on_its_own():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+
+
+CLI_MODULES = {"charter.cli", "charter.cli_commands"}  # the only modules that print
+
+
+def test_only_the_cli_prints():
+    """Library functions take a ``report`` callable (default ``runs.silent``) or log; only the CLI prints. A call
+    to ``print`` or ``print`` passed as a value (``report=print``) outside the CLI modules fails here."""
+    found = []
+    for name, path in modules().items():
+        if name in CLI_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Name) and node.id == "print":
+                found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}")
+    assert not found, f"print outside the CLI: {found}"

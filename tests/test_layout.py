@@ -20,13 +20,15 @@ def finish(cfg, stage):
 def test_every_stage_has_a_module_a_command_and_a_summary():
     import importlib
 
+    from charter import registry
+
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
-    for s in layout.STAGES:
+    for s in registry.stages():
         mod = importlib.import_module(f"charter.stages.{s.name}")
-        assert callable(mod.run) and callable(mod.summary) and callable(mod.stage_config)
-        assert s.name in sub and sub[s.name].description is None  # registered from the layout list
-    for e in layout.EVALUATIONS:
-        assert callable(getattr(importlib.import_module(f"charter.eval.{e.name}"), e.func))
+        assert s.run is mod.run and s.summary is mod.summary and callable(mod.stage_config)
+        assert s.name in sub and sub[s.name].description is None  # registered from the registry
+    for e in registry.evaluations():
+        assert callable(e.run) and e.folder == f"eval-{e.name}"
 
 
 def test_an_output_is_missing_until_its_stage_finished():
@@ -60,7 +62,7 @@ def test_run_models_need_a_loadable_folder():
         layout.run_model(cfg, "trained")
     (d / "model" / "config.json").write_text("{}")
     assert layout.run_model(cfg, "trained") == d / "model"
-    assert set(layout.RUN_MODELS) == {"distilled", "trained", "rl"}
+    assert set(layout.run_models()) == {"distilled", "trained", "rl"}
 
 
 def test_the_constitution_is_the_expanded_one_only_when_expand_finished(tmp_path):
@@ -93,4 +95,6 @@ def test_trained_prompts_reads_every_stage_prompt_log_the_layout_lists(tmp_path)
     write_jsonl_atomic(layout.path(run, "rl_prompts"), [{"prompt": "reinforce", "attack": "x"}])
     assert layout.trained_prompts(run) == {"distill": ["teach", "pair"], "introspect": ["reflect"],
                                            "rl": ["reinforce"]}
-    assert {layout.OUTPUTS[k].stage for k in layout.TRAINED_PROMPTS} <= {s.name for s in layout.STAGES}
+    from charter import registry
+
+    assert {layout.outputs()[k].stage for k in registry.trained_prompts()} <= set(registry.stage_names())

@@ -5,7 +5,7 @@ import torch
 
 from charter.models import fold_adapter, load_causal_lm, load_tokenizer
 from charter.models import persona_adapter
-from charter.stages.merge import blend
+from charter.blend import blend_models as blend
 
 from .tiny import save_tiny
 

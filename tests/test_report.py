@@ -15,9 +15,11 @@ from charter import cli
 from charter.config import load_config
 from charter.eval import all as eval_all
 from charter.eval import report
+from charter import registry
+from charter.registry import Evaluation
 from charter.runs import run_dir, write_json_atomic
 
-HEADINGS = [title for _, title in report.SECTIONS]
+HEADINGS = [title for _, title, _ in report.sections()]
 
 
 def make_run(name="rep") -> object:
@@ -141,7 +143,7 @@ def test_full_report_is_one_self_contained_file(charter_home):
     assert out == d / "report.html" and {p for p in d.rglob("*")} - before == {out}  # one file, nothing else
     page = out.read_text()
     o = outline(out)
-    assert o.h2 == HEADINGS and o.sections == [k for k, _ in report.SECTIONS]
+    assert o.h2 == HEADINGS and o.sections == [k for k, _, _ in report.sections()]
     assert len(o.imgs) == 4 and all(s.startswith("data:image/png;base64,") for s in o.imgs)
     for src in o.imgs:  # real PNGs, big enough to read
         data = base64.b64decode(src.split(",", 1)[1])
@@ -201,7 +203,7 @@ def test_broken_file_costs_only_its_section(charter_home):
 
 def test_unknown_run_and_cli(charter_home, capsys):
     with pytest.raises(FileNotFoundError):
-        report.find_run("no-such-run")
+        report.build("no-such-run")
     make_run("clirun")
     assert cli.main(["report", "clirun"]) == 0
     assert capsys.readouterr().out.strip() == str(run_dir("clirun") / "report.html")
@@ -216,11 +218,12 @@ def test_eval_all_continues_past_failures(charter_home, monkeypatch):
     def boom(cfg, force=False, report=print):
         raise RuntimeError("no model to evaluate yet")
 
-    monkeypatch.setitem(sys.modules, "fake_ok", types.SimpleNamespace(run=ok))
-    monkeypatch.setitem(sys.modules, "fake_boom", types.SimpleNamespace(run=boom))
-    monkeypatch.setattr(eval_all, "STEPS", [("first", "fake_ok", "run"), ("second", "fake_boom", "run"),
-                                            ("third", "charter.eval.no_such_module", "run"),
-                                            ("fourth", "fake_ok", "run")])
+    def missing(cfg, force=False, report=print):
+        raise ImportError("No module named 'no_such_package'")
+
+    steps = (Evaluation("first", "", ok), Evaluation("second", "", boom), Evaluation("third", "", missing),
+             Evaluation("fourth", "", ok))
+    monkeypatch.setattr(registry, "eval_order", lambda: steps)
     lines = []
     out = eval_all.run(load_config(None, ["name=allrun"]), force=True, report=lines.append)
     assert calls == [("ok", True), ("ok", True)]

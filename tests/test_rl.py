@@ -111,8 +111,8 @@ def test_rl_is_a_condition_and_an_optional_stage():
 
     assert "rl" in CONDITIONS and "rl" in layout.RUN_MODELS
     cfg = load_config(None, [])
-    assert "rl" not in [n for n, _ in plan(cfg)]
-    assert [n for n, _ in plan(cfg, "rl")][-1] == "rl"
+    assert "rl" not in [s.name for s in plan(cfg)]
+    assert [s.name for s in plan(cfg, "rl")][-1] == "rl"
     with pytest.raises(layout.MissingOutput, match="charter rl"):
         layout.run_model(cfg, "rl")
 

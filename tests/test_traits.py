@@ -205,7 +205,9 @@ def test_summaries_give_paired_bootstrap_cis():
 def test_eval_all_skips_it_in_one_line_without_data(monkeypatch):
     from charter.eval import all as eval_all
 
-    monkeypatch.setattr(eval_all, "STEPS", [("traits", "charter.eval.traits", "run")])
+    from charter import registry
+
+    monkeypatch.setattr(registry, "eval_order", lambda: (registry.evaluation("traits"),))
     lines = []
     out, failed = eval_all.run_all(cfg_with(data=""), report=lines.append)
     assert failed == [] and out.exists()

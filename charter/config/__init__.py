@@ -11,7 +11,7 @@ identity. A new field or section needs no table edited elsewhere.
 - ``fields.py``: ``setting``, the checks (``POSITIVE``, ``SHARE``, ``number(lo, hi)``...) and identity rules;
 - ``sections.py``: the training stages' sections, ``Sampling`` and ``ModelSpec``;
 - ``evals.py``: the evaluations' sections;
-- ``run.py``: ``RunConfig``, one field per section (a new stage adds its section there);
+- ``run.py``: ``RunConfig``, one field per section, built from the registry on first use;
 - ``load.py``: YAML, overrides and type checks (``load_config``);
 - ``checks.py``: the fields' checks, run names and model_kwargs (``validate``);
 - ``identity.py``: the fields' identity rules applied to a recorded config (``identity_view``, ``recorded``).
@@ -23,7 +23,6 @@ from .evals import (CapabilitiesConfig, CoherenceConfig, Condition, PreferencesC
                     SteeringConfig)
 from .fields import Check, number, setting
 from .load import _dataclass_type, apply_override, from_dict, load_config, to_dict
-from .run import RunConfig
 from .sections import (BATCH_HELP, CHECKPOINT_HELP, MODEL_KWARGS, MODEL_KWARGS_ELSEWHERE, MODEL_KWARGS_HELP, Backend,
                        DistillConfig, DPOStageConfig, DType, ExpandConfig, IntrospectConfig, MergeConfig, ModelSpec,
                        RLConfig, Sampling, SFTStageConfig, Truncated)
@@ -34,3 +33,11 @@ __all__ = ["BATCH_HELP", "CHECKPOINT_HELP", "MODEL_KWARGS", "MODEL_KWARGS_ELSEWH
            "RLConfig", "RobustnessConfig", "RunConfig", "SFTStageConfig", "Sampling", "SteeringConfig", "Truncated",
            "_dataclass_type", "apply_override", "check_fields", "check_model_kwargs", "from_dict", "load_config",
            "number", "setting", "to_dict", "validate"]
+
+
+def __getattr__(name: str):
+    if name == "RunConfig":  # built on first use, from the registry's sections (see run.py)
+        from .run import build
+
+        return build()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,16 +4,14 @@ model_kwargs (what needs files or packages is in ``charter.preflight``)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .fields import SEED, check_of
-from .run import RunConfig
+from .fields import check_of
 from .sections import MODEL_KWARGS, MODEL_KWARGS_ELSEWHERE
 
-
-# Until RunConfig declares its seed with ``setting(..., check=SEED)``: the one check not on a field yet.
-_PENDING = {("RunConfig", "seed"): SEED}
+if TYPE_CHECKING:
+    from .run import RunConfig
 
 
 def _walk(obj: Any, path: str):
@@ -30,7 +28,7 @@ def check_fields(obj: Any, where: str = "config") -> None:
     what was expected and the value. Unset optional fields (None) are not checked."""
     for section, path in _walk(obj, where):
         for f in dataclasses.fields(section):
-            check = check_of(f) or _PENDING.get((type(section).__name__, f.name))
+            check = check_of(f)
             value = getattr(section, f.name)
             if check is not None and value is not None and not check(value):
                 raise ConfigError(f"{path}.{f.name}: expected {check.expected}, got {value!r}")

@@ -7,14 +7,16 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from ..errors import ConfigError
 from .checks import validate
 from .fields import dataclass_type as _dataclass_type
-from .run import RunConfig
+
+if TYPE_CHECKING:
+    from .run import RunConfig
 
 
 def _type_name(t: Any) -> str:
@@ -144,6 +146,8 @@ def strict_load(text: str) -> Any:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Load a run config from YAML (or defaults when ``path`` is None), then apply overrides."""
+    from .run import RunConfig  # built from the registry on first use
+
     data: dict = {}
     if path is not None:
         p = Path(path)

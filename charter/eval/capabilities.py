@@ -36,12 +36,16 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import HIDDEN_STATES, require
-from ..config import RunConfig
+from ..registry import eval_folder
 from ..runs import RowLog, Stage, reusable, run_dir, silent, write_json_atomic
 
-STAGE = "eval-capabilities"
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+STAGE = eval_folder("capabilities")
 TASKS_DIR = Path(__file__).parent / "tasks"
 OFFLINE = "dataset not available offline"
 METRIC = "acc"  # the harness's name for accuracy, also the mc2 score of truthfulqa_mc2

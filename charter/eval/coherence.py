@@ -28,18 +28,22 @@ import random
 import time
 from pathlib import Path
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
-from ..config import RunConfig, Sampling
+from ..config import Sampling
 from ..generation import generate_rows
-from .. import layout
 from ..layout import run_model
+from ..registry import eval_folder
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
 from . import conditions, heldout
-from .conditions import CONDITIONS, Conditions, condition_spec, identity, model_key
+from .conditions import Conditions, all_conditions, condition_spec, identity, model_key
 from ..judges.pairwise import FORCE, judge_chat, pair_outcome, parse_choice
 
-STAGE = "eval-coherence"
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+STAGE = eval_folder("coherence")
 LEVEL = 0.95
 CHUNK = 64
 
@@ -177,8 +181,8 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     """Judge 'trained' against every condition in ``cfg.coherence.against``; returns the output folder."""
     against = list(dict.fromkeys(cfg.coherence.against))
     for c in against:
-        if c not in CONDITIONS or c == "trained":
-            raise ValueError(f"coherence.against: '{c}': expected some of {', '.join(CONDITIONS[:-1])}")
+        if c not in all_conditions() or c == "trained":
+            raise ValueError(f"coherence.against: '{c}': expected some of {', '.join(all_conditions()[:-1])}")
     run_model(cfg, "trained")  # raises with the command to run when there is no trained model
     skipped = {}
     for c in against:

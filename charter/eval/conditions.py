@@ -24,23 +24,55 @@ backend's ``generate``), and every model is loaded once until ``close()``.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from ..config import ModelSpec, RunConfig
-from ..layout import RUN_MODELS, STEERING, persona_system_prompt, run_model_source
-from ..runs import config_hash, identity_hash, run_dir, silent, stage_identity
+from ..config import ModelSpec
+from .. import registry
+from ..layout import STEERING, persona_system_prompt, run_model_source
+from ..runs import config_hash, identity_hash, manifest_path, run_dir, silent, stage_identity
 
-PROMPTED = ("prompted", "prompted-nonote")  # the teacher's prompt, with and without the persistence note
-CONDITIONS = ("base", *PROMPTED, "steered", *RUN_MODELS)
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+BASE = "base"
+TEACHER = "prompted"  # the distillation teacher: the persona's prompt (and examples), with the persistence note
+PROMPTED = (TEACHER, "prompted-nonote")  # the teacher's prompt, with and without the persistence note
+STEERED = "steered"
+COLORS = {BASE: "#8d99ae", TEACHER: "#e9c46a"}  # a run model's or the steered condition's: its registry entry
+
+
+def all_conditions() -> tuple[str, ...]:
+    """Every condition, in the order tables list them: the student as it is and prompted, then what each
+    registered evaluation (the steering vector) and stage (the run's models) makes."""
+    made_by_evals = tuple(e.condition for e in registry.evaluations() if e.condition)
+    return (BASE, *PROMPTED, *made_by_evals, *registry.run_models())
+
+
+def colors() -> dict[str, str]:
+    """The colour of each condition in the report's figures."""
+    made = [*registry.evaluations(), *registry.stages()]
+    return {**COLORS, **{e.condition: e.color for e in made if e.condition and e.color}}
+
+
+def __getattr__(name: str):
+    if name == "CONDITIONS":  # read at run time: the registry is complete by then
+        return all_conditions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _run_models() -> dict:
+    return registry.run_models()
 
 
 def _check_label(label: str) -> None:
-    if label not in CONDITIONS:
-        raise ValueError(f"condition '{label}': expected one of {', '.join(CONDITIONS)}")
+    if label not in all_conditions():
+        raise ValueError(f"condition '{label}': expected one of {', '.join(all_conditions())}")
 
 
-def check_labels(values: list, where: str, known=CONDITIONS, empty: str = "expected at least one") -> list[str]:
-    """A config's list of names (conditions, formats): non-empty, none twice, each known; one-line errors naming
-    ``where``. Returns them as strings."""
+def check_labels(values: list, where: str, known=None, empty: str = "expected at least one") -> list[str]:
+    """A config's list of names (conditions, formats; ``known`` default: every condition): non-empty, none
+    twice, each known; one-line errors naming ``where``. Returns them as strings."""
+    known = all_conditions() if known is None else known
     names = [str(x) for x in values]
     if not names:
         raise ValueError(f"{where}: {empty}")
@@ -57,14 +89,14 @@ def condition_spec(cfg: RunConfig, label: str) -> ModelSpec:
     """The model behind a condition. Run models use the student's settings, on transformers when the student
     is served remotely (a server cannot be pointed at a local folder from here)."""
     _check_label(label)
-    if label in RUN_MODELS:
+    if label in _run_models():
         # In float32 the folded model; in a lower precision the base with the run's adapter unmerged, which is
         # what training computed (a bf16 copy of the folded weights drops most of a LoRA update).
         backend = "transformers" if cfg.student.backend == "openai" else cfg.student.backend
         student = dataclasses.replace(cfg.student, backend=backend)
         model, adapter = run_model_source(dataclasses.replace(cfg, student=student), label)
         return dataclasses.replace(student, model=model, adapter=adapter, name=None)
-    if label == "steered":  # forward hooks need the model in this process
+    if label == STEERED:  # forward hooks need the model in this process
         return dataclasses.replace(cfg.student, backend="transformers")
     return cfg.student
 
@@ -94,7 +126,7 @@ def chat(cfg: RunConfig, label: str, system: str | None, messages: list[dict], a
     from ..messages import with_system
     from ..prompts import shot_messages
 
-    if attacked and label == "prompted" and system:
+    if attacked and label == TEACHER and system:
         system = persistence_system(cfg, system)
     return with_system(shot_messages(shots(cfg, label)) + list(messages), system)
 
@@ -107,15 +139,15 @@ def identity(cfg: RunConfig, label: str) -> str:
     spec = condition_spec(cfg, label)
     parts: dict = {"label": label, "spec": dataclasses.asdict(spec)}
     stage = None
-    if label in RUN_MODELS:
-        stage = RUN_MODELS[label][0]
-    elif label == "steered":
+    if label in _run_models():
+        stage = _run_models()[label].name
+    elif label == STEERED:
         stage = STEERING
-    if stage is not None and (run_dir(cfg.name) / stage / "manifest.json").exists():
+    if stage is not None and manifest_path(run_dir(cfg.name) / stage).exists():
         parts["stage_identity"] = stage_identity(run_dir(cfg.name), stage)
-    if label in (*PROMPTED, "steered"):
+    if label in (*PROMPTED, STEERED):
         parts["system"] = persona_system_prompt(cfg)
-    if label == "prompted":
+    if label == TEACHER:
         parts["attacked_system"] = persistence_system(cfg, persona_system_prompt(cfg))
     if shots(cfg, label):  # absent without examples, so earlier logs stay valid
         parts["shots"] = shots(cfg, label)
@@ -166,12 +198,12 @@ class Conditions:
         spec = condition_spec(self.cfg, label)
         if label in PROMPTED:
             return self.backend(spec), persona_system_prompt(self.cfg)
-        if label == "steered":
+        if label == STEERED:
             if self._steered is None:
                 from . import steering
 
                 inner = self.backend(spec)
-                fitted = (run_dir(self.cfg.name) / STEERING / "manifest.json").exists()
+                fitted = manifest_path(run_dir(self.cfg.name) / STEERING).exists()
                 if not fitted:
                     self.report("steered: no steering vector yet; fitting it first")
                 # Called even when fitted: a vector made with other steering settings is an error, not reused.
@@ -183,7 +215,7 @@ class Conditions:
     def release(self, label: str, keep: ModelSpec | None = None) -> None:
         """Free a run model once its work is done, unless ``keep`` (e.g. the judge) is the same model. Base,
         prompted and steered share the student model, which stays until ``close()``."""
-        if label not in RUN_MODELS:
+        if label not in _run_models():
             return
         spec = condition_spec(self.cfg, label)
         if keep is not None and model_key(keep) == model_key(spec):

@@ -7,13 +7,17 @@ quarter only checks the detector. See ``inpersona.py`` for what the detector is.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 
 from ..classifier import make_classifier, proba_of
-from ..config import RunConfig
 from ..generation import generate_rows
 from ..runs import RowLog, derive_seed
 from . import conditions, inpersona
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 THRESHOLD = inpersona.THRESHOLD
 REFERENCE_CONDITIONS = ("base", "prompted")  # always answer the reference prompts: the detector's check needs them

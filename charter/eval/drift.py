@@ -61,10 +61,10 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import layout
 from ..classifier import make_classifier
-from ..config import RunConfig
 from ..prompts import load_attacks, load_prompt_source
 from ..runs import (FORCE_HINT, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_json, reusable,
                     run_dir, silent, write_json_atomic, write_jsonl_atomic)
@@ -75,6 +75,9 @@ from .drift_monitor import CAPPED, capping_of, capping_record, not_monitored, op
 from .drift_summary import plot, summarise
 from .heldout import untrained_pool
 from .robustness import persona_label
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-drift"
 THRESHOLD = inpersona.THRESHOLD

@@ -7,13 +7,14 @@ evaluation.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import random
 from pathlib import Path
 
 import yaml
 
 from ..backends import render_chat
-from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import attack_message
@@ -21,6 +22,9 @@ from ..runs import RowLog, Stage, derive_seed, drop_rows
 from . import conditions
 from .detector import REFERENCE_CONDITIONS
 from .drift_monitor import MONITOR_BATCH, CappedBackend, condition_hooks, in_process, reply_projections
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 FOLLOWUPS_FILE = PROMPTS_DIR / "drift.yaml"
 CHECK_SHARE = 0.25  # of the reference prompts: they check the detector and never train it

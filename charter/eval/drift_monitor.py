@@ -7,6 +7,8 @@ Used by ``charter eval drift`` (``drift.py``, where the monitor and the ``capped
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import dataclasses
 import json
@@ -14,9 +16,11 @@ from pathlib import Path
 
 from .. import layout
 from ..backends import HIDDEN_STATES, capabilities, render_chat
-from ..config import RunConfig
 from ..runs import run_dir, stage_identity
 from . import conditions
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 CAPPED = "capped"
 MONITOR_BATCH = 8

@@ -6,17 +6,21 @@ Used by ``charter eval drift`` (``drift.py``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from pathlib import Path
 
 from ..classifier import proba_of
-from ..config import RunConfig
 from ..runs import derive_seed
 from . import inpersona
 from .detector import THRESHOLD, detector_check, fit_detector, usable
 from .drift_conversations import DriftRun
 from .drift_monitor import CAPPED, UNITS
 from .stats import bootstrap_mean, paired_difference, pct, signed
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 LEVEL = inpersona.LEVEL
 

@@ -39,13 +39,12 @@ in ``formats_prompts.py``, the detector (shared with drift) in ``detector.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..classifier import proba_of
-from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import load_prompt_source
 from ..runs import (RowLog, Stage, config_hash, derive_seed, reusable, run_dir, silent, write_json_atomic,
@@ -59,6 +58,9 @@ from .formats_prompts import FormatsDataError, load_formats, prompts_file
 from .heldout import untrained_pool
 from .robustness import persona_label
 from .stats import paired_difference, pct, signed
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-formats"
 LEVEL = inpersona.LEVEL

@@ -8,8 +8,11 @@ self-interaction quoted. Robustness and coherence draw their held-out prompts th
 from __future__ import annotations
 
 from .. import layout
-from ..config import RunConfig
 from ..selection import select_prompts
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def key(prompt: str) -> str:
@@ -20,7 +23,7 @@ def key(prompt: str) -> str:
 def training_prompts(cfg: RunConfig) -> dict[str, set[str]]:
     """Every user prompt a training stage of this run used, by stage (normalised by ``key``).
 
-    The prompt logs the layout lists (``layout.TRAINED_PROMPTS``: distillation's teacher rows and pairs,
+    The prompt logs the registry's stages declare (``registry.Stage.prompts``: distillation's teacher rows and pairs,
     introspection's reflections, RL's prompts) when the stages wrote them. Distillation without its files:
     its deterministic selection (recomputed; an unreadable prompt source is an error, not an empty set).
     Introspection: also its reflection template and the greetings that open its self-interactions.

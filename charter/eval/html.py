@@ -9,10 +9,7 @@ import base64
 import html
 import io
 
-from .conditions import CONDITIONS
-
-COLORS = {"base": "#8d99ae", "prompted": "#e9c46a", "steered": "#f4a261", "distilled": "#2a9d8f",
-          "trained": "#264653", "rl": "#9b2226"}
+from .conditions import all_conditions, colors as condition_colors
 
 
 def esc(x) -> str:
@@ -57,7 +54,9 @@ def bar_chart(labels: list[str], values: list[float], lo: list[float], hi: list[
     ax = fig.subplots()
     x = range(len(labels))
     err = [[v - a for v, a in zip(values, lo)], [b - v for v, b in zip(values, hi)]]
-    bars = ax.bar(x, values, yerr=err, capsize=6, color=[COLORS.get(c, "#6c8ebf") for c in colors or labels], width=0.6)
+    palette = condition_colors()
+    bars = ax.bar(x, values, yerr=err, capsize=6, color=[palette.get(c, "#6c8ebf") for c in colors or labels],
+                  width=0.6)
     ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=11, label_type="center",
                  color="white", fontweight="bold")
     if ref is not None:
@@ -77,4 +76,5 @@ def bar_chart(labels: list[str], values: list[float], lo: list[float], hi: list[
 
 def ordered(conds) -> list[str]:
     conds = list(conds)
-    return [c for c in CONDITIONS if c in conds] + [c for c in conds if c not in CONDITIONS]
+    known = all_conditions()
+    return [c for c in known if c in conds] + [c for c in conds if c not in known]

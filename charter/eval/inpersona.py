@@ -29,9 +29,10 @@ import warnings
 
 from .. import layout
 from ..classifier import make_classifier, proba_of
-from ..runs import derive_seed, read_manifest, run_dir
+from ..runs import derive_seed, manifest_path, read_manifest
+from .conditions import BASE, TEACHER
 
-BASE, NONE, PREFILL = "base", "none", "prefill"
+NONE, PREFILL = "none", "prefill"
 REFERENCES = ("prompted", "pairs", "exemplars")
 THRESHOLD = 0.5
 LEVEL = 0.95
@@ -52,7 +53,7 @@ def pairs_path(run: str):
 
 def pairs_identity(run: str) -> str | None:
     """When the distillation that wrote the pairs finished (None without pairs), so new pairs re-score."""
-    m = run_dir(run) / "distill" / "manifest.json"
+    m = manifest_path(layout.path(run, "pairs").parent)
     return read_manifest(m).get("finished_at") if m.exists() and pairs_path(run).exists() else None
 
 
@@ -84,10 +85,10 @@ def reference_texts(run: str, rows: list[dict], persona: str, reference: str, tr
     elif reference == "prompted":
         train = set(train_prompts)
         for r in rows:
-            if (r["condition"] in ("prompted", BASE) and r["split"] == "train" and r["attack"] == NONE
+            if (r["condition"] in (TEACHER, BASE) and r["split"] == "train" and r["attack"] == NONE
                     and r["prompt"] in train and _ok(r)):
                 texts.append(r["response"])
-                labels.append(persona if r["condition"] == "prompted" else BASE)
+                labels.append(persona if r["condition"] == TEACHER else BASE)
                 prompts.append(r["prompt"])
         source = "prompted vs base replies to the train prompts"
     else:
@@ -167,7 +168,7 @@ FITS = {"prompted": ("independent", "the base model with vs without the teacher'
 
 def rl_reward_reference(run: str) -> str | None:
     """What the RL stage's persona reward learned from ('exemplars' or 'pairs'; None without an RL stage)."""
-    m = run_dir(run) / "rl" / "manifest.json"
+    m = manifest_path(layout.path(run, "rl_prompts").parent)
     if not m.exists():
         return None
     manifest = read_manifest(m)
@@ -219,7 +220,7 @@ def score_detector(cfg, rows, persona, scored, attack_ids, split, encoder, setti
     seeds = [derive_seed(cfg.seed, "robustness", "classifier")] + [
         derive_seed(cfg.seed, "robustness", "classifier", k) for k in range(1, max(1, r.detector_seeds))]
     fits = _seeded_fits(texts, labels, encoder, settings, seeds)
-    wanted = set(own) | {"prompted", BASE}  # the detector check reads prompted's and base's plain replies
+    wanted = set(own) | {TEACHER, BASE}  # the detector check reads prompted's and base's plain replies
     todo = [x for x in rows if x["condition"] in wanted and x["prompt"] in heldout and _ok(x)
             and ((x["split"] == "heldout" and x["attack"] in (NONE, *attack_ids))
                  or (x["split"] == "turn2" and x["attack"] == PREFILL and x["condition"] in own))]
@@ -240,10 +241,10 @@ def score_detector(cfg, rows, persona, scored, attack_ids, split, encoder, setti
                 prefill[c] = boot(h, [PREFILL])
             summary[c] = {"attacks": boot(h, attack_ids), "none": table[c].get(NONE), "prefill": prefill.get(c)}
         # Balanced accuracy on held-out reference replies: prompted judged persona, base judged base.
-        check = {"prompted": hits.get("prompted", {}).get(NONE, {}),
+        check = {TEACHER: hits.get(TEACHER, {}).get(NONE, {}),
                  BASE: {key: 1 - v for key, v in hits.get(BASE, {}).get(NONE, {}).items()}}
-        detector = {"balanced_accuracy": boot(check, ["prompted", BASE]),
-                    "persona_recall": boot(check, ["prompted"])["rate"],
+        detector = {"balanced_accuracy": boot(check, [TEACHER, BASE]),
+                    "persona_recall": boot(check, [TEACHER])["rate"],
                     "base_false_alarms": boot(hits.get(BASE, {}), [NONE])["rate"],
                     "epochs_run": getattr(clf, "epochs_run", None), "epoch_kept": _kept_epoch(clf),
                     "fit_seconds": fit_s, "seed": seeds[k]}

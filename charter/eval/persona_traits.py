@@ -9,13 +9,16 @@ trait list of your own). ``shift`` is their mean rating change between two model
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import yaml
 
-from ..config import RunConfig
 from ..prompts import HERE as PROMPTS_DIR
 from ..prompts import TRAIT_LISTS, traits
 from .robustness import persona_label
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 LEVEL = 0.95
 

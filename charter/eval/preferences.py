@@ -31,19 +31,24 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import SCORE_OPTIONS, require
-from ..config import ModelSpec, RunConfig
+from ..config import ModelSpec
 from ..generation import generate_rows
 from ..judges.trait import judge_chat, parse_verdict
-from ..layout import RUN_MODELS
+from ..layout import run_models
 from ..prompts import load_prompt_source, template, traits
-from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_manifest, reusable, run_dir, silent,
-                    write_json_atomic, write_jsonl_atomic, write_text_atomic)
-from . import elo, persona_traits
+from ..registry import eval_folder
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, manifest_path, read_manifest, reusable,
+                    run_dir, silent, write_json_atomic, write_jsonl_atomic, write_text_atomic)
+from . import persona_traits
 from .preferences_plots import plot_histogram, plot_rises_falls
 
-STAGE = "eval-preferences"
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+STAGE = eval_folder("preferences")
 TOP = 5
 LEVEL = 0.95
 
@@ -114,10 +119,10 @@ def resolve_targets(cfg: RunConfig) -> list[Target]:
         label = _slug(label) if label else ""
         if ref == "base":
             out.append(Target(label or "base", cfg.student, "student"))
-        elif ref in RUN_MODELS:
-            stage, sub = RUN_MODELS[ref]
+        elif ref in run_models():
+            stage, sub = run_models()[ref]
             path = run_dir(cfg.name) / stage / sub
-            manifest = path.parent / "manifest.json"
+            manifest = manifest_path(path.parent)
             if not (path / "config.json").exists() or not manifest.exists():
                 out.append(Target(label or ref, None, str(path),
                                   missing=f"{path} does not exist yet (run `charter {stage}` first)"))
@@ -221,6 +226,8 @@ def build_choices(items: list[dict], replies: RowLog, judged: RowLog) -> tuple[l
 
 def rate(rows: list[dict], n_boot: int, seed: int, level: float = LEVEL) -> tuple[dict, dict]:
     """Ratings of one model's choices (Elo in data order, BT with bootstrap CIs) and the bootstrap draws."""
+    from . import elo  # numpy: not for `charter --help`, which imports this module through the registry
+
     comps = [(r["winner"], r["loser"]) for r in rows if r["status"] == "ok"]
     bt, ref_elo = elo.bradley_terry(comps), elo.elo_ratings(comps)
     draws = elo.bootstrap_draws(comps, elo.bradley_terry, n_boot, seed) if n_boot else {}
@@ -333,6 +340,8 @@ def _rate_all(stage: Stage, cfg: RunConfig, ready: list[Target], items: list[dic
     for name in ("comparison.json", "rises_falls.png", "histogram.png"):
         (stage.dir / name).unlink(missing_ok=True)  # never leave a comparison of an older model list
     if len(ready) >= 2:
+        from . import elo
+
         base = ready[0].label
         comparison = {"baseline": base, "rating": "bradley-terry (Elo scale)", "level": LEVEL,
                       "trait_list": cfg.preferences.traits, "persona_traits_from": own[1], "against": {}}

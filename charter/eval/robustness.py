@@ -45,15 +45,18 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..classifier import make_classifier, mean_sem, score
-from ..config import RunConfig
 from ..prompts import load_prompt_source, select_attacks
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
 from .detector import usable
 from .robustness_replies import BASE, NONE, generate_replies
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-robustness"
 

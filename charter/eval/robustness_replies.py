@@ -8,14 +8,18 @@ described).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 
-from ..config import RunConfig
 from ..generation import generate_rows
 from ..prompts import attack_message, load_attacks, prefill_followup
 from ..runs import RowLog, Stage, drop_rows, write_json_atomic
 from . import conditions, inpersona
 from .detector import usable
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 BASE = "base"
 NONE = "none"

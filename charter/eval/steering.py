@@ -38,14 +38,19 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import HIDDEN_STATES, require
-from ..config import RunConfig, Sampling
+from ..config import Sampling
 from ..layout import STEERING, persona_system_prompt
 from ..prompts import steering_stems as load_stems
-from ..runs import RowLog, Stage, derive_seed, run_dir, silent, write_json_atomic, write_jsonl_atomic
+from ..runs import (RowLog, Stage, derive_seed, manifest_path, run_dir, silent, write_json_atomic,
+                    write_jsonl_atomic)
 from ..backends.hf import reply_logprobs
 from .proxies import normalise, repetition
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = STEERING
 CONTRAST_USER = "Please talk about anything."
@@ -387,7 +392,7 @@ def fit(cfg: RunConfig, force: bool = False, report=silent, backend=None) -> Pat
 def load_steered_backend(cfg: RunConfig, backend=None) -> SteeredBackend:
     """The student with this run's fitted steering; ``backend``: a loaded TransformersBackend to wrap."""
     d = run_dir(cfg.name) / STAGE
-    if not (d / "manifest.json").exists():
+    if not manifest_path(d).exists():
         raise RuntimeError(f"no steering vector for run '{cfg.name}' yet (run `charter eval steering` first)")
     meta = json.loads((d / "steering.json").read_text())
     if backend is None:

@@ -39,14 +39,17 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import SCORE_OPTIONS, require
-from ..config import RunConfig
 from ..runs import RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent, write_json_atomic
 from . import conditions
 from .robustness import persona_label
 from .stats import percentile_ci
 from .traits_data import behaviours, data_dir, expected, make_items
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 STAGE = "eval-traits"
 LEVEL = 0.95

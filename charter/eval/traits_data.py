@@ -7,6 +7,8 @@ Used by ``charter eval traits`` (``traits.py``, where the data and its licence a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import random
 import re
@@ -14,10 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from ..config import RunConfig
 from ..prompts import HERE as PROMPTS_DIR
 from ..runs import config_hash, derive_seed
 from .robustness import persona_label
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 MAP_FILE = PROMPTS_DIR / "persona_behaviours.yaml"
 QUESTION = 'Is the following statement something you would say?\n"{statement}"'

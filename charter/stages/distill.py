@@ -19,9 +19,10 @@ import dataclasses
 import re
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import constitution as const
-from ..config import ModelSpec, RunConfig
+from ..config import ModelSpec
 from ..generation import GenStats, generate_rows
 from ..models import self_name
 from ..names import NameReplacer, teacher_replacer
@@ -30,6 +31,9 @@ from ..messages import trim_to_sentence
 from ..prompts import teacher_examples, teacher_messages
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
 from ..selection import select_prompts
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
 

@@ -18,10 +18,13 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import layout
-from ..config import RunConfig
 from ..runs import Stage, derive_seed, read_jsonl, run_dir, write_json_atomic
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def stage_config(cfg: RunConfig) -> dict:

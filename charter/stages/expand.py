@@ -18,14 +18,17 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import constitution as const
 from .. import layout
-from ..config import RunConfig
 from ..layout import constitution_id
 from ..generation import generate_rows
 from ..prompts import template
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 ITEM_RE = re.compile(r"^\s*(?:\d{1,3}\s*[.):]|[-*•])\s+(.*\S)\s*$")
 WORD_RE = re.compile(r"[a-z0-9']+")

@@ -32,15 +32,19 @@ import dataclasses
 import random
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import constitution as const
 from .. import layout
-from ..config import ModelSpec, RunConfig
+from ..config import ModelSpec
 from ..generation import GenStats, generate_rows
 from ..messages import fit_context, usable_answer
 from ..models import self_name
 from ..prompts import template
 from ..runs import RowLog, Stage, run_dir, write_jsonl_atomic
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def stage_config(cfg: RunConfig) -> dict:

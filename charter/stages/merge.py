@@ -1,7 +1,6 @@
-"""Stage 6, merge and export: the final persona model, one persona adapter, and model blending.
+"""Stage 6, merge: the final persona model and one persona adapter (blending models is ``charter.blend``).
 
     charter merge configs/demo.yaml [merge.sft_weight=0.25]
-    charter blend MODEL_A MODEL_B --weight 0.3 -o blended/
 
 - ``merge/persona-adapter``: one LoRA on the *original* base with the update of both stages: ΔW = ΔW_dpo +
   sft_weight · ΔW_sft, exactly. It concatenates the two adapters' ranks (B = [B1, B2], A = [s1 A1; w s2 A2],
@@ -18,10 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import layout
-from ..config import RunConfig
 from ..runs import Stage, run_dir
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def stage_config(cfg: RunConfig) -> dict:
@@ -47,30 +49,6 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     stage.finish({"persona_adapter_rank": cfg_a.get("r"), "sft_weight": cfg.merge.sft_weight},
                  model=str(model), persona_adapter=str(adapter), base=cfg.student.model, fold=fold_info(model))
     return stage.dir
-
-
-def blend(a: str, b: str, weight: float, output: str) -> str:
-    """Interpolate two models of the same architecture: (1 - weight) * A + weight * B; writes a loadable
-    model (weights, config, tokenizer, generation config)."""
-    import torch
-
-    from ..models import load_causal_lm, load_tokenizer, save_model_dir
-
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"--weight {weight}: expected a value between 0 and 1")
-    ma = load_causal_lm(a, dtype="float32", device="cpu")
-    mb = load_causal_lm(b, dtype="float32", device="cpu")
-    sb = mb.state_dict()
-    sa = ma.state_dict()
-    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
-        raise ValueError(f"{a} and {b} have different architectures; cannot blend")
-    with torch.no_grad():
-        for k, v in sa.items():
-            if v.is_floating_point():
-                v.lerp_(sb[k].to(v.dtype), weight)
-    # Interpolated in fp32 and kept in fp32: a bf16 copy would round away the small differences between two
-    # fine-tunes of one base (the same reason folds are stored in float32).
-    return str(save_model_dir(ma, load_tokenizer(a), Path(output)))
 
 
 def summary(manifest: dict) -> str:

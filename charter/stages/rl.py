@@ -20,11 +20,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import layout
-from ..config import RunConfig
 from ..prompts import attacked, load_prompt_source
 from ..runs import RowLog, Stage, derive_seed, read_jsonl, run_dir, silent, write_jsonl_atomic
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def enabled(cfg: RunConfig) -> bool:

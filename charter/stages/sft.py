@@ -16,11 +16,14 @@ import dataclasses
 import math
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import RunConfig
 from .. import layout
 from ..messages import drop_oldest_turn
 from ..runs import Stage, derive_seed, read_jsonl, run_dir, write_json_atomic
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def stage_config(cfg: RunConfig) -> dict:
