@@ -7,9 +7,8 @@ quarter only checks the detector. See ``inpersona.py`` for what the detector is.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import time
+from typing import TYPE_CHECKING
 
 from ..classifier import make_classifier, proba_of
 from ..generation import generate_rows

@@ -7,10 +7,9 @@ evaluation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 

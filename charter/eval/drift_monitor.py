@@ -7,16 +7,15 @@ Used by ``charter eval drift`` (``drift.py``, where the monitor and the ``capped
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import contextlib
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import layout
 from ..backends import HIDDEN_STATES, capabilities, render_chat
-from ..runs import run_dir, stage_identity
+from ..runs import manifest_path, run_dir, stage_identity
 from . import conditions
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ def steering_fit(cfg: RunConfig) -> dict | None:
     """The persona direction ``charter eval steering`` saved (unit vector per layer, the layers' mean norms, its
     stage identity), or None when it has not run."""
     d = run_dir(cfg.name) / layout.STEERING
-    if not (d / "manifest.json").exists():
+    if not manifest_path(d).exists():
         return None
     from .steering import load_vector
 

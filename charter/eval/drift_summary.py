@@ -6,10 +6,9 @@ Used by ``charter eval drift`` (``drift.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..classifier import proba_of
 from ..runs import derive_seed

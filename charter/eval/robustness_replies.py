@@ -8,9 +8,8 @@ described).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
+from typing import TYPE_CHECKING
 
 from ..generation import generate_rows
 from ..prompts import attack_message, load_attacks, prefill_followup

@@ -7,12 +7,11 @@ Used by ``charter eval traits`` (``traits.py``, where the data and its licence a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 import random
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
