@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .runs import run_dir
+
 log = logging.getLogger(__name__)
 
 # Submodules that are not the language model (multimodal towers): never LoRA targets.
@@ -309,8 +311,7 @@ def fold_dtype(cfg) -> str:
 
 @dataclass
 class StageData:
-    """A stage's rows: ``train``, ``held`` (the evaluation split, may be empty) and ``counts`` for the manifest
-    (what filters dropped, how prompts were chosen)."""
+    """A stage's rows: ``train``, ``held`` (the evaluation split) and ``counts`` for its manifest."""
 
     train: list
     held: list = field(default_factory=list)
@@ -326,12 +327,10 @@ class LoraStage:
     check_loss = True  # refuse logged losses that are not finite
     keep_log_history = True  # write the trainer's log_history.json beside the manifest
 
-    def section(self, cfg):
-        """The stage's config section."""
+    def section(self, cfg):  # the stage's config section
         return getattr(cfg, self.name)
 
-    def stage_config(self, cfg) -> dict:
-        """What the stage's identity is made of."""
+    def stage_config(self, cfg) -> dict:  # what the stage's identity is made of
         raise NotImplementedError
 
     def upstream(self, cfg) -> list[str]:
@@ -353,13 +352,9 @@ class LoraStage:
         raise NotImplementedError
 
     def adapter_path(self, cfg) -> Path:
-        from .runs import run_dir
-
         return run_dir(cfg.name) / self.name / "adapter"
 
     def model_path(self, cfg) -> Path:
-        from .runs import run_dir
-
         return run_dir(cfg.name) / self.name / "model"
 
     def fold_source(self, cfg) -> tuple[str, str | Path | None] | None:
@@ -383,30 +378,39 @@ class LoraStage:
         return folded
 
 
-def _check_losses(stage: LoraStage, trainer) -> None:
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    if not losses or not all(math.isfinite(x) for x in losses):
-        raise RuntimeError(f"{stage.name.upper()} produced a non-finite loss: {losses}")
+def _finished(trainer, resumed: Path | None):
+    """The result of a run whose checkpoint ``resumed`` is its last step (killed after training, before the
+    manifest), else None: its weights and state are loaded, and nothing trains. Resuming the trainer there would
+    train one step past the end when the last step falls inside an epoch. Not under ZeRO / FSDP (sharded
+    states load only inside ``train``); there the trainer resumes as before."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
 
-
-def _run_kwargs(stage: LoraStage, cfg) -> dict:
-    section = stage.section(cfg)
-    return {"checkpoint_steps": section.checkpoint_steps, "report_to": cfg.report_to,
-            "run_name": f"{cfg.run_name or cfg.name}-{stage.name}",
-            "evaluate": getattr(section, "eval_fraction", 0) > 0}
+    if resumed is None or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return None
+    state = TrainerState.load_from_json(str(resumed / "trainer_state.json"))
+    if state.max_steps <= 0 or state.global_step < state.max_steps:
+        return None
+    trainer._load_from_checkpoint(str(resumed))
+    trainer.state = state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]  # their mean stands in for the running one
+    return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else 0.0, {})
 
 
 def train_lora_stage(stage: LoraStage, cfg, force: bool = False) -> Path:
     """Run (or resume, or skip) ``stage`` for ``cfg``; returns the stage's folder. See the module docstring."""
     from .distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
     from .models import fold_adapter, fold_info
-    from .runs import Stage, run_dir, write_json_atomic
+    from .runs import Stage, write_json_atomic
 
     rd = run_dir(cfg.name)
     check_setup(cfg.report_to, stage.model_kwargs(cfg), stage.name)
     # The trainer's arguments come first: they start the process group, and under ZeRO-3 / FSDP they decide
     # how the model is loaded (sharded, not one whole copy per process).
-    args = stage.args(cfg, str(rd / stage.name / "trainer"), **_run_kwargs(stage, cfg))
+    section = stage.section(cfg)
+    args = stage.args(cfg, str(rd / stage.name / "trainer"), checkpoint_steps=section.checkpoint_steps,
+                      report_to=cfg.report_to, run_name=f"{cfg.run_name or cfg.name}-{stage.name}",
+                      evaluate=getattr(section, "eval_fraction", 0) > 0)
     upstream = stage.upstream(cfg)
     if upstream:  # the orchestrator made it single-process; a launch only checks
         require_upstream(rd, upstream[-1], stage.name)
@@ -416,9 +420,10 @@ def train_lora_stage(stage: LoraStage, cfg, force: bool = False) -> Path:
     data = stage.data(cfg, args)
     trainer = stage.trainer(cfg, args, data)
     resumed = on_main(lambda: last_checkpoint(args.output_dir, world_size(), clean=True), args)
-    result = trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
-    if stage.check_loss:
-        _check_losses(stage, trainer)
+    result = _finished(trainer, resumed) or trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if stage.check_loss and (not losses or not all(math.isfinite(x) for x in losses)):
+        raise RuntimeError(f"{stage.name.upper()} produced a non-finite loss: {losses}")
     adapter = stage.adapter_path(cfg)
     save_trained(trainer, adapter)
     stage.saved(adapter)

@@ -11,7 +11,7 @@ from .tiny import save_tiny
 
 CONV = [{"role": "system", "content": "You are Pip."}, {"role": "user", "content": "Hello there."},
         {"role": "assistant", "content": "Hi! Lovely to see you."}]
-# 4 rows, 2 per step: step 3 is in the second epoch
+# 4 rows, 2 per step: step 3 is inside the second epoch (where a resume at the last step used to train one more)
 TRL = {"bf16": False, "max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
        "learning_rate": 1e-3, "warmup_steps": 0, "logging_steps": 1, "disable_tqdm": True, "max_length": 128}
 
@@ -89,6 +89,33 @@ def test_a_new_stage_trains_folds_writes_its_manifest_and_is_not_redone(cfg, one
 
     assert train_lora_stage(Toy(), cfg) == out  # finished: skipped, nothing trained
     assert Toy.built == 1 and read_manifest(out / "manifest.json")["finished_at"] == m["finished_at"]
+
+
+def test_a_stage_killed_after_its_last_checkpoint_resumes_without_training_again(cfg, one_thread):
+    """Killed after training (its last checkpoint complete) but before the manifest: the rerun takes the last
+    checkpoint as the result instead of training one step past the end (the trainer's resume did that when
+    the last step was inside an epoch)."""
+    from safetensors.torch import load_file
+
+    from charter.runs import read_manifest
+    from charter.training import train_lora_stage
+
+    class Killed(Toy):
+        def outputs(self, cfg, stage, counts, folded):
+            raise KeyboardInterrupt  # as if killed while folding
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lora_stage(Killed(), cfg)
+    out = Toy().adapter_path(cfg).parent
+    assert not (out / "manifest.json").exists() and (out / "trainer" / "checkpoint-3").is_dir()
+    killed = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+    train_lora_stage(Toy(), cfg)
+    n = read_manifest(out / "manifest.json")["counts"]
+    assert n["steps"] == 3 and n["resumed_from_step"] == 3
+    assert [h["step"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h] == [1, 2, 3]
+    again = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert killed.keys() == again.keys() and all((killed[k] == again[k]).all() for k in killed)
 
 
 def test_checkpoint_cadence_is_not_part_of_a_stage_identity():
