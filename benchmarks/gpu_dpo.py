@@ -46,7 +46,8 @@ def main() -> None:
     from trl import DPOConfig, DPOTrainer
 
     from charter.models import resolve
-    from charter.training import dpo_args, lora_config, make_dpo_trainer
+    from charter.stages.dpo import make_dpo_trainer
+    from charter.training import dpo_args, lora_config
 
     tok = AutoTokenizer.from_pretrained(resolve("embedded"))
     words = max(8, args.seq // 2 - 16)  # ~1 token per word for the filler text

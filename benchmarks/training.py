@@ -66,7 +66,8 @@ def main() -> None:
     from trl import DPOConfig, DPOTrainer
 
     from charter.models import load_causal_lm, load_tokenizer
-    from charter.training import dpo_args, lora_config, make_dpo_trainer
+    from charter.stages.dpo import make_dpo_trainer
+    from charter.training import dpo_args, lora_config
 
     settings = {"max_steps": args.steps, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
                 "max_length": 512, "disable_tqdm": True, "logging_steps": 1000}

@@ -78,11 +78,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def in_solo() -> bool:
-    """Whether this code runs inside a main-only step of a multi-process launch."""
-    return _solo
-
-
 def on_main(fn: Callable[[], Any], args=None) -> Any:
     """Run ``fn`` on the main process only; every rank returns its result or raises its error.
 

@@ -1,17 +1,32 @@
-"""The only TRL/peft wrapper: LoRA targets, trainer arguments, the DPO extra term, SFT assistant masks.
+"""The only TRL/peft wrapper, and the one skeleton every LoRA training stage runs on.
+
+``train_lora_stage(stage, cfg)`` does what DPO, SFT and RL share, once: the trainer's arguments before the
+model (they start the process group and decide how ZeRO-3 / FSDP load it), the stage folder (skip, force,
+stale inputs), checkpoints every ``<section>.checkpoint_steps`` and resume from the newest complete one, the
+held-out split's evaluation, the adapter save, the fold into a full model (in ``fold_dtype(cfg)``, exactly,
+see ``models.fold_adapter``), ``log_history.json`` and the manifest written last, and, under a multi-process
+launch, every side effect on the main process only (``distributed.on_main``). A method is a ``LoraStage``
+subclass that supplies the rest as hooks: its config section and identity, its TRL arguments, its rows, its
+trainer, what it folds and the counts of its manifest. ``stages/dpo.py``, ``stages/sft.py`` and ``stages/rl.py``
+are the three; a KTO, ORPO or SimPO stage would be one more small module: a subclass whose ``trainer`` hook
+builds TRL's ``KTOTrainer`` (or ``CPOTrainer``) and a ``run(cfg, force)`` that calls ``train_lora_stage``.
 
 Our defaults follow the reference (LoRA r 64 / alpha 128 / dropout 0 on every linear projection of the
 language model; lr 5e-5, cosine to 0.1x with 10% warmup, effective batch 32, 1 epoch, DPO beta 0.1 plus
-0.1 x NLL on the chosen answer, averaged per answer as the reference does, see ``chosen_nll``). Whatever the
-config's ``lora``/``trl`` dicts say is passed straight to ``LoraConfig``/``DPOConfig``/``SFTConfig`` on top of
-these defaults, so no TRL argument is redeclared here.
+0.1 x NLL on the chosen answer, averaged per answer as the reference does, see ``stages.dpo.chosen_nll``).
+Whatever the config's ``lora``/``trl`` dicts say is passed straight to ``LoraConfig``/``DPOConfig``/
+``SFTConfig``/``GRPOConfig`` on top of these defaults, so no TRL argument is redeclared here.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+import math
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runs import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -261,137 +276,6 @@ def split_eval(rows: list, fraction: float, seed: int, where: str, key=None) -> 
     return [r for r in rows if key(r) not in held], [r for r in rows if key(r) in held]
 
 
-NLL_AVERAGES = ("sequence", "token")
-
-
-def chosen_nll(per_token_logps, mask, average: str = "sequence"):
-    """The NLL of the chosen answers in a micro-batch, from per-token log-probs and a 0/1 answer-token mask
-    (both [answers, tokens]).
-
-    ``sequence`` (the reference's, OpenRLHF's): each answer's mean NLL per token, then the mean over answers,
-    so every answer counts the same. ``token`` (TRL's ``loss_type='sft'``): the mean over all answer tokens of
-    the micro-batch pooled, so a long answer counts more than a short one. Answers -1,-3 and -1,-1,-1,-1:
-    sequence = (2 + 1) / 2 = 1.5, token = 8 / 6."""
-    mask = mask.to(per_token_logps.dtype)
-    nll = -(per_token_logps * mask)
-    if average == "sequence":
-        return (nll.sum(1) / mask.sum(1).clamp(min=1)).mean()
-    if average == "token":
-        return nll.sum() / mask.sum().clamp(min=1)
-    raise ValueError(f"dpo.nll_average: expected one of {', '.join(NLL_AVERAGES)}, got {average!r}")
-
-
-def make_dpo_trainer(model, tokenizer, dataset, args, lora, sq_logratio_coef: float, nll_average: str = "sequence",
-                     eval_dataset=None):
-    """A TRL DPOTrainer (peft LoRA, reference = base with the adapter off) plus the reference's loss terms
-    that TRL computes differently or not at all, added by capturing the per-token log-probs of TRL's own
-    policy and reference forwards, not by forking its loss:
-
-    - NLL on the chosen answer (``loss_type`` 'sft' in ``args``, with its ``loss_weights`` entry): with
-      ``nll_average='sequence'`` (default, the reference's) it is taken out of TRL's loss types and computed
-      here by ``chosen_nll``; with 'token' TRL's own pooled version is kept.
-    - when ``sq_logratio_coef`` > 0: coef x mean over chosen and rejected sequences of the per-token mean of
-      (log pi - log pi_ref)^2 over answer tokens."""
-    from trl import DPOTrainer
-
-    if nll_average not in NLL_AVERAGES:
-        raise ValueError(f"dpo.nll_average: expected one of {', '.join(NLL_AVERAGES)}, got {nll_average!r}")
-    nll_weight = 0.0
-    if nll_average == "sequence" and "sft" in args.loss_type:
-        weights = list(args.loss_weights or [1.0] * len(args.loss_type))
-        i = list(args.loss_type).index("sft")
-        nll_weight = weights.pop(i)
-        args = copy.copy(args)  # the caller's DPOConfig keeps its loss types
-        args.loss_type = [t for j, t in enumerate(args.loss_type) if j != i]
-        args.loss_weights = weights
-        if not args.loss_type:
-            raise ValueError("trl.loss_type: 'sft' alone is not a DPO loss; add e.g. 'sigmoid'")
-
-    class CharterDPOTrainer(DPOTrainer):
-        def _compute_loss(self, model, inputs, return_outputs):
-            need_sq = sq_logratio_coef > 0 and not self.precompute_ref_logps
-            if not need_sq and not nll_weight:
-                return super()._compute_loss(model, inputs, return_outputs)
-            captured = []
-            target = self.accelerator.unwrap_model(self.model)
-            handle = target.register_forward_hook(lambda m, a, kw, out: captured.append(out.log_probs),
-                                                  with_kwargs=True)
-            try:
-                result = super()._compute_loss(model, inputs, return_outputs)
-            finally:
-                handle.remove()
-            forwards = 1 if self.precompute_ref_logps else 2  # policy, then reference unless precomputed
-            if len(captured) != forwards:  # anything else: TRL changed shape
-                raise RuntimeError(f"expected {forwards} forward passes in DPO loss, saw {len(captured)}")
-            mask = inputs["completion_mask"][..., 1:].to(captured[0].dtype)
-            n = mask.size(1)
-            policy = captured[0][:, -n:]
-            mode = "train" if self.model.training else "eval"
-            extra = 0.0
-            if nll_weight:
-                chosen, _ = policy.chunk(2, dim=0)  # the batch is [chosen..., rejected...]
-                chosen_mask, _ = mask.chunk(2, dim=0)
-                nll = chosen_nll(chosen, chosen_mask, "sequence")
-                extra = extra + nll_weight * nll
-                self._metrics[mode]["nll"].append(nll.item())
-            if need_sq:
-                diff = policy - captured[1][:, -n:].detach()
-                per_seq = ((diff ** 2) * mask).sum(1) / mask.sum(1).clamp(min=1)
-                extra = extra + sq_logratio_coef * per_seq.mean()
-                self._metrics[mode]["sq_logratio"].append(per_seq.mean().item())
-            if return_outputs:
-                return result[0] + extra, result[1]
-            return result + extra
-
-    return CharterDPOTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                             processing_class=tokenizer, peft_config=lora)
-
-
-# --- SFT: loss on every assistant turn, for any chat template -----------------------------------------
-
-class TemplateMaskError(ValueError):
-    pass
-
-
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns.
-
-    A turn's span runs from the end of the prompt that precedes it (with the generation header) to the end
-    of the conversation rendered through it, so it covers the turn's text and its end-of-turn marker. This
-    needs no ``{% generation %}`` markers, only a template that renders prefixes consistently.
-    """
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not (full.startswith(through) and through.startswith(before)):
-            raise TemplateMaskError(
-                "the chat template does not render conversations prefix-consistently (e.g. it rewrites earlier "
-                "turns), so assistant turns cannot be located"
-            )
-        spans.append((len(before), len(through)))
-    return full, spans
-
-
-def tokenize_with_assistant_mask(tokenizer, messages: list[dict]) -> dict:
-    """``input_ids`` and ``assistant_masks`` (1 on assistant-turn tokens) for one conversation."""
-    text, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [int(any(a <= start < b for a, b in spans)) for start, _ in enc["offset_mapping"]]
-    return {"input_ids": enc["input_ids"], "assistant_masks": mask}
-
-
-def make_sft_trainer(model, tokenizer, dataset, args, lora, eval_dataset=None):
-    """TRL SFTTrainer on a pre-tokenized dataset: TRL turns ``assistant_masks`` into -100 labels."""
-    from trl import SFTTrainer
-
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer, peft_config=lora)
-
-
 def save_trained(trainer, out) -> None:
     """Save the adapter through the trainer, on every process: it gathers ZeRO-3 / FSDP shards and writes on
     the main process. FSDP saves nothing through ``save_model`` under a sharded state-dict type (its
@@ -399,11 +283,6 @@ def save_trained(trainer, out) -> None:
     if getattr(trainer, "is_fsdp_enabled", False):
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out))
-
-
-def trainable_state(model) -> dict:
-    """Copies of trainable (LoRA) and frozen parameters, for before/after checks."""
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def train_counts(trainer, args, result, resumed, eval_metrics: dict) -> dict:
@@ -419,3 +298,152 @@ def train_counts(trainer, args, result, resumed, eval_metrics: dict) -> dict:
     if eval_metrics:
         counts["eval_loss"] = eval_metrics.get("eval_loss")
     return counts
+
+
+def fold_dtype(cfg) -> str:
+    """The dtype every fold of a run is asked for (``merge.dtype``, as written: ``auto`` resolves at fold time).
+    ``models.fold_adapter`` stores it only when it keeps the update, else float32. Read here, and only here, by
+    the stages that fold (DPO, RL, merge) and by the identities of what they make."""
+    return cfg.merge.dtype
+
+
+# --- the skeleton ------------------------------------------------------------------------------------------
+
+@dataclass
+class StageData:
+    """A stage's rows: ``train``, ``held`` (the evaluation split) and ``counts`` for its manifest."""
+
+    train: list
+    held: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+
+class LoraStage:
+    """One LoRA training method; ``train_lora_stage`` runs it. Subclasses set ``name`` and supply the hooks
+    that raise ``NotImplementedError`` here; the others have defaults. An instance serves one run, so hooks may
+    keep what they load on ``self`` (a tokenizer, the start model's path) for the hooks after them."""
+
+    name = ""  # the stage's folder, config section and command
+    check_loss = True  # refuse logged losses that are not finite
+    keep_log_history = True  # write the trainer's log_history.json beside the manifest
+
+    def section(self, cfg):  # the stage's config section
+        return getattr(cfg, self.name)
+
+    def stage_config(self, cfg) -> dict:  # what the stage's identity is made of
+        raise NotImplementedError
+
+    def upstream(self, cfg) -> list[str]:
+        """The stages whose outputs it reads; the last one must have finished before a multi-process launch."""
+        raise NotImplementedError
+
+    def model_kwargs(self, cfg) -> dict:
+        return getattr(self.section(cfg), "model_kwargs", {})
+
+    def args(self, cfg, output_dir: str, **run):
+        """The TRL arguments (``dpo_args``-style: defaults, ``run_defaults(**run)``, the ``trl`` dict)."""
+        raise NotImplementedError
+
+    def data(self, cfg, args) -> StageData:
+        raise NotImplementedError
+
+    def trainer(self, cfg, args, data: StageData):
+        """The TRL trainer on ``data``, with the model loaded by ``load_for_training`` (after ``args``)."""
+        raise NotImplementedError
+
+    def adapter_path(self, cfg) -> Path:
+        return run_dir(cfg.name) / self.name / "adapter"
+
+    def model_path(self, cfg) -> Path:
+        return run_dir(cfg.name) / self.name / "model"
+
+    def fold_source(self, cfg) -> tuple[str, str | Path | None] | None:
+        """(the model the adapter is folded into, the tokenizer's folder or None for the adapter's); None: the
+        stage keeps only its adapter. Asked on the main process after training."""
+        return None
+
+    def saved(self, adapter: Path) -> None:
+        """After the adapter is saved (every process)."""
+
+    def counts(self, data: StageData, trained: dict, trainer, eval_metrics: dict) -> dict:
+        """The manifest's counts; ``trained`` is ``train_counts`` (steps, batch plan, resume, loss)."""
+        return {**trained, **data.counts}
+
+    def close(self) -> None:
+        """After training, before the main process finishes: release what the hooks hold (reward models)."""
+
+    def outputs(self, cfg, stage, counts: dict, folded: dict) -> dict:
+        """The manifest's fields after ``adapter`` (main process, last before the manifest); ``folded`` is
+        ``{"model": ..., "fold": ...}`` when the stage folds, else empty. May add to ``counts``."""
+        return folded
+
+
+def _finished(trainer, resumed: Path | None):
+    """The result of a run whose checkpoint ``resumed`` is its last step (killed after training, before the
+    manifest), else None: its weights and state are loaded, and nothing trains. Resuming the trainer there would
+    train one step past the end when the last step falls inside an epoch. Not under ZeRO / FSDP (sharded
+    states load only inside ``train``); there the trainer resumes as before."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    if resumed is None or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return None
+    state = TrainerState.load_from_json(str(resumed / "trainer_state.json"))
+    if state.max_steps <= 0 or state.global_step < state.max_steps:
+        return None
+    trainer._load_from_checkpoint(str(resumed))
+    trainer.state = state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]  # their mean stands in for the running one
+    return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else 0.0, {})
+
+
+def train_lora_stage(stage: LoraStage, cfg, force: bool = False) -> Path:
+    """Run (or resume, or skip) ``stage`` for ``cfg``; returns the stage's folder. See the module docstring."""
+    from .distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
+    from .models import fold_adapter, fold_info
+    from .runs import Stage, write_json_atomic
+
+    rd = run_dir(cfg.name)
+    check_setup(cfg.report_to, stage.model_kwargs(cfg), stage.name)
+    # The trainer's arguments come first: they start the process group, and under ZeRO-3 / FSDP they decide
+    # how the model is loaded (sharded, not one whole copy per process).
+    section = stage.section(cfg)
+    args = stage.args(cfg, str(rd / stage.name / "trainer"), checkpoint_steps=section.checkpoint_steps,
+                      report_to=cfg.report_to, run_name=f"{cfg.run_name or cfg.name}-{stage.name}",
+                      evaluate=getattr(section, "eval_fraction", 0) > 0)
+    upstream = stage.upstream(cfg)
+    if upstream:  # the orchestrator made it single-process; a launch only checks
+        require_upstream(rd, upstream[-1], stage.name)
+    out = Stage.after(rd, stage.name, stage.stage_config(cfg), upstream)
+    if not on_main(lambda: out.begin(force), args):
+        return out.dir
+    data = stage.data(cfg, args)
+    trainer = stage.trainer(cfg, args, data)
+    resumed = on_main(lambda: last_checkpoint(args.output_dir, world_size(), clean=True), args)
+    result = _finished(trainer, resumed) or trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if stage.check_loss and (not losses or not all(math.isfinite(x) for x in losses)):
+        raise RuntimeError(f"{stage.name.upper()} produced a non-finite loss: {losses}")
+    adapter = stage.adapter_path(cfg)
+    save_trained(trainer, adapter)
+    stage.saved(adapter)
+    eval_metrics = trainer.evaluate() if data.held else {}
+    counts = stage.counts(data, train_counts(trainer, args, result, resumed, eval_metrics), trainer, eval_metrics)
+    log_rows = trainer.state.log_history
+    del trainer  # and with it the model: the fold loads its own float32 copy
+    stage.close()
+
+    def finish() -> None:
+        folded, source = {}, stage.fold_source(cfg)
+        if source is not None:
+            model = stage.model_path(cfg)
+            fold_adapter(source[0], adapter, model, fold_dtype(cfg), tokenizer_from=source[1],
+                         trust_remote_code=cfg.student.trust_remote_code)
+            folded = {"model": str(model), "fold": fold_info(model)}
+        if stage.keep_log_history:
+            write_json_atomic(out.dir / "log_history.json", log_rows)
+        out.finish(counts, adapter=str(adapter), **stage.outputs(cfg, out, counts, folded))
+        drop_checkpoints(Path(args.output_dir))
+
+    on_main(finish, args)
+    return out.dir

@@ -75,7 +75,8 @@ def test_gemma_lora_targets_and_one_dpo_step(gemma, tok, tmp_path, one_thread):
     from datasets import Dataset
 
     from charter.models import load_causal_lm
-    from charter.training import dpo_args, linear_leaf_names, lora_config, make_dpo_trainer
+    from charter.stages.dpo import make_dpo_trainer
+    from charter.training import dpo_args, linear_leaf_names, lora_config
 
     model = load_causal_lm(gemma, dtype="float32", device="cpu")
     model.train()

@@ -34,10 +34,13 @@ def test_accelerate_launch_runs_the_same_cli_single_process(tmp_path):
 
 
 def test_training_stages_share_one_trainer_factory():
-    """dpo/sft stages build their trainers only through charter.training, whatever the launcher."""
+    """dpo/sft stages train only through the one LoRA skeleton in charter.training, whatever the launcher, and
+    each builds its trainer through its own factory."""
     import inspect
 
     from charter.stages import dpo, sft
 
-    assert "make_dpo_trainer" in inspect.getsource(dpo.run)
-    assert "make_sft_trainer" in inspect.getsource(sft.run)
+    assert "train_lora_stage" in inspect.getsource(dpo.run)
+    assert "train_lora_stage" in inspect.getsource(sft.run)
+    assert "make_dpo_trainer" in inspect.getsource(dpo.DPOStage.trainer)
+    assert "make_sft_trainer" in inspect.getsource(sft.SFTStage.trainer)

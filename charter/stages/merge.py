@@ -35,6 +35,7 @@ def stage_config(cfg: RunConfig) -> dict:
 
 def run(cfg: RunConfig, force: bool = False) -> Path:
     from ..models import fold_adapter, fold_info, persona_adapter, resolve
+    from ..training import fold_dtype
 
     stage = Stage.after(run_dir(cfg.name), "merge", stage_config(cfg), ["dpo", "sft"])
     if not stage.begin(force):
@@ -43,7 +44,7 @@ def run(cfg: RunConfig, force: bool = False) -> Path:
     base = resolve(cfg.student.model)
     adapter = persona_adapter(base, [dpo_adapter, sft_adapter], layout.path(cfg, "persona_adapter"),
                               weights=[1.0, cfg.merge.sft_weight])
-    model = fold_adapter(base, adapter, layout.path(cfg, "final_model"), cfg.merge.dtype,
+    model = fold_adapter(base, adapter, layout.path(cfg, "final_model"), fold_dtype(cfg),
                          tokenizer_from=layout.distilled_model(cfg), trust_remote_code=cfg.student.trust_remote_code)
     cfg_a = json.loads((adapter / "adapter_config.json").read_text())
     stage.finish({"persona_adapter_rank": cfg_a.get("r"), "sft_weight": cfg.merge.sft_weight},

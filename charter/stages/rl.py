@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 from .. import layout
 from ..prompts import attacked, load_prompt_source
-from ..runs import RowLog, Stage, derive_seed, read_jsonl, run_dir, silent, write_jsonl_atomic
+from ..runs import RowLog, derive_seed, read_jsonl, run_dir, silent, write_jsonl_atomic
+from ..training import LoraStage, StageData
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -46,10 +47,10 @@ def check(cfg: RunConfig) -> None:
 
 
 def stage_config(cfg: RunConfig) -> dict:
-    from ..training import section_identity
+    from ..training import fold_dtype, section_identity
 
     return {"seed": cfg.seed, "student": dataclasses.asdict(cfg.student),
-            "rl": section_identity(dataclasses.asdict(cfg.rl)), "fold_dtype": cfg.merge.dtype}
+            "rl": section_identity(dataclasses.asdict(cfg.rl)), "fold_dtype": fold_dtype(cfg)}
 
 
 def upstream(cfg: RunConfig) -> tuple[str, str]:
@@ -164,84 +165,106 @@ def quarter_means(history: list[dict], names: list[str]) -> dict:
                 "last": mean([r for r in history[-k:] if r.get(n) is not None], n)} for n in [*names, "reward"]}
 
 
-def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
-    from ..distributed import drop_checkpoints, last_checkpoint, on_main, require_upstream, world_size
-    from ..models import fold_adapter, load_tokenizer
-    from ..rewards import build
-    from ..training import check_setup, grpo_args, load_for_training, lora_config, save_trained, train_counts
+class RLStage(LoraStage):
+    """GRPO from the run's distilled or final model; the adapter is folded into ``rl/model`` and combined with
+    the start model's own adapter into ``rl/persona-adapter``."""
 
-    r, rd = cfg.rl, run_dir(cfg.name)
-    check_setup(cfg.report_to, {}, "rl")
-    args = grpo_args(cfg.seed, str(rd / "rl" / "trainer"), r.trl, checkpoint_steps=r.checkpoint_steps,
-                     report_to=cfg.report_to, run_name=f"{cfg.run_name or cfg.name}-rl")
-    before, key = upstream(cfg)
-    require_upstream(rd, before, "rl")
-    stage = Stage.after(rd, "rl", stage_config(cfg), [before])
-    if not on_main(lambda: stage.begin(force), args):
-        return stage.dir
-    start = layout.need(cfg, key, "rl")
-    rows, counts = select_prompts(cfg)
-    if not rows:
-        raise RuntimeError("rl: no training prompt left once the evaluation pools were removed")
-    on_main(lambda: write_jsonl_atomic(layout.path(cfg, "rl_prompts"), rows), args)
-    funcs, weights = build(cfg, args.max_completion_length, report)
-    names = [f.__name__ for f in funcs]
-    fitted = {f.__name__: f.info for f in funcs if hasattr(f, "info")}  # what each detector learned from
-    funcs = [_remember(f) for f in funcs]
-    from ..distributed import rank as process_rank
+    name = "rl"
+    check_loss = False  # as before the skeleton: RL's manifest reports its rewards, not a loss check
+    keep_log_history = False  # rewards.jsonl (per logged step) stands in for it
 
-    logger = SampleLog(stage.dir / "samples.jsonl", funcs, process_rank())
-    args.reward_weights = [*weights, 0.0]
+    def __init__(self, report=silent):
+        self.report = report
 
-    from datasets import Dataset
-    from trl import GRPOTrainer
+    def stage_config(self, cfg: RunConfig) -> dict:
+        return stage_config(cfg)
 
-    tok = load_tokenizer(str(start), cfg.student.trust_remote_code)
-    tok.padding_side = "left"  # generation pads on the left
-    # The start model is a fold of earlier LoRA updates; in bf16 its weights would lose most of them (and so would
-    # bf16 autocast of float32 weights), so RL then trains in float32: exact, slower. The KL reference (the start
-    # model, adapter off) needs the start folded, which rules out stacking adapters here.
-    dtype = cfg.student.dtype
-    if not layout.folds_exactly(dtype, cfg.student.device):
-        dtype, args.bf16, args.fp16 = "float32", False, False
-        report("rl: training in float32: a bf16 copy of the start model would drop most of its LoRA updates")
-    counts["train_dtype"] = dtype if dtype == "float32" else cfg.student.dtype
-    model = load_for_training(str(start), dtype, cfg.student.trust_remote_code, {}, args)
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}]} for x in rows])
-    trainer = GRPOTrainer(model=model, reward_funcs=[*funcs, logger], args=args, train_dataset=data,
-                          processing_class=tok, peft_config=lora_config(model, r.lora))
-    resumed = on_main(lambda: last_checkpoint(args.output_dir, world_size(), clean=True), args)
-    result = trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
-    adapter, folded = layout.path(cfg, "rl_adapter"), layout.path(cfg, "rl_model")
-    save_trained(trainer, adapter)
-    history = reward_history(trainer.state.log_history, names)
-    counts.update(train_counts(trainer, args, result, resumed, {}), rewards=names,
-                  weights=dict(zip(names, weights)), reward_means=quarter_means(history, names),
-                  detectors=fitted)
-    del trainer, model
-    for f in funcs:
-        inner = getattr(f, "__wrapped__", None)
-        if hasattr(inner, "close"):
-            inner.close()
+    def upstream(self, cfg: RunConfig) -> list[str]:
+        return [upstream(cfg)[0]]
 
-    def finish() -> None:
-        from ..models import fold_info, persona_adapter, resolve
+    def args(self, cfg: RunConfig, output_dir: str, **run):
+        from ..training import grpo_args
 
-        fold_adapter(str(start), adapter, folded, cfg.merge.dtype, tokenizer_from=start,
-                     trust_remote_code=cfg.student.trust_remote_code)
+        return grpo_args(cfg.seed, output_dir, cfg.rl.trl, **run)
+
+    def data(self, cfg: RunConfig, args) -> StageData:
+        from ..distributed import on_main, rank
+        from ..rewards import build
+
+        self.start = layout.need(cfg, upstream(cfg)[1], "rl")
+        rows, counts = select_prompts(cfg)
+        if not rows:
+            raise RuntimeError("rl: no training prompt left once the evaluation pools were removed")
+        on_main(lambda: write_jsonl_atomic(layout.path(cfg, "rl_prompts"), rows), args)
+        funcs, weights = build(cfg, args.max_completion_length, self.report)
+        self.names = [f.__name__ for f in funcs]
+        self.weights = weights
+        self.fitted = {f.__name__: f.info for f in funcs if hasattr(f, "info")}  # what each detector learned from
+        self.funcs = [_remember(f) for f in funcs]
+        self.logger = SampleLog(run_dir(cfg.name) / "rl" / "samples.jsonl", self.funcs, rank())
+        args.reward_weights = [*weights, 0.0]
+        return StageData(rows, [], counts)
+
+    def trainer(self, cfg: RunConfig, args, data: StageData):
+        from datasets import Dataset
+        from trl import GRPOTrainer
+
+        from ..models import load_tokenizer
+        from ..training import load_for_training, lora_config
+
+        tok = load_tokenizer(str(self.start), cfg.student.trust_remote_code)
+        tok.padding_side = "left"  # generation pads on the left
+        # The start model is a fold of earlier LoRA updates; in bf16 its weights would lose most of them (and so
+        # would bf16 autocast of float32 weights), so RL then trains in float32: exact, slower. The KL reference
+        # (the start model, adapter off) needs the start folded, which rules out stacking adapters here.
+        dtype = cfg.student.dtype
+        if not layout.folds_exactly(dtype, cfg.student.device):
+            dtype, args.bf16, args.fp16 = "float32", False, False
+            self.report("rl: training in float32: a bf16 copy of the start model would drop most of its LoRA updates")
+        data.counts["train_dtype"] = dtype if dtype == "float32" else cfg.student.dtype
+        model = load_for_training(str(self.start), dtype, cfg.student.trust_remote_code, {}, args)
+        prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}]} for x in data.train])
+        return GRPOTrainer(model=model, reward_funcs=[*self.funcs, self.logger], args=args, train_dataset=prompts,
+                           processing_class=tok, peft_config=lora_config(model, cfg.rl.lora))
+
+    def adapter_path(self, cfg: RunConfig) -> Path:
+        return layout.path(cfg, "rl_adapter")
+
+    def model_path(self, cfg: RunConfig) -> Path:
+        return layout.path(cfg, "rl_model")
+
+    def fold_source(self, cfg: RunConfig):
+        return str(self.start), self.start
+
+    def counts(self, data: StageData, trained: dict, trainer, eval_metrics: dict) -> dict:
+        self.history = reward_history(trainer.state.log_history, self.names)
+        return {**data.counts, **trained, "rewards": self.names, "weights": dict(zip(self.names, self.weights)),
+                "reward_means": quarter_means(self.history, self.names), "detectors": self.fitted}
+
+    def close(self) -> None:
+        for f in self.funcs:
+            inner = getattr(f, "__wrapped__", None)
+            if hasattr(inner, "close"):
+                inner.close()
+
+    def outputs(self, cfg: RunConfig, stage, counts: dict, folded: dict) -> dict:
+        from ..models import persona_adapter, resolve
+
         # The whole update from the base, one LoRA (what the 'rl' condition runs in bf16): the start model's
         # adapter (DPO, or DPO + SFT) and RL's, ranks concatenated.
         start_adapter = layout.need(cfg, "dpo_adapter" if cfg.rl.start == "dpo" else "persona_adapter", "rl")
-        persona_adapter(resolve(cfg.student.model), [str(start_adapter), str(adapter)],
+        persona_adapter(resolve(cfg.student.model), [str(start_adapter), str(self.adapter_path(cfg))],
                         layout.path(cfg, "rl_persona_adapter"))
         counts["samples"] = merge_parts(stage.dir / "samples.jsonl")
-        write_jsonl_atomic(stage.dir / "rewards.jsonl", history)
-        stage.finish(counts, adapter=str(adapter), model=str(folded), start=str(start), fold=fold_info(folded),
-                     persona_adapter=str(layout.path(cfg, "rl_persona_adapter")))
-        drop_checkpoints(Path(args.output_dir))
+        write_jsonl_atomic(stage.dir / "rewards.jsonl", self.history)
+        return {"model": folded["model"], "start": str(self.start), "fold": folded["fold"],
+                "persona_adapter": str(layout.path(cfg, "rl_persona_adapter"))}
 
-    on_main(finish, args)
-    return stage.dir
+
+def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
+    from ..training import train_lora_stage
+
+    return train_lora_stage(RLStage(report), cfg, force)
 
 
 def summary(manifest: dict) -> str:
