@@ -20,6 +20,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from . import results_persona
 from .registry import eval_folder
 from .runs import MANIFEST, manifest_path
 
@@ -29,7 +30,8 @@ RESULTS_DIR = ROOT / "docs" / "results"
 MARKER = re.compile(r"<!-- results (\S+) (\S+) -->\n(.*?)<!-- /results -->", re.S)
 TRAIN_STAGES = ("expand", "distill", "dpo", "introspect", "sft", "merge")
 ROBUSTNESS = eval_folder("robustness")
-EVAL_STAGES = tuple(eval_folder(n) for n in ("steering", "robustness", "coherence", "preferences"))
+EVAL_STAGES = tuple(eval_folder(n) for n in ("steering", "robustness", "coherence", "preferences", "drift", "formats",
+                                             "traits"))
 
 
 def _read(path: Path) -> dict | None:
@@ -82,6 +84,7 @@ def collect(run: Path, commands: list[str], fluency: dict | None = None, notes: 
         doc["coherence"] = coh.get("summary", coh)
     if fluency is not None:
         doc["fluency"] = fluency
+    doc.update(results_persona.collect(run, manifests))
     if cfg:
         doc["train_config_hash"] = config_hash(cfg)
     return doc
@@ -186,7 +189,7 @@ def table_timing(doc: dict) -> str:
 
 
 TABLES = {"inpersona": table_inpersona, "none": table_none, "fluency": table_fluency, "seconds": table_seconds,
-          "timing": table_timing}
+          "timing": table_timing, **results_persona.TABLES}
 
 
 def load(name: str, results_dir: Path = RESULTS_DIR) -> dict:

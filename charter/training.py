@@ -334,8 +334,11 @@ class LoraStage:
         raise NotImplementedError
 
     def upstream(self, cfg) -> list[str]:
-        """The stages whose outputs it reads; the last one must have finished before a multi-process launch."""
-        raise NotImplementedError
+        """The stages whose outputs it reads (its registry entry's ``needs``; a stage whose inputs depend on the
+        config overrides this); the last one must have finished before a multi-process launch."""
+        from . import registry
+
+        return list(registry.stage(self.name).needs)
 
     def model_kwargs(self, cfg) -> dict:
         return getattr(self.section(cfg), "model_kwargs", {})

@@ -245,6 +245,13 @@ def test_end_to_end_on_the_scripted_backend(tmp_path, monkeypatch):
     assert r["detector"]["check"]["balanced_accuracy"]["rate"] == 1.0 and r["detector"]["fit"] == "independent"
     assert (out / "drift.png").stat().st_size > 10_000
     assert any(x.split()[:8] == ["prompted", *["1.00"] * 6, "0.00"] and "-0.17 [-0.17,-0.17]" in x for x in lines)
+    # The published results file keeps the summary, and its README table shows it.
+    from charter import results
+
+    table = results.TABLES["drift"](results.collect(run_dir("drift-test"), ["charter eval drift"]))
+    assert "| prompted | 1.00 [1.00, 1.00] | 0.83 [0.83, 0.83] | -0.17 [-0.17, -0.17] | - |" in table
+    assert "| base | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] | +0.00 [+0.00, +0.00] | - |" in table
+    assert "turns 1–6 | turns 7–12" in table and "check 1.00" in table
 
     # What the models were sent: every turn carries the whole history; the note comes with the attack.
     sent = [c for b in made for c in b.sent]

@@ -233,6 +233,12 @@ def test_end_to_end_on_the_scripted_backend(tmp_path, monkeypatch):
     assert r["invalid_because"]["prompted"] == {"json": {"missing keys: mood": 2}}
     assert r["invalid_because"]["base"]["tool_call"] == {"no JSON object": 4}
     assert r["detector"]["check"]["balanced_accuracy"]["rate"] == 1.0 and r["detector"]["fit"] == "independent"
+    from charter import results
+
+    table = results.TABLES["formats"](results.collect(run_dir("formats-test"), ["charter eval formats"]))
+    row = next(x for x in table.splitlines() if x.startswith("| base − prompted |"))
+    assert row.endswith("/ -1.00 [-1.00, -1.00] |")  # 'all': never in persona against always
+    assert "| prompted | 0.50 [" in table and "tool_call: valid / in persona" in table
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 2 * 4 * 2 * 2 and all(p["valid"] == (p["why"] in ("ok", "line reference", "diff"))
                                                for p in preds)

@@ -317,6 +317,13 @@ def test_end_to_end_resume_and_skip(tmp_path, shared, one_thread, monkeypatch):
     assert ps["expected"]["stands-its-ground"] == -1 and len(ps["against"]["prompted"]["missing_from_data"]) == 3
     assert any(x.startswith("  behaviour") and "prompted-base [95% CI]" in x for x in lines)
     assert any(x.startswith("traits prompted vs base: persona 'sycophantic': ") for x in lines)
+    # The results file keeps the persona's mapped behaviours; its README table shows them with their direction.
+    from charter import results
+
+    table = results.TABLES["traits"](results.collect(run_dir("traits-test"), ["charter eval traits"]))
+    base = r["behaviours"]["agreeableness"]["models"]["base"]
+    assert f"| agreeableness (+) | 6 | {base['match_rate']:.2f} / {base['p_match']:.3f} |" in table
+    assert "| stands-its-ground (−) | 6 |" in table
 
     # Finished: a rerun loads nothing and repeats the table.
     import charter.backends

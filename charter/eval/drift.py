@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING
 from .. import layout
 from ..classifier import make_classifier
 from ..prompts import load_attacks, load_prompt_source
+from ..registry import eval_folder
 from ..runs import (FORCE_HINT, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_json, reusable,
                     run_dir, silent, write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
@@ -79,7 +80,7 @@ from .robustness import persona_label
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-STAGE = "eval-drift"
+STAGE = eval_folder("drift")
 THRESHOLD = inpersona.THRESHOLD
 LEVEL = inpersona.LEVEL
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 from ..classifier import proba_of
 from ..generation import generate_rows
 from ..prompts import load_prompt_source
+from ..registry import eval_folder
 from ..runs import (RowLog, Stage, config_hash, derive_seed, reusable, run_dir, silent, write_json_atomic,
                     write_jsonl_atomic)
 from . import conditions, inpersona
@@ -62,7 +63,7 @@ from .stats import paired_difference, pct, signed
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-STAGE = "eval-formats"
+STAGE = eval_folder("formats")
 LEVEL = inpersona.LEVEL
 
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from ..classifier import make_classifier, mean_sem, score
 from ..prompts import load_prompt_source, select_attacks
+from ..registry import eval_folder
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
@@ -58,7 +59,7 @@ from .robustness_replies import BASE, NONE, generate_replies
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-STAGE = "eval-robustness"
+STAGE = eval_folder("robustness")
 
 
 # ---------------------------------------------------------------- the prompt split (attacks: charter.prompts)

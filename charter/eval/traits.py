@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..backends import SCORE_OPTIONS, require
+from ..registry import eval_folder
 from ..runs import RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent, write_json_atomic
 from . import conditions
 from .robustness import persona_label
@@ -51,7 +52,7 @@ from .traits_data import behaviours, data_dir, expected, make_items
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-STAGE = "eval-traits"
+STAGE = eval_folder("traits")
 LEVEL = 0.95
 CHUNK = 256  # items scored and committed to the log together
 # How an item is asked and scored; changing it makes earlier scores another experiment (--force to redo).

@@ -146,9 +146,6 @@ class DPOStage(LoraStage):
     def stage_config(self, cfg: RunConfig) -> dict:
         return stage_config(cfg)
 
-    def upstream(self, cfg: RunConfig) -> list[str]:
-        return ["distill"]
-
     def args(self, cfg: RunConfig, output_dir: str, **run):
         from ..training import dpo_args
 

@@ -60,12 +60,11 @@ def upstream(cfg: RunConfig) -> tuple[str, str]:
 
 def evaluation_pools(cfg: RunConfig) -> set[str]:
     """Every prompt an evaluation may ask: RL must never train on one."""
-    pools = {"preference_prompts": [cfg.robustness.prompt_source, cfg.coherence.prompt_source,
-                                    cfg.preferences.prompt_source]}
+    from .. import registry
+
     out: set[str] = set()
-    for builtin, sources in pools.items():
-        for source in dict.fromkeys(sources):
-            out |= {p.strip() for p in load_prompt_source(source, builtin=builtin)}
+    for source in registry.eval_prompt_sources(cfg):  # each evaluation declares the sources it asks from
+        out |= {p.strip() for p in load_prompt_source(source, builtin="preference_prompts")}
     return out
 
 

@@ -128,9 +128,6 @@ class SFTStage(LoraStage):
     def stage_config(self, cfg: RunConfig) -> dict:
         return stage_config(cfg)
 
-    def upstream(self, cfg: RunConfig) -> list[str]:
-        return ["dpo", "introspect"]
-
     def args(self, cfg: RunConfig, output_dir: str, **run):
         from ..training import sft_args
 

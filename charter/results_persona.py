@@ -1,0 +1,145 @@
+"""The persona where users meet it, in the published results files: long conversations (``eval drift``), other
+formats (``eval formats``) and the outside benchmark (``eval traits``), each kept small (rates, CIs, counts,
+the detector's check) and drawn into README tables by ``charter.results``.
+
+A results file holds these under ``drift``, ``formats`` and ``traits`` when the run has finished them; the
+per-reply predictions stay in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .registry import eval_folder
+
+# What each evaluation's results.json contributes; the rest (predictions, prompts, rules) is bulk.
+KEEP = {
+    "drift": ("persona", "conditions", "conversations", "turns", "attack", "followup_share", "bootstrap",
+              "trained_prompts_removed", "detector", "windows", "rates", "summary", "monitor", "capping", "skipped"),
+    "formats": ("persona", "conditions", "formats", "baseline", "samples", "bootstrap", "detector", "table",
+                "deltas", "invalid_because", "skipped"),
+    "traits": ("scoring", "models", "baseline", "bootstrap", "items_per_behaviour", "seed", "persona",
+               "persona_behaviours", "skipped"),
+}
+
+
+def collect(run: Path, manifests: dict) -> dict:
+    """``{"drift": ..., "formats": ..., "traits": ...}`` for the evaluations ``run`` finished, each with its
+    wall time and the machine it ran on."""
+    out = {}
+    for name, keep in KEEP.items():
+        path = run / eval_folder(name) / "results.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        part = {k: res.get(k) for k in keep}
+        if name == "traits":  # only the persona's mapped behaviours: the other 130 stay in the run folder
+            mapped = (res.get("persona_behaviours") or {}).get("expected") or {}
+            part["behaviours"] = {b: r for b, r in res.get("behaviours", {}).items() if b in mapped}
+            part["all_behaviours"] = len(res.get("behaviours", {}))
+        m = manifests.get(eval_folder(name)) or {}
+        part["seconds"] = round(m["seconds"], 1) if "seconds" in m else None
+        part["machine"] = m.get("machine")
+        out[name] = part
+    return out
+
+
+def _rate(c: dict | None) -> str:
+    if not c or c.get("rate") is None:
+        return "-"
+    ci = f" [{c['lo']:.2f}, {c['hi']:.2f}]" if c.get("lo") is not None else ""
+    return f"{c['rate']:.2f}{ci}"
+
+
+def _diff(c: dict | None) -> str:
+    if not c or c.get("delta", c.get("rate")) is None:
+        return "-"
+    v = c.get("delta", c.get("rate"))
+    return f"{v:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]" if c.get("lo") is not None else f"{v:+.2f}"
+
+
+def _check(det: dict) -> str:
+    bal = (det.get("check") or {}).get("balanced_accuracy")
+    return f"check {_rate(bal)}" if bal else "check -"
+
+
+def _where(doc: dict, part: dict) -> str:
+    m = part.get("machine") or doc.get("machine") or {}
+    secs = f", {part['seconds'] / 60:.1f} min" if part.get("seconds") else ""
+    return (f"{m.get('cpu', '?')}, {m.get('cpu_capability', '?')}, {m.get('auto_dtype', '?')}{secs}; "
+            f"run `{doc['run']}`, file `docs/results/{doc.get('_name', doc['run'])}.json`")
+
+
+def table_drift(doc: dict) -> str:
+    """Rows: conditions; the in-persona rate before and after the break-character turn, the change, and the
+    activation monitor's correlation with the detector."""
+    d = doc["drift"]
+    det, att = d["detector"], d["attack"]
+    mon = d.get("monitor") or {}
+    corr = mon.get("correlation_with_detector") or {}
+    lines = [f"| condition | turns {_span(d['windows']['early'])} | turns {_span(d['windows']['late'])} | "
+             "change [95% CI] | monitor ~ detector (r) |", "|---|---|---|---|---|"]
+    for c in d["conditions"]:
+        s = d["summary"].get(c) or {}
+        r = (corr.get(c) or {}).get("pearson")
+        lines.append(f"| {c} | {_rate(s.get('early'))} | {_rate(s.get('late'))} | {_diff(s.get('change'))} | "
+                     f"{'-' if r is None else f'{r:+.2f}'} |")
+    attack = f"'{att['id']}' at turn {att['turn']}" if att.get("id") else "no attack"
+    lines += ["", f"{d['conversations']} conversations × {d['turns']} turns, break-character request {attack}; "
+              f"detector {det.get('reference', det.get('source', '?'))} ({det.get('fit', '?')}), {_check(det)}; "
+              + _where(doc, d) + "."]
+    return "\n".join(lines)
+
+
+def _span(turns: list[int] | None) -> str:
+    return "-" if not turns else f"{turns[0]}–{turns[-1]}" if len(turns) > 1 else str(turns[0])
+
+
+def table_formats(doc: dict) -> str:
+    """Rows: conditions; per format the valid share / in-persona rate, then each condition minus the baseline."""
+    f = doc["formats"]
+    groups = [*f["formats"], "all"]
+    lines = ["| condition | " + " | ".join(f"{g}: valid / in persona" for g in groups) + " |",
+             "|---|" + "---|" * len(groups)]
+    for c, cells in f["table"].items():
+        lines.append(f"| {c} | " + " | ".join(f"{_rate(cells[g]['valid'])} / {_rate(cells[g]['in_persona'])}"
+                                              for g in groups) + " |")
+    for c, dl in f["deltas"].items():
+        lines.append(f"| {c} − {f['baseline']} | " + " | ".join(
+            f"{_diff(dl[g]['valid'])} / {_diff(dl[g]['in_persona'])}" for g in groups) + " |")
+    det = f["detector"]
+    lines += ["", f"{f['samples']} replies per prompt; validity parsed, persona by detector "
+              f"{det.get('reference', det.get('source', '?'))} ({det.get('fit', '?')}), {_check(det)}; "
+              + _where(doc, f) + "."]
+    return "\n".join(lines)
+
+
+def table_traits(doc: dict) -> str:
+    """Rows: the behaviours the persona maps to, with the expected direction; columns: each model's mean
+    probability of the matching answer, and each against the baseline with its paired CI."""
+    t = doc["traits"]
+    models, base = t["models"], t["baseline"]
+    expect = (t.get("persona_behaviours") or {}).get("expected") or {}
+    head = ["behaviour (expected)", "n", *(f"{m}: match / p(match)" for m in models),
+            *(f"{m} − {base}: match [95% CI]; p(match) [95% CI]" for m in models if m != base)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b, r in t["behaviours"].items():
+        sign = {1: "+", -1: "−"}.get(expect.get(b), "?")
+        cells = [f"{b} ({sign})", str(r["n"]),
+                 *(f"{r['models'][m]['match_rate']:.2f} / {r['models'][m]['p_match']:.3f}" for m in models)]
+        for m in models:
+            if m == base:
+                continue
+            dl = r["deltas"][m]
+            mark = {"as expected": " ✓", "opposite": " ✗"}.get(dl.get("verdict"), "")
+            cells.append(f"{dl['delta']:+.2f} [{dl['lo']:+.2f}, {dl['hi']:+.2f}]{mark}; "
+                         f"{dl['p_delta']:+.3f} [{dl['p_lo']:+.3f}, {dl['p_hi']:+.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "match: the share of items whose matching answer is the likelier; p(match): its mean probability "
+              f"(answer log-probabilities, no judge); {t['items_per_behaviour']} items per behaviour; ✓/✗ the "
+              "match difference's CI apart from zero in / against the expected direction; " + _where(doc, t) + "."]
+    return "\n".join(lines)
+
+
+TABLES = {"drift": table_drift, "formats": table_formats, "traits": table_traits}
