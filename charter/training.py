@@ -334,10 +334,8 @@ class LoraStage:
         raise NotImplementedError
 
     def upstream(self, cfg) -> list[str]:
-        """The stages whose outputs it reads (its registry entry's ``needs``; a stage whose inputs depend on the
-        config overrides this); the last one must have finished before a multi-process launch."""
+        """The stages it reads (its registry entry's ``needs``); the last must be done before a launch."""
         from . import registry
-
         return list(registry.stage(self.name).needs)
 
     def model_kwargs(self, cfg) -> dict:
