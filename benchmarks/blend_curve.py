@@ -54,7 +54,7 @@ def distill_config(folder: Path) -> Path:
     """The config the run's distill stage recorded (beside its pairs, as every stage records its own)."""
     from charter import layout
 
-    return folder / layout.OUTPUTS["pairs"].stage / "config.json"
+    return folder / layout.outputs()["pairs"].stage / "config.json"
 
 
 def pairs_of(ref: str, heldout: set) -> tuple[list[str], list[str]]:
@@ -78,7 +78,7 @@ def persona_of(ref: str, given: str | None):
         return const.load(given)
     for folder in folders(ref):
         expanded = layout.path(folder, "constitution")
-        if expanded.is_file() and layout.finished(folder, layout.OUTPUTS["constitution"].stage):
+        if expanded.is_file() and layout.finished(folder, layout.outputs()["constitution"].stage):
             return const.load_file(expanded)
         cfg = distill_config(folder)
         if cfg.is_file():

@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--eval", nargs="*", default=[], help="overrides for the evaluation only")
     args = ap.parse_args()
 
-    from charter import layout
+    from charter import layout, registry
     from charter.config import load_config
     from charter.eval.robustness import STAGE as ROBUSTNESS
     from charter.runs import run_dir
@@ -63,7 +63,8 @@ def main() -> None:
     # The run model the last stage trained makes (--until dpo: 'distilled', merge: 'trained'), and the stages
     # before DPO (expand, distill), whose outputs every variant reuses as they are.
     cond = next(label for label, (stage, _) in layout.RUN_MODELS.items() if stage == args.until)
-    shared = layout.STAGE_NAMES[:layout.STAGE_NAMES.index("dpo")]
+    names = registry.stage_names()
+    shared = names[:names.index("dpo")]
     t0 = time.time()
     charter("distill", args.config)
     charter("eval", "robustness", args.config, "robustness.conditions=[base, prompted]", *args.eval)
