@@ -17,6 +17,17 @@ def _stderr(line: str) -> None:
 
 # --------------------------------------------------------------------------------------------- constitution
 
+def _backend_args(p: argparse.ArgumentParser, backends: list[str], model_help: str) -> None:
+    """The model a drafting command asks: backend, model, server, dtype, temperature (draft and examples)."""
+    p.add_argument("--backend", default="transformers", choices=backends)
+    p.add_argument("--model", default="embedded", help=model_help)
+    p.add_argument("--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: variable holding the key")
+    p.add_argument("--dtype", default="auto", help="local backends: auto (bf16 where native, else float32), "
+                   "bfloat16, float16 or float32")
+    p.add_argument("--temperature", type=float, default=0.7)
+
+
 def _draft_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("description", help='one line, e.g. "a patient chess coach who explains every move"')
     d.add_argument("-o", "--output", required=True, help="YAML file to write (its name is the persona's name)")
@@ -28,13 +39,7 @@ def _draft_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--prompts", type=int, default=5, help="seed prompts per trait (default 5)")
     d.add_argument("--rounds", type=int, default=4, help="generation rounds per pass before giving up")
     d.add_argument("--min-traits", type=int, help="fewer usable traits is an error (default: half of --traits)")
-    d.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"])
-    d.add_argument("--model", default="embedded", help="'embedded', a model dir, a hub id, or a server's model")
-    d.add_argument("--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
-    d.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: variable holding the key")
-    d.add_argument("--dtype", default="auto", help="local backends: auto (bf16 where native, else float32), "
-                   "bfloat16, float16 or float32")
-    d.add_argument("--temperature", type=float, default=0.7)
+    _backend_args(d, ["transformers", "openai", "vllm"], "'embedded', a model dir, a hub id, or a server's model")
     d.add_argument("--max-tokens", type=int, default=1024, help="per completion")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true", help="overwrite the output file")
@@ -53,14 +58,8 @@ def _examples_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--critique", action="store_true", help="ask the model to flag off-character, not-neutral or "
                    "unhelpful texts (written as comments)")
     e.add_argument("--rounds", type=int, default=4, help="generation rounds before giving up")
-    e.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm", "scripted"])
-    e.add_argument("--model", default="embedded", help="'embedded', a model dir, a hub id, a server's model, or "
-                   "the scripted backend's rule file")
-    e.add_argument("--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
-    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: variable holding the key")
-    e.add_argument("--dtype", default="auto", help="local backends: auto (bf16 where native, else float32), "
-                   "bfloat16, float16 or float32")
-    e.add_argument("--temperature", type=float, default=0.7)
+    _backend_args(e, ["transformers", "openai", "vllm", "scripted"], "'embedded', a model dir, a hub id, a server's "
+                  "model, or the scripted backend's rule file")
     e.add_argument("--max-tokens", type=int, default=512, help="per list of messages or review")
     e.add_argument("--reply-tokens", type=int, default=160, help="per reply")
     e.add_argument("--seed", type=int, default=0)

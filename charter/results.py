@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 from . import results_persona
+from .results_persona import cell
 from .registry import eval_folder
 from .runs import MANIFEST, manifest_path
 
@@ -92,15 +93,17 @@ def collect(run: Path, commands: list[str], fluency: dict | None = None, notes: 
 
 # ---------------------------------------------------------------- README tables
 
-def _cell(c: dict | None) -> str:
-    if not c or c.get("rate") is None:
-        return "-"
-    ci = f" [{c['lo']:.2f}, {c['hi']:.2f}]" if c.get("lo") is not None else ""
-    return f"{c['rate']:.2f}{ci}"
-
-
 def _spread(st: dict | None) -> str:
     return "" if not st or len(st.get("values", [])) < 2 else f"<br>fits {st['min']:.2f}–{st['max']:.2f}"
+
+
+def record_figure(png: str | Path, sources: list[str | Path], command: str) -> None:
+    """List a figure in ``docs/results/figures.json`` with the results files it was drawn from and its command
+    (the README test reads it)."""
+    index = RESULTS_DIR / "figures.json"
+    figures = json.loads(index.read_text()) if index.exists() else {}
+    figures[Path(png).name] = {"from": [Path(s).name for s in sources], "command": command}
+    index.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
 
 
 def _cpu(doc: dict) -> str:
@@ -126,9 +129,9 @@ def table_inpersona(doc: dict, conditions: list[str] | None = None) -> str:
         check = d["detector"]["balanced_accuracy"]
         name = f"**{ref}** (headline)" if ref == rob["headline"] else ref
         spread = (d.get("seeds") or {}).get("conditions", {})
-        cells = [_cell(d["summary"].get(c, {}).get("attacks")) + _spread(spread.get(c, {}).get("attacks"))
+        cells = [cell(d["summary"].get(c, {}).get("attacks")) + _spread(spread.get(c, {}).get("attacks"))
                  if c in d["summary"] else "not scored" for c in conds]
-        lines.append(f"| {name}: {d['fit']}; check {_cell(check)}{_spread((d.get('seeds') or {}).get('check'))} | "
+        lines.append(f"| {name}: {d['fit']}; check {cell(check)}{_spread((d.get('seeds') or {}).get('check'))} | "
                      + " | ".join(cells) + " |")
     lines.append(f"\n{rob['n_heldout']} held-out prompts × {len(rob['attacks'])} attacks, "
                  f"{(dets[rob['headline']].get('seeds') or {}).get('fits', 1)} detector fits each; {_cpu(doc)}; "
@@ -142,7 +145,7 @@ def table_none(doc: dict) -> str:
     d = rob["detectors"][rob["headline"]]
     conds = list(d["summary"])
     return ("| no attack, headline detector | " + " | ".join(conds) + " |\n|" + "---|" * (len(conds) + 1) + "\n"
-            + f"| {rob['headline']} | " + " | ".join(_cell(d["summary"][c].get("none")) for c in conds) + " |")
+            + f"| {rob['headline']} | " + " | ".join(cell(d["summary"][c].get("none")) for c in conds) + " |")
 
 
 def table_fluency(doc: dict) -> str:

@@ -45,7 +45,8 @@ def collect(run: Path, manifests: dict) -> dict:
     return out
 
 
-def _rate(c: dict | None) -> str:
+def cell(c: dict | None) -> str:
+    """A rate with its 95% CI for a README table; '-' when there is none."""
     if not c or c.get("rate") is None:
         return "-"
     ci = f" [{c['lo']:.2f}, {c['hi']:.2f}]" if c.get("lo") is not None else ""
@@ -61,7 +62,7 @@ def _diff(c: dict | None) -> str:
 
 def _check(det: dict) -> str:
     bal = (det.get("check") or {}).get("balanced_accuracy")
-    return f"check {_rate(bal)}" if bal else "check -"
+    return f"check {cell(bal)}" if bal else "check -"
 
 
 def _where(doc: dict, part: dict) -> str:
@@ -83,7 +84,7 @@ def table_drift(doc: dict) -> str:
     for c in d["conditions"]:
         s = d["summary"].get(c) or {}
         r = (corr.get(c) or {}).get("pearson")
-        lines.append(f"| {c} | {_rate(s.get('early'))} | {_rate(s.get('late'))} | {_diff(s.get('change'))} | "
+        lines.append(f"| {c} | {cell(s.get('early'))} | {cell(s.get('late'))} | {_diff(s.get('change'))} | "
                      f"{'-' if r is None else f'{r:+.2f}'} |")
     attack = f"'{att['id']}' at turn {att['turn']}" if att.get("id") else "no attack"
     lines += ["", f"{d['conversations']} conversations × {d['turns']} turns, break-character request {attack}; "
@@ -103,7 +104,7 @@ def table_formats(doc: dict) -> str:
     lines = ["| condition | " + " | ".join(f"{g}: valid / in persona" for g in groups) + " |",
              "|---|" + "---|" * len(groups)]
     for c, cells in f["table"].items():
-        lines.append(f"| {c} | " + " | ".join(f"{_rate(cells[g]['valid'])} / {_rate(cells[g]['in_persona'])}"
+        lines.append(f"| {c} | " + " | ".join(f"{cell(cells[g]['valid'])} / {cell(cells[g]['in_persona'])}"
                                               for g in groups) + " |")
     for c, dl in f["deltas"].items():
         lines.append(f"| {c} − {f['baseline']} | " + " | ".join(

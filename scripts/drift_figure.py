@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from charter.eval.drift_summary import plot
-from charter.results import RESULTS_DIR
+from charter.results import record_figure
 
 
 def main() -> int:
@@ -29,11 +29,7 @@ def main() -> int:
     if "drift" not in doc:
         sys.exit(f"drift_figure: {args.results}: no 'drift' summary (collect it after `charter eval drift`)")
     plot(Path(args.output), doc["drift"])
-    index = RESULTS_DIR / "figures.json"
-    figures = json.loads(index.read_text()) if index.exists() else {}
-    figures[Path(args.output).name] = {"from": [Path(args.results).name],
-                                       "command": "python scripts/drift_figure.py " + shlex.join(sys.argv[1:])}
-    index.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+    record_figure(args.output, [args.results], "python scripts/drift_figure.py " + shlex.join(sys.argv[1:]))
     print(args.output)
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from charter.eval.conditions import CONDITIONS as ORDER  # the one list of conditions, in order
 from charter.layout import RUN_MODELS  # the conditions a run trains; the others (grey) are no training
-from charter.results import RESULTS_DIR
+from charter.results import record_figure
 
 
 def panel(ax, title: str, det: dict) -> None:
@@ -68,12 +68,8 @@ def main() -> int:
                  fontsize=8)
     fig.tight_layout()
     fig.savefig(args.output, dpi=130)
-    index = RESULTS_DIR / "figures.json"
-    figures = json.loads(index.read_text()) if index.exists() else {}
-    figures[Path(args.output).name] = {
-        "from": [Path(spec.rpartition("=")[2]).name for spec in args.files],
-        "command": "python scripts/persona_figure.py " + shlex.join(sys.argv[1:])}
-    index.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+    record_figure(args.output, [spec.rpartition("=")[2] for spec in args.files],
+                  "python scripts/persona_figure.py " + shlex.join(sys.argv[1:]))
     print(args.output)
     return 0
 

@@ -5,8 +5,6 @@ import base64
 import json
 import random
 import re
-import sys
-import types
 from html.parser import HTMLParser
 
 import pytest

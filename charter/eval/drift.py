@@ -57,7 +57,6 @@ in ``detector.py``, the rates, table and figure in ``drift_summary.py``, the boo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from pathlib import Path
