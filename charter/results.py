@@ -191,8 +191,20 @@ def table_timing(doc: dict) -> str:
                 r"\d+ (passed|failed)", t["tail"][-1]) else ""))
 
 
+def table_versus(doc: dict) -> str:
+    """Two commands run in turn on one CPU (A: this code, B: before it): CPU and wall seconds, and A/B."""
+    rows = ["| run | user | CPU (user + sys) | wall | exit |", "|---|---|---|---|---|"]
+    for k in ("A", "B"):
+        r = doc[k]
+        rows.append(f"| {k} ({doc['commit'][k]}) | {r['user_s']:.0f} s | {r['cpu_s']:.0f} s | {r['wall_s']:.0f} s | "
+                    f"{r['exit']} |")
+    q = doc["ratio_A_over_B"]
+    rows.append(f"| A / B | {q['user']:.3f} | {q['cpu']:.3f} | {q['wall']:.3f} | |")
+    return "\n".join(rows) + f"\n\n{_cpu(doc)}; {'; '.join(doc['notes'])}."
+
+
 TABLES = {"inpersona": table_inpersona, "none": table_none, "fluency": table_fluency, "seconds": table_seconds,
-          "timing": table_timing, **results_persona.TABLES}
+          "timing": table_timing, "versus": table_versus, **results_persona.TABLES}
 
 
 def load(name: str, results_dir: Path = RESULTS_DIR) -> dict:
