@@ -39,6 +39,13 @@ def outputs() -> dict[str, Output]:
     return out
 
 
+def stage_condition(stage: str) -> str:
+    """The condition label of the model stage ``stage`` makes (its registry entry: dpo -> 'distilled')."""
+    from . import registry
+
+    return registry.stage(stage).condition
+
+
 def run_models() -> dict[str, tuple[str, str]]:
     """The models a run makes that evaluations compare: condition label -> (stage folder, model folder)."""
     from . import registry

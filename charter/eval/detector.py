@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 THRESHOLD = inpersona.THRESHOLD
-REFERENCE_CONDITIONS = ("base", "prompted")  # always answer the reference prompts: the detector's check needs them
+REFERENCE_CONDITIONS = (conditions.BASE, conditions.TEACHER)  # always answer the reference prompts: the detector's check needs them
 
 
 def usable(r: dict | None) -> bool:

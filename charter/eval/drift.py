@@ -69,6 +69,7 @@ from ..registry import eval_folder
 from ..runs import (FORCE_HINT, Stage, config_hash, derive_seed, drop_rows, identity_hash, read_json, reusable,
                     run_dir, silent, write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
+from .conditions import BASE, STEERED, TEACHER
 from .detector import REFERENCE_CONDITIONS, generate_reference, usable
 from .drift_conversations import DriftRun, load_followups, plan_conversations, reference_split, split_pool
 from .drift_monitor import CAPPED, capping_of, capping_record, not_monitored, open_capped, steering_fit
@@ -156,7 +157,7 @@ def identity(cfg: RunConfig, label: str, fit: dict | None) -> str | None:
 def _order(conds: list[str], cap_model: str) -> list[str]:
     """Generation order: steered first (opening it fits the steering direction the monitor and capping read),
     then base and prompted (the detector's reference), the others, capped last (it may share a loaded model)."""
-    first = ["steered"] if "steered" in conds else []
+    first = [STEERED] if STEERED in conds else []
     rest = [c for c in conds if c not in (*first, *REFERENCE_CONDITIONS, CAPPED)]
     if CAPPED in conds and cap_model in rest:  # the capped model right before capped, so it is loaded once
         rest = [c for c in rest if c != cap_model] + [cap_model]
@@ -190,11 +191,11 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
                        "attack_turn": d.attack_turn if attack_text else None, "trained_prompts_removed": len(removed),
                        "reference": {"fit": reference[0], "check": reference[1]}, "conversations": plans})
     state = DriftRun(cfg, stage, plans, attack_text, reference, report)
-    if d.monitor and fit is None and "steered" not in conds:
+    if d.monitor and fit is None and STEERED not in conds:
         report("drift: no steering fit for this run (run `charter eval steering` first); activation monitor skipped")
     fit, skipped = _generate(cfg, state, conds, fit, report)
     calibration = capping_of(stage.dir / "capping.json", identity(cfg, CAPPED, fit)) if CAPPED in conds else None
-    if "base" in skipped or "prompted" in skipped:
+    if BASE in skipped or TEACHER in skipped:
         raise RuntimeError("drift: the detector's reference and check need the 'base' and 'prompted' replies ("
                            + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
     ready = [c for c in conds if c not in skipped]
@@ -258,7 +259,7 @@ def _generate(cfg: RunConfig, state: DriftRun, conds: list[str], fit: dict | Non
             if opened is None:
                 continue
             backend, system = opened
-            if fit is None and cond == "steered":  # opening it fitted the direction
+            if fit is None and cond == STEERED:  # opening it fitted the direction
                 fit = _fitted_now(cfg, state, report)
                 ident = identity(cfg, cond, fit)
             known[cond] = ident

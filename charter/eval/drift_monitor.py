@@ -85,7 +85,7 @@ class CappedBackend:
     """The Backend interface over a TransformersBackend, with capping hooks active only inside ``generate``
     (and inside ``hooks()``, for the monitor's forward pass)."""
 
-    name = "capped"
+    name = CAPPED
 
     def __init__(self, inner, vector: dict, thresholds: dict):
         self.inner, self.vector, self.thresholds = inner, vector, thresholds
@@ -195,7 +195,7 @@ def reply_projections(model, tokenizer, chats: list[list[dict]], replies: list[s
 def not_monitored(cfg: RunConfig, label: str) -> str | None:
     """Why the monitor cannot read a condition's activations (None: it can): its model must run in this
     process on a backend that exposes them (the steered and capped conditions always do)."""
-    if label in (CAPPED, "steered"):
+    if label in (CAPPED, conditions.STEERED):
         return None
     try:
         spec = conditions.condition_spec(cfg, label)

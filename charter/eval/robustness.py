@@ -54,6 +54,7 @@ from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read
                     write_json_atomic, write_jsonl_atomic)
 from . import conditions, inpersona
 from .detector import usable
+from .conditions import TEACHER
 from .robustness_replies import BASE, NONE, generate_replies
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
     r = cfg.robustness
     conds, attack_ids, mode, label = _check(cfg, attacks)
     # Single mode: 'prompted' answers plainly even when not scored (the reference and the detector's check).
-    plain_only = ("prompted",) if mode == "single" and "prompted" not in conds else ()
+    plain_only = (TEACHER,) if mode == "single" and TEACHER not in conds else ()
     gen_conds = conds + list(plain_only)
     others = other_sources(cfg, label) if mode == "multi" else []
     seed, train, heldout, removed = _split(cfg)
@@ -277,7 +278,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
         report("robustness: multi-persona mode has no label for 'base'; it only writes the prefill turn 1")
     ready = [c for c in conds if c not in skipped]
     persona_conds = [c for c in ready if c != BASE]
-    if mode == "single" and ("prompted" in skipped or BASE in skipped):
+    if mode == "single" and (TEACHER in skipped or BASE in skipped):
         raise RuntimeError("robustness: the detector's reference and check need the 'base' and 'prompted' "
                            "replies (" + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
     if mode == "multi" and not persona_conds:

@@ -20,7 +20,7 @@ from .detector import usable
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-BASE = "base"
+BASE = conditions.BASE
 NONE = "none"
 
 

@@ -70,7 +70,7 @@ def distilled_spec(cfg: RunConfig) -> ModelSpec:
             f"(or backend: vllm)")
     # Not made yet when this is checked before training: unchecked. In bf16 the base + DPO adapter unmerged
     # (what DPO trained), since a bf16 copy of the folded weights loses most of the update.
-    model, adapter = layout.run_model_source(cfg, "distilled", check=False)
+    model, adapter = layout.run_model_source(cfg, layout.stage_condition("dpo"), check=False)
     return dataclasses.replace(cfg.student, model=model, adapter=adapter, name=name)
 
 

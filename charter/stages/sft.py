@@ -137,7 +137,7 @@ class SFTStage(LoraStage):
         from ..models import load_tokenizer
         from ..training import split_eval
 
-        self.base, self.frozen = layout.run_model_source(cfg, "distilled")
+        self.base, self.frozen = layout.run_model_source(cfg, layout.stage_condition("dpo"))
         rows = read_jsonl(layout.sft_rows(cfg))[: cfg.sft.max_examples]
         if not rows:
             raise RuntimeError(f"{layout.sft_rows(cfg)} is empty: nothing to train on (see the introspect manifest)")
