@@ -17,9 +17,21 @@ def _stderr(line: str) -> None:
 
 # --------------------------------------------------------------------------------------------- constitution
 
+def _backends(scripted: bool) -> list[str]:
+    """The config's backends (``ModelSpec.backend``), the scripted test backend only where asked for."""
+    import typing
+
+    from .config import Backend
+
+    names = list(typing.get_args(Backend))
+    return names if scripted else names[: names.index("scripted")]
+
+
 def _backend_args(p: argparse.ArgumentParser, backends: list[str], model_help: str) -> None:
     """The model a drafting command asks: backend, model, server, dtype, temperature (draft and examples)."""
-    p.add_argument("--backend", default="transformers", choices=backends)
+    from .config import ModelSpec
+
+    p.add_argument("--backend", default=ModelSpec.backend, choices=backends)
     p.add_argument("--model", default="embedded", help=model_help)
     p.add_argument("--base-url", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: variable holding the key")
@@ -39,7 +51,7 @@ def _draft_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--prompts", type=int, default=5, help="seed prompts per trait (default 5)")
     d.add_argument("--rounds", type=int, default=4, help="generation rounds per pass before giving up")
     d.add_argument("--min-traits", type=int, help="fewer usable traits is an error (default: half of --traits)")
-    _backend_args(d, ["transformers", "openai", "vllm"], "'embedded', a model dir, a hub id, or a server's model")
+    _backend_args(d, _backends(scripted=False), "'embedded', a model dir, a hub id, or a server's model")
     d.add_argument("--max-tokens", type=int, default=1024, help="per completion")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true", help="overwrite the output file")
@@ -58,7 +70,7 @@ def _examples_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--critique", action="store_true", help="ask the model to flag off-character, not-neutral or "
                    "unhelpful texts (written as comments)")
     e.add_argument("--rounds", type=int, default=4, help="generation rounds before giving up")
-    _backend_args(e, ["transformers", "openai", "vllm", "scripted"], "'embedded', a model dir, a hub id, a server's "
+    _backend_args(e, _backends(scripted=True), "'embedded', a model dir, a hub id, a server's "
                   "model, or the scripted backend's rule file")
     e.add_argument("--max-tokens", type=int, default=512, help="per list of messages or review")
     e.add_argument("--reply-tokens", type=int, default=160, help="per reply")

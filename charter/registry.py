@@ -25,6 +25,9 @@ PLUGINS_ENV = "CHARTER_PLUGINS"
 # (every module may read the registry without an import cycle through the stages it lists).
 BUILTINS = ("charter.stages", "charter.eval")
 EVAL_PREFIX = "eval-"
+# The conditions no stage or evaluation makes: the student as it is, and prompted as the distillation teacher was
+# (with and without the persistence note). The others are the registered entries' ``condition`` labels.
+STUDENT_CONDITIONS = ("base", "prompted", "prompted-nonote")
 
 
 def eval_folder(name: str) -> str:
@@ -85,6 +88,7 @@ class Evaluation:
     card: Callable[[Path], list[str]] | None = None  # card(its folder) -> Markdown lines of the model card
     condition: str | None = None  # a condition its output makes (the steering vector: 'steered')
     color: str | None = None  # that condition's colour in the report's figures
+    own_conditions: tuple[str, ...] = ()  # conditions only this evaluation compares (drift's 'capped')
     first: bool = False  # `charter eval all` runs it before the others (their conditions read its output)
     skip: Callable[[Any], str | None] | None = None  # why `charter eval all` leaves it out, or None
     preflight: Callable[[Any, str], list] | None = None  # (cfg, where) -> [(ModelSpec, where)]; raises ConfigError
@@ -191,6 +195,13 @@ def outputs() -> dict[str, tuple[str, str]]:
 def run_models() -> dict[str, Stage]:
     """Condition label -> the stage that makes that model, in pipeline order."""
     return {s.condition: s for s in stages() if s.condition is not None}
+
+
+def conditions() -> tuple[str, ...]:
+    """Every condition an evaluation can compare, in the order tables list them: the student's, then what each
+    evaluation (the steering vector) and each stage (the run's models) makes."""
+    made_by_evals = tuple(e.condition for e in evaluations() if e.condition)
+    return (*STUDENT_CONDITIONS, *made_by_evals, *run_models())
 
 
 def trained_prompts() -> tuple[str, ...]:

@@ -127,3 +127,27 @@ def test_a_standalone_model_spec_is_viewed_as_a_model_spec():
 
     spec = dataclasses.asdict(ModelSpec(batch_size=2, timeout=1.0))
     assert identity_view({"spec": spec})["spec"] == dataclasses.asdict(ModelSpec())
+
+
+def test_condition_lists_are_checked_against_the_registry(monkeypatch):
+    """A condition is any label the registry knows, so a plugin stage's model can be named in every evaluation's
+    condition list; an unknown one is an error spelling out the known ones; drift alone also knows 'capped'."""
+    from charter import registry
+
+    def load(*overrides):
+        return load_config(None, ["name=conds", *overrides])
+
+    with pytest.raises(ConfigError, match=r"config.robustness.conditions\[1\]: expected one of base \| "
+                                          r"prompted \| .*trained.*, got 'toy-model'"):
+        load("robustness.conditions=[base, toy-model]")
+    with pytest.raises(ConfigError, match="config.formats.conditions\\[0\\]: .*got 'capped'"):
+        load("formats.conditions=[capped]")
+    assert load("drift.conditions=[base, capped]").drift.conditions == ["base", "capped"]
+    with pytest.raises(ConfigError, match=r"config.drift.cap_model: expected base \| distilled \| trained"):
+        load("drift.cap_model=prompted")
+    toy = registry.Stage("toymodel", "a stage making a model", lambda cfg, force=False: None, lambda m: "",
+                         condition="toy-model")
+    registry.load()
+    monkeypatch.setitem(registry._STAGES, "toymodel", toy)
+    cfg = load("robustness.conditions=[base, toy-model]", "drift.cap_model=toy-model")
+    assert cfg.robustness.conditions == ["base", "toy-model"] and cfg.drift.cap_model == "toy-model"

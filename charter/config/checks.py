@@ -30,8 +30,13 @@ def check_fields(obj: Any, where: str = "config") -> None:
         for f in dataclasses.fields(section):
             check = check_of(f)
             value = getattr(section, f.name)
-            if check is not None and value is not None and not check(value):
-                raise ConfigError(f"{path}.{f.name}: expected {check.expected}, got {value!r}")
+            if check is None or value is None:
+                continue
+            items = enumerate(value) if check.each and isinstance(value, list) else [(None, value)]
+            for i, item in items:
+                if not check(item):
+                    at = f"{path}.{f.name}" + ("" if i is None else f"[{i}]")
+                    raise ConfigError(f"{at}: expected {check.describe()}, got {item!r}")
 
 
 def validate(cfg: RunConfig, where: str = "config") -> None:

@@ -11,7 +11,32 @@ from typing import Literal
 from .fields import NUMBERS, OPEN_SHARE, POSITIVE, SPAN, Check, Speed, number, setting
 from .sections import ModelSpec, Sampling  # noqa: F401  (named in annotations, resolved by get_type_hints)
 
-Condition = Literal["base", "prompted", "prompted-nonote", "steered", "distilled", "trained", "rl"]
+Condition = str  # a condition label: checked against the registry (``conditions``), so a plugin's counts too
+
+
+def _known(evaluation: str | None = None) -> tuple[str, ...]:
+    """The registry's conditions (and those only ``evaluation`` compares), read when a config is checked."""
+    from .. import registry
+
+    own = registry.evaluation(evaluation).own_conditions if evaluation else ()
+    return (*registry.conditions(), *own)
+
+
+def conditions(evaluation: str | None = None) -> Check:
+    """Each item a condition label the registry knows (and those only ``evaluation`` compares)."""
+    return Check(lambda x: isinstance(x, str) and x in _known(evaluation),
+                 lambda: "one of " + " | ".join(_known(evaluation)), each=True)
+
+
+def _model_conditions() -> str:
+    """The conditions that are one model without a prompt: the student as it is, or a stage's model."""
+    from .. import registry
+
+    return " | ".join((registry.STUDENT_CONDITIONS[0], *registry.run_models()))
+
+
+def _model_condition(v) -> bool:
+    return isinstance(v, str) and v in _model_conditions().split(" | ")
 
 
 @dataclass
@@ -70,7 +95,7 @@ class RobustnessConfig:
     (rows are keyed by condition and attack): they are not part of the identity, so changing them reuses the log."""
 
     conditions: list[Condition] = setting(
-        ["base", "prompted", "steered", "distilled", "trained"], identity=False,
+        ["base", "prompted", "steered", "distilled", "trained"], check=conditions(), identity=False,
         help="the conditions compared: base | prompted | prompted-nonote | steered | distilled | trained | rl. "
              "'prompted' under an attack gets the distillation teacher's persistence note, as the teacher did on "
              "attacked rows; 'prompted-nonote' is the same without it")
@@ -122,7 +147,7 @@ class CoherenceConfig:
 
     judge: ModelSpec | None = setting(None, help="defaults to the student base model")
     against: list[Condition] = setting(
-        ["base", "prompted", "steered", "distilled"], help="the conditions the trained model is judged against")
+        ["base", "prompted", "steered", "distilled"], check=conditions(), help="the conditions the trained model is judged against")
     prompts: int = setting(100, check=POSITIVE, help="prompts judged (both orders each)")
     prompt_source: str = setting(
         "builtin",
@@ -169,15 +194,11 @@ class TraitsConfig:
         help="a seeded sample of each behaviour's items (the same whatever other behaviours are chosen); null = "
              "every item")
     models: list[Condition] = setting(
-        ["base", "trained"],
+        ["base", "trained"], check=conditions(),
         help="the conditions compared, the first as the baseline: base | prompted | prompted-nonote | steered | "
              "distilled | trained | rl")
     bootstrap: int = setting(
         1000, help="resamples of each behaviour's items for the 95% CIs (paired: the same items for every model)")
-
-
-# The drift evaluation's conditions: every condition of the others, plus activation capping.
-DriftCondition = Literal["base", "prompted", "prompted-nonote", "steered", "distilled", "trained", "rl", "capped"]
 
 
 @dataclass
@@ -190,8 +211,8 @@ class DriftConfig:
     or scored (rows are keyed by condition; the capped condition's identity holds its settings): they are not part
     of the identity, so changing them reuses the logs."""
 
-    conditions: list[DriftCondition] = setting(
-        ["base", "prompted", "trained"], identity=False,
+    conditions: list[Condition] = setting(
+        ["base", "prompted", "trained"], check=conditions("drift"), identity=False,
         help="the conditions compared: base | prompted | prompted-nonote | steered | distilled | trained | rl | "
              "capped (cap_model with its projection on the persona direction clamped from below; needs `charter eval "
              "steering`)")
@@ -233,8 +254,9 @@ class DriftConfig:
         True, identity=False,
         help="the activation monitor: each assistant turn's mean hidden state at the steering layers projected on "
              "the persona direction `charter eval steering` saved (skipped, in one line, without it)")
-    cap_model: Literal["base", "distilled", "trained", "rl"] = setting(
-        "trained", identity=False, help="the model the 'capped' condition clamps")
+    cap_model: Condition = setting(
+        "trained", check=Check(_model_condition, _model_conditions),
+        identity=False, help="the model the 'capped' condition clamps")
     cap_level: float = setting(
         0.5, identity=False,
         help="the capping threshold per steering layer, between the student's mean projection without (0) and with "
@@ -255,7 +277,7 @@ class FormatsConfig:
     prompt's text and is redone when it changes, and the models count through their own identities."""
 
     conditions: list[Condition] = setting(
-        ["base", "prompted", "trained"], identity=False,
+        ["base", "prompted", "trained"], check=conditions(), identity=False,
         help="the conditions compared (base is the floor); each is compared with 'prompted' when listed, else with "
              "the first")
     formats: list[FormatName] = setting(

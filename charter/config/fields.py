@@ -54,13 +54,18 @@ class PrefixCache:
 
 @dataclass(frozen=True)
 class Check:
-    """A value check: ``ok(value)`` says whether it passes; ``expected`` is what an error says was expected."""
+    """A value check: ``ok(value)`` says whether it passes; ``expected`` is what an error says was expected (or a
+    function that spells it when needed: a list read from the registry is complete only once it has loaded)."""
 
     ok: Callable[[Any], bool]
-    expected: str
+    expected: str | Callable[[], str]
+    each: bool = False  # a list's items are checked one by one (an error names the item's index)
 
     def __call__(self, value: Any) -> bool:
         return self.ok(value)
+
+    def describe(self) -> str:
+        return self.expected() if callable(self.expected) else self.expected
 
 
 def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,

@@ -22,6 +22,7 @@ from ..config.evals import (CapabilitiesConfig, CoherenceConfig, DriftConfig, Fo
 from ..preflight_stages import capabilities_specs, coherence_specs, preferences_specs, robustness_specs
 from ..registry import Evaluation, Section
 from .conditions import STEERED
+from .drift_monitor import CAPPED
 from . import capabilities, card_sections as card, coherence, drift, formats, preferences, report_sections as html
 from . import robustness, steering, traits
 
@@ -60,7 +61,8 @@ for _entry in (
                TraitsConfig, "evaluation: self-reported traits (Anthropic persona evals, log-probabilities)",
                skip=traits.skip, cli_args=_traits_args, cli_overrides=_traits_overrides),
     Evaluation("drift", "long conversations: in-persona rate by turn, activation monitor, capping", drift.run,
-               DriftConfig, "evaluation: the persona over long conversations, an activation monitor and capping"),
+               DriftConfig, "evaluation: the persona over long conversations, an activation monitor and capping",
+               own_conditions=(CAPPED,)),
     Evaluation("formats", "JSON, tool calls, code reviews, bullets: format validity and in-persona rate", formats.run,
                FormatsConfig, "evaluation: the persona in JSON, tool calls, code reviews and bulleted summaries"),
 ):

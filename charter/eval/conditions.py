@@ -34,9 +34,10 @@ from ..runs import config_hash, identity_hash, manifest_path, run_dir, silent, s
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-BASE = "base"
-TEACHER = "prompted"  # the distillation teacher: the persona's prompt (and examples), with the persistence note
-PROMPTED = (TEACHER, "prompted-nonote")  # the teacher's prompt, with and without the persistence note
+# BASE: the student as it is; TEACHER: the distillation teacher (the persona's prompt and examples, with the
+# persistence note); NONOTE: the same without the note.
+BASE, TEACHER, NONOTE = registry.STUDENT_CONDITIONS
+PROMPTED = (TEACHER, NONOTE)  # the teacher's prompt, with and without the persistence note
 STEERED = "steered"
 COLORS = {BASE: "#8d99ae", TEACHER: "#e9c46a"}  # a run model's or the steered condition's: its registry entry
 
@@ -44,8 +45,7 @@ COLORS = {BASE: "#8d99ae", TEACHER: "#e9c46a"}  # a run model's or the steered c
 def all_conditions() -> tuple[str, ...]:
     """Every condition, in the order tables list them: the student as it is and prompted, then what each
     registered evaluation (the steering vector) and stage (the run's models) makes."""
-    made_by_evals = tuple(e.condition for e in registry.evaluations() if e.condition)
-    return (BASE, *PROMPTED, *made_by_evals, *registry.run_models())
+    return registry.conditions()
 
 
 def colors() -> dict[str, str]:
