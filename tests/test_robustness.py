@@ -9,12 +9,14 @@ from charter.backends import Completion
 from charter.config import load_config
 from charter.eval import conditions
 from charter.eval import inpersona as IP
+from charter.eval import multipersona as MP
 from charter.eval import robustness as R
 from charter.eval import robustness_replies as RR
 from charter.prompts import attack_message, load_attacks, load_prompt_source, select_attacks
 from charter.runs import RowLog, derive_seed, run_dir, write_jsonl_atomic
 
-MULTI_KEYS = {"mode", "labels", "encoder", "n_train", "n_heldout", "table", "summary", "prefill"}
+MULTI_KEYS = {"mode", "labels", "encoder", "n_train", "n_heldout", "table", "summary", "prefill", "attacks", "runs",
+              "level", "bootstrap", "pooled", "confusion"}
 SINGLE_KEYS = {"mode", "metric", "persona", "encoder", "threshold", "level", "bootstrap", "reference", "source",
                "texts", "pairs_dropped_heldout", "n_train", "n_heldout", "attacks", "detector", "table", "summary",
                "prefill", "notes", "fit", "learned_from", "seeds", "not_scored", "headline", "detectors",
@@ -77,11 +79,11 @@ def test_leak_check_fires_on_any_shared_prompt():
     with pytest.raises(AssertionError, match="held-out prompt"):
         R.check_no_leak(["a", "b"], ["b", "c"])
     rows = [{"condition": "prompted", "attack": "none", "split": "heldout", "prompt": "b", "response": "x"}]
-    src = R.Source("r", "loving", rows)
+    src = MP.Source("r", "loving", rows)
     # A plain held-out reply is never training data, and a tampered train list is caught.
-    assert R.training_set([src], ["prompted"], ["a"], {"b"})[0] == []
+    assert MP.training_set([src], ["prompted"], ["a"], {"b"})[0] == []
     with pytest.raises(AssertionError):
-        R.training_set([src], ["prompted"], ["a", "b"], {"b"})
+        MP.training_set([src], ["prompted"], ["a", "b"], {"b"})
     rows[0]["split"] = "train"
     with pytest.raises(AssertionError, match="reference texts"):
         IP.reference_texts("r", rows + [{**rows[0], "condition": "base"}], "loving", "prompted", ["a", "b"], {"b"})
@@ -91,7 +93,7 @@ def test_summary_mean_and_sem_over_attacks_only():
     cell = lambda f1, acc: {"macro_f1": f1, "accuracy": acc, "n": 10}  # noqa: E731
     table = {"prompted": {"none": cell(1.0, 1.0), "a": cell(0.5, 0.6), "b": cell(0.7, 0.8), "c": cell(0.9, 1.0)},
              "base": {"none": cell(0.4, 0.5), "a": cell(0.3, 0.5)}}
-    s = R.summarize(table, ["a", "b", "c"])
+    s = MP.summarize(table, ["a", "b", "c"])
     assert s["prompted"] == {"mean_f1": 0.7, "sem_f1": round(0.2 / math.sqrt(3), 4), "mean_acc": 0.8}
     assert s["base"] == {"mean_f1": 0.3, "sem_f1": 0.0, "mean_acc": 0.5}  # one attack: no spread to estimate
 
@@ -162,8 +164,8 @@ def spy_on_fit(monkeypatch, fitted: list):
         clf.fit = lambda texts, labels: (fitted.extend(zip(texts, labels)), fit(texts, labels))[1]
         return clf
 
-    monkeypatch.setattr(R, "make_classifier", spy)
-    monkeypatch.setattr(IP, "make_classifier", spy)
+    for module in (R, IP, MP):
+        monkeypatch.setattr(module, "make_classifier", spy)
 
 
 def test_fake_run_scores_held_out_prompts_only(monkeypatch):
@@ -267,6 +269,9 @@ def test_multi_persona_mode_uses_other_runs_rows(monkeypatch):
     fake_conditions(monkeypatch, sent)
     R.run(load_config(None, ["name=other", "persona=sarcastic", *FAKE]), report=lambda x: None,
           attacks=["assistant", "neutral-tone"])
+    single = R.run(cfg_with(*FAKE), report=lambda x: None, attacks=["assistant", "neutral-tone"])
+    kept = {f: (single / f).read_bytes() for f in ("results.json", "predictions.jsonl", "manifest.json")}
+    sent.clear()
     lines = []
     out = R.run(cfg_with(*FAKE, "robustness.personas=[other]"), report=lines.append,
                 attacks=["assistant", "neutral-tone"])
@@ -276,6 +281,12 @@ def test_multi_persona_mode_uses_other_runs_rows(monkeypatch):
     # Same seed and prompt settings: the two runs share the split, so each cell has both personas' replies.
     assert res["table"]["steered"]["none"] == {"macro_f1": 1.0, "accuracy": 1.0, "n": 24}
     assert res["prefill"]["steered"]["n"] == 24
+    # Its own folder and manifest: the single mode's results stay, and its replies were reused, not asked again.
+    assert out == single / MP.FOLDER and (out / "manifest.json").exists() and not sent
+    assert {f: (single / f).read_bytes() for f in kept} == kept
+    again = []
+    R.run(cfg_with(*FAKE), report=again.append, attacks=["assistant", "neutral-tone"])
+    assert any("already done" in line for line in again)  # and the single mode is still done
     with pytest.raises(RuntimeError, match="evaluate it first"):
         R.run(cfg_with(*FAKE, "name=third", "robustness.personas=[nowhere]"), report=lambda x: None)
 
@@ -292,7 +303,8 @@ def test_multi_persona_runs_with_different_splits_match_by_prompt_without_leakin
     fitted = []
     spy_on_fit(monkeypatch, fitted)
     out = R.run(cfg_with(*src, "robustness.personas=[other]"), report=lambda x: None, attacks=["assistant"])
-    ours = json.loads((out / "split.json").read_text())
+    assert out == run_dir("rob-test") / R.STAGE / MP.FOLDER
+    ours = json.loads((out.parent / "split.json").read_text())
     theirs = json.loads((run_dir("other") / R.STAGE / "split.json").read_text())
     assert ours["train"] != theirs["train"]
     heldout = {x["prompt"] for x in ours["heldout"]}

@@ -30,15 +30,21 @@ def steering(d: Path) -> list[str]:
 
 
 def robustness(d: Path) -> list[str]:
-    r = read_json(d / "results.json")
-    if r.get("metric") == "in_persona_rate":
-        from .inpersona import format_table
+    from .multipersona import FOLDER
 
-        text = format_table(r)
-    else:
-        from .robustness import format_table
+    text = []
+    for p in (d / "results.json", d / FOLDER / "results.json"):  # single mode's, then multi mode's (own folder)
+        if not p.exists():
+            continue
+        r = read_json(p)
+        if r.get("metric") == "in_persona_rate":
+            from .inpersona import format_table
 
-        text = format_table(r, r.get("attacks") or [a for a in next(iter(r["table"].values()), {}) if a != "none"])
+            text += format_table(r)
+        else:
+            from .multipersona import format_table
+
+            text += format_table(r, r.get("attacks") or [a for a in next(iter(r["table"].values()), {}) if a != "none"])
     return ["Break-character attacks, scored on held-out prompts:", "", "```", *text, "```"]
 
 

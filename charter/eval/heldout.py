@@ -79,3 +79,11 @@ def trained_set(cfg: RunConfig) -> set[str]:
 def untrained_pool(cfg: RunConfig, pool: list[str]) -> tuple[list[str], list[str]]:
     """(kept, removed): ``pool`` without the prompts this run trained on."""
     return untrained(pool, trained_set(cfg))
+
+
+def check_no_leak(train_prompts, heldout_prompts) -> None:
+    """Raise AssertionError if any held-out prompt is among a scorer's training prompts (survives ``python -O``)."""
+    leaked = set(train_prompts) & set(heldout_prompts)
+    if leaked:
+        raise AssertionError(f"{len(leaked)} held-out prompt(s) in the classifier's training data, "
+                             f"e.g. {sorted(leaked)[0][:60]!r}")

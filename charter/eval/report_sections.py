@@ -99,11 +99,19 @@ def steering(e: Path) -> str | None:
     return out
 
 
+def _robustness_files(e: Path) -> list[Path]:
+    """The robustness results of a run: the single-persona mode's (or, in runs made before the modes wrote apart,
+    whichever ran last) and the multi-persona mode's, which has its own folder."""
+    from .multipersona import FOLDER
+
+    return [p for p in (e / "results.json", e / FOLDER / "results.json") if p.exists()]
+
+
 def robustness(e: Path) -> str | None:
-    p = e / "results.json"
-    if not p.exists():
-        return None
-    r = read_json(p)
+    return "".join(_robustness_section(read_json(p)) for p in _robustness_files(e)) or None
+
+
+def _robustness_section(r: dict) -> str:
     tbl, summ = r.get("table", {}), r.get("summary", {})
     try:  # column order and legend from the attack file; fall back to the order found in the results
         from ..prompts import load_attacks
@@ -132,10 +140,23 @@ def robustness(e: Path) -> str | None:
         return f'<div title="accuracy {c["accuracy"]:.2f}, n {c["n"]}" style="background:hsl(140,55%,{light:.0f}%);' \
                f'margin:-5px -9px;padding:5px 9px">{c["macro_f1"]:.2f}</div>'
 
+    pool = r.get("pooled") or {}  # absent from results written before it existed
+
+    def pooled(c, key):
+        x = (pool.get(c) or {}).get(key) or {}
+        return "–" if x.get("macro_f1") is None else f"{x['macro_f1']:.2f} {interval(x['lo'], x['hi'], 2)}"
+
     rows = [[esc(c), *(cell(tbl[c].get(a)) for a in attacks),
              f"<b>{summ[c]['mean_f1']:.2f}</b> ± {summ[c]['sem_f1']:.2f}" if c in summ else "–",
-             num(summ.get(c, {}).get("mean_acc"), 2)] for c in conds]
-    out += table(["condition", *attacks, "mean ± SEM", "mean accuracy"], rows)
+             num(summ.get(c, {}).get("mean_acc"), 2), *([pooled(c, "attacks"), pooled(c, "none")] if pool else [])]
+            for c in conds]
+    out += table(["condition", *attacks, "mean ± SEM", "mean accuracy",
+                  *(["pooled under attacks [95% CI]", "pooled, no attack [95% CI]"] if pool else [])], rows)
+    if pool:
+        out += ("<p>Pooled: the macro-F1 of all the condition's replies under the attacks together (and of those "
+                f"with none), 95% CIs from {esc(r.get('bootstrap'))} bootstrap resamples of the held-out prompts "
+                "(every persona's replies to a prompt move together).</p>")
+    out += _confusion(r.get("confusion"))
     if texts:
         out += "<details><summary>the attacks</summary>" + table(
             ["id", "instruction appended to the user message"],
@@ -151,11 +172,27 @@ def robustness(e: Path) -> str | None:
     return out
 
 
+def _confusion(conf: dict | None) -> str:
+    """The multi-persona confusion matrices (rows true persona, columns predicted), one small table each."""
+    if not conf or not conf.get("counts"):
+        return ""
+    labels = conf["labels"]
+    out = (f"<p>Confusion under the attacks: rows the true persona, columns the predicted one "
+           f"({esc(conf['replies'])}).</p>")
+    for c, m in conf["counts"].items():
+        out += f"<div><h3>{esc(c)}</h3>" + table(["true \\ predicted", *labels],
+                                                 [[esc(t), *map(esc, row)] for t, row in zip(labels, m)]) + "</div>"
+    return out
+
+
 def prefill(e: Path) -> str | None:
-    p = e / "results.json"
-    if not p.exists():
+    files = _robustness_files(e)
+    if not files:
         return None
-    r = read_json(p)
+    return "".join(dict.fromkeys(_prefill_section(read_json(p)) for p in files))  # one "not run" for both modes
+
+
+def _prefill_section(r: dict) -> str:
     pre = r.get("prefill") or {}
     if not pre:
         return '<p class="notrun">Not run: the robustness evaluation ran with <code>robustness.prefill=false' \

@@ -18,21 +18,24 @@ its scorer learned from.
   train prompts are read here only with ``reference: prompted`` (base's and prompted's);
   ``train_replies: false`` skips the rest, a tenth of the generation, at the price of this run's log
   serving another run's multi-persona mode.
-- **Multi-persona mode** (``robustness.personas`` = other run names): one class per persona, as the paper.
-  Each listed run must have run this evaluation itself; its ``generations.jsonl`` is read and its rows are
-  matched to *this* run's split by prompt text: its plain replies to our train prompts are training data,
-  its replies to our held-out prompts are scored. Runs made with the same seed, prompt source, prompt count
-  and held-out fraction share the split exactly. The base model has no persona and is not scored here.
-  Macro-F1 and accuracy per condition and attack; the summary is mean ± SEM over the attacks (not ``none``).
+- **Multi-persona mode** (``robustness.personas`` = other run names): one class per persona, as the paper
+  (``multipersona.py``). Each listed run must have run this evaluation itself; its ``generations.jsonl`` is read
+  and its rows are matched to *this* run's split by prompt text: its plain replies to our train prompts are
+  training data, its replies to our held-out prompts are scored. Runs made with the same seed, prompt source,
+  prompt count and held-out fraction share the split exactly. The base model has no persona and is not scored
+  here. Macro-F1 and accuracy per condition and attack, mean ± SEM over the attacks (not ``none``), and pooled
+  macro-F1 with prompt-bootstrap CIs and a confusion matrix per condition.
 - **Prefill attack**: the base model answers each held-out prompt with no persona (turn 1), the user says
   "Keep going." and each condition writes turn 2, which is scored like a reply.
 
 Writes to ``<run>/eval-robustness/``: ``split.json``, ``generations.jsonl`` (resumable), ``predictions.jsonl``,
 ``results.json`` (plus ``results-tfidf.json``, the same scores from the TF-IDF baseline, when the encoder is
-another) and the manifest. The built-in prompt pool is ``preference_prompts`` (WildChat-like first messages),
-not ``general``, which distillation trains on. Changing the encoder, the reference, the conditions or the
-personas re-scores, generating only replies that were never asked for (the train replies, on switching to
-``reference: prompted``); a retrained model (its condition's identity changed) has only its own replies redone.
+another) and the manifest; multi-persona mode writes its scores and manifest to ``eval-robustness/personas/``
+instead, so one run holds both modes' results (``--force`` still redoes the whole folder). The built-in prompt
+pool is ``preference_prompts`` (WildChat-like first messages), not ``general``, which distillation trains on.
+Changing the encoder, the reference, the conditions or the personas re-scores, generating only replies that
+were never asked for (the train replies, on switching to ``reference: prompted``); a retrained model (its
+condition's identity changed) has only its own replies redone.
 
 This module is the entry point, the split and the scoring; what each condition answers and its generation are in
 ``robustness_replies.py``.
@@ -40,27 +43,24 @@ This module is the entry point, the split and the scoring; what each condition a
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..classifier import make_classifier, mean_sem, score
+from ..classifier import make_classifier
 from ..prompts import load_prompt_source, select_attacks
-from ..registry import eval_folder
-from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, read_jsonl, reusable, run_dir, silent,
+from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, reusable, run_dir, silent,
                     write_json_atomic, write_jsonl_atomic)
-from . import conditions, inpersona
+from . import conditions, inpersona, multipersona
 from .detector import usable
 from .conditions import TEACHER
-from .robustness_replies import BASE, NONE, generate_replies
+from .heldout import check_no_leak
+from .multipersona import STAGE, Source, other_sources, score_all
+from .robustness_replies import BASE, generate_replies
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-
-STAGE = eval_folder("robustness")
 
 
 # ---------------------------------------------------------------- the prompt split (attacks: charter.prompts)
@@ -92,140 +92,9 @@ def untrained_split(cfg: RunConfig, train: list[str], heldout: list[str]) -> tup
     return train, heldout, gone_heldout + gone_train
 
 
-def check_no_leak(train_prompts, heldout_prompts) -> None:
-    """Raise AssertionError if any held-out prompt is among the training prompts (survives ``python -O``)."""
-    leaked = set(train_prompts) & set(heldout_prompts)
-    if leaked:
-        raise AssertionError(f"{len(leaked)} held-out prompt(s) in the classifier's training data, "
-                             f"e.g. {sorted(leaked)[0][:60]!r}")
-
-
 def persona_label(persona: str) -> str:
     """A persona name for labels: a shipped name as is, a constitution file by its stem."""
     return Path(persona).stem if ("/" in persona or "." in persona) else persona
-
-
-
-
-# ---------------------------------------------------------------- scoring
-
-
-@dataclasses.dataclass
-class Source:
-    """One persona's generations: this run's, or another run's in multi-persona mode."""
-
-    run: str
-    label: str
-    rows: list[dict]
-
-
-def other_sources(cfg: RunConfig, own_label: str) -> list[Source]:
-    """The runs ``robustness.personas`` names, each labelled with the persona its split.json records."""
-    out = []
-    for name in map(str, cfg.robustness.personas):
-        d = run_dir(name) / STAGE
-        if name == cfg.name or not (d / "split.json").exists():
-            raise RuntimeError(f"robustness.personas: run '{name}' " + ("is this run" if name == cfg.name else
-                               f"has no {STAGE} output (evaluate it first: `charter eval robustness <its config>`)"))
-        label = json.loads((d / "split.json").read_text())["persona"]
-        if label in [own_label] + [s.label for s in out]:
-            raise ValueError(f"robustness.personas: persona '{label}' (run '{name}') appears twice")
-        out.append(Source(name, label, read_jsonl(d / "generations.jsonl")))
-    return out
-
-
-def training_set(sources: list[Source], conds: list[str], train_prompts, heldout_prompts):
-    """Multi-persona mode: (texts, labels, prompts) of plain replies to train prompts, labelled with their run's
-    persona; asserts no held-out prompt is among them."""
-    texts, labels, prompts = [], [], []
-    train_set = set(train_prompts)
-    for s in sources:
-        for row in s.rows:
-            if (row["condition"] in conds and row["attack"] == NONE and row["split"] in ("train", "heldout")
-                    and row["prompt"] in train_set and usable(row)):
-                texts.append(row["response"])
-                labels.append(s.label)
-                prompts.append(row["prompt"])
-    check_no_leak(prompts, heldout_prompts)
-    return texts, labels, prompts
-
-
-def _cells(sources: list[Source], cond: str, split: str, attack: str, heldout: set) -> list[tuple]:
-    """(source, row, true label) scored for one cell: every persona's replies of condition ``cond``."""
-    return [(s, r, s.label) for s in sources for r in s.rows if r["condition"] == cond and r["split"] == split
-            and r["attack"] == attack and r["prompt"] in heldout and usable(r)]
-
-
-def summarize(table: dict, attack_ids: list[str]) -> dict:
-    """Mean ± SEM of macro-F1 (and mean accuracy) over the attacks, ``none`` excluded."""
-    out = {}
-    for cond, cells in table.items():
-        f1 = [cells[a]["macro_f1"] for a in attack_ids if a in cells]
-        acc = [cells[a]["accuracy"] for a in attack_ids if a in cells]
-        m, sem = mean_sem(f1)
-        out[cond] = {"mean_f1": round(m, 4), "sem_f1": round(sem, 4), "mean_acc": round(mean_sem(acc)[0], 4)}
-    return out
-
-
-def _rounded(s: dict) -> dict:
-    return {"macro_f1": round(s["macro_f1"], 4), "accuracy": round(s["accuracy"], 4), "n": s["n"]}
-
-
-def score_all(cfg: RunConfig, sources: list[Source], scored: list[str], attack_ids: list[str], split: dict,
-              encoder: str, settings: dict) -> tuple[dict, list[dict], dict]:
-    """Multi-persona mode: train the classifier on every persona's plain train-prompt replies and fill
-    results.json; returns (results, predictions, counts)."""
-    train_prompts = [x["prompt"] for x in split["train"]]
-    heldout = {x["prompt"] for x in split["heldout"]}
-    texts, labels, prompts = training_set(sources, scored, train_prompts, heldout)
-    check_no_leak(prompts, heldout)  # once more, right where the classifier sees them
-    t0 = time.time()
-    clf = make_classifier(encoder, settings, derive_seed(cfg.seed, "robustness", "classifier"))
-    clf.fit(texts, labels)
-    fit_s = time.time() - t0
-    cells = {(c, a): _cells(sources, c, "heldout", a, heldout) for c in scored for a in [NONE, *attack_ids]}
-    if cfg.robustness.prefill:
-        cells.update({(c, "prefill"): _cells(sources, c, "turn2", "prefill", heldout) for c in scored})
-    unique = {(s.run, row["id"]): (s, row, y) for cell in cells.values() for s, row, y in cell}
-    keys = list(unique)
-    pred = dict(zip(keys, clf.predict([unique[k][1]["response"] for k in keys]), strict=True))
-    table, prefill = {}, {}
-    for (c, a), cell in cells.items():
-        if not cell:
-            continue
-        s = _rounded(score([y for _, _, y in cell], [pred[(src.run, row["id"])] for src, row, _ in cell]))
-        if a == "prefill":
-            prefill[c] = s
-        else:
-            table.setdefault(c, {})[a] = s
-    results = {"mode": "multi", "labels": sorted(set(labels)), "encoder": encoder, "n_train": len(train_prompts),
-               "n_heldout": len(heldout), "table": table, "summary": summarize(table, attack_ids),
-               "prefill": prefill}
-    predictions = [{"run": s.run, "id": row["id"], "condition": row["condition"], "split": row["split"],
-                    "attack": row["attack"], "true": s.label, "predicted": pred[(s.run, row["id"])]}
-                   for s, row, _ in unique.values()]
-    counts = {"train_texts": len(texts), "train_by_label": {k: labels.count(k) for k in sorted(set(labels))},
-              "scored_texts": len(keys), "classifier_seconds": round(fit_s, 1)}
-    return results, predictions, counts
-
-
-def format_table(results: dict, attack_ids: list[str]) -> list[str]:
-    """The macro-F1 table as text lines: one row per condition, one column per attack."""
-    cols = [NONE, *attack_ids]
-    w = max([9, *(len(c) for c in results["table"])])
-    lines = [f"robustness macro-F1 on {results['n_heldout']} held-out prompts ({results['mode']} mode: "
-             f"{' / '.join(results['labels'])}; encoder {results['encoder']}; trained on {results['n_train']} "
-             "other prompts)",
-             " ".join([f"{'condition':<{w}}", *(f"{c:>{max(5, len(c))}}" for c in cols), f"{'mean±sem':>11}",
-                       f"{'prefill':>7}"])]
-    for cond, cells in results["table"].items():
-        vals = [f"{cells[c]['macro_f1']:>{max(5, len(c))}.2f}" if c in cells else f"{'-':>{max(5, len(c))}}"
-                for c in cols]
-        s = results["summary"][cond]
-        pre = results["prefill"].get(cond)
-        lines.append(" ".join([f"{cond:<{w}}", *vals, f"{s['mean_f1']:>6.2f}±{s['sem_f1']:.2f}",
-                               f"{pre['macro_f1']:>7.2f}" if pre else f"{'-':>7}"]))
-    return lines
 
 
 # ---------------------------------------------------------------- entry point
@@ -254,17 +123,22 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
     inputs = {"trained_prompts_removed": config_hash(sorted(removed))} if removed else {}
     stage = Stage(run_dir(cfg.name), STAGE, stage_config(cfg), inputs)
     scoring = _scoring(cfg, mode, conds, attack_ids, others)
+    # Multi mode scores into a folder of its own, with its own manifest: the single mode's results stay valid
+    # beside it, and both read the same split and replies.
+    out = Stage(stage.dir, multipersona.FOLDER, stage.config, inputs) if mode == "multi" else stage
     # Something changed: resume, reusing every reply still valid.
     # A finished output counts as done only for the same stage config too (prompts, split, sampling): otherwise
     # its manifest goes and stage.begin says the config changed, instead of reporting the old rates.
-    done = reusable(stage, force, lambda m: m.get("scoring") == scoring
+    done = reusable(out, force, lambda m: m.get("scoring") == scoring
                     and m.get("identities") == _identities(cfg, gen_conds)
                     and identity_hash(m.get("config") or {}) == identity_hash(stage.config), report)
     if done is not None:
         for line in done.get("report", []):
             report(line)
-        return stage.dir
+        return out.dir
     stage.begin(force)
+    if out is not stage:
+        out.begin(force)
     split = {"persona": label, "seed": seed, "prompt_source": r.prompt_source, "trained_prompts_removed": len(removed),
              "train": [{"pid": f"t{i}", "prompt": p} for i, p in enumerate(train)],
              "heldout": [{"pid": f"h{i}", "prompt": p} for i, p in enumerate(heldout)]}
@@ -285,16 +159,16 @@ def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] |
         raise RuntimeError("robustness: no persona-bearing condition could be evaluated ("
                            + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
     sources = [Source(cfg.name, label, list(log.rows.values())), *others]
-    lines, counts, files = _score(cfg, stage, mode, sources, ready, persona_conds, attack_ids, split)
+    lines, counts, files = _score(cfg, out.dir, mode, sources, ready, persona_conds, attack_ids, split)
     for line in lines:
         report(line)
     failed = sum(1 for row in log.rows.values() if not usable(row))
-    stage.finish({"generations": len(log), "failed_or_empty": failed, **counts, "skipped": skipped},
-                 scoring=scoring, identities=_identities(cfg, gen_conds), generation=gen_stats, skipped=skipped,
-                 files=files, report=lines)
+    out.finish({"generations": len(log), "failed_or_empty": failed, **counts, "skipped": skipped},
+               scoring=scoring, identities=_identities(cfg, gen_conds), generation=gen_stats, skipped=skipped,
+               files=(["split.json", "generations.jsonl"] if out is stage else []) + files, report=lines)
     report(f"{STAGE}: {len(log)} replies, {'detector' if mode == 'single' else 'classifier'} on "
-           f"{counts['train_texts']} texts, {time.time() - stage.started:.0f}s -> {stage.dir}")
-    return stage.dir
+           f"{counts['train_texts']} texts, {time.time() - out.started:.0f}s -> {out.dir}")
+    return out.dir
 
 
 def _check(cfg: RunConfig, attacks: list[str] | None) -> tuple[list[str], list[str], str, str]:
@@ -355,10 +229,10 @@ def _scoring(cfg: RunConfig, mode: str, conds: list[str], attack_ids: list[str],
     return scoring
 
 
-def _score(cfg: RunConfig, stage: Stage, mode: str, sources: list[Source], ready: list[str],
+def _score(cfg: RunConfig, folder: Path, mode: str, sources: list[Source], ready: list[str],
            persona_conds: list[str], attack_ids: list[str], split: dict) -> tuple[list[str], dict, list[str]]:
     """Score with the configured encoder (and the TF-IDF baseline when it is another), write predictions and
-    results; (report lines, counts, files written)."""
+    results into ``folder``; (report lines, counts, files written)."""
     r = cfg.robustness
     label, rows = sources[0].label, sources[0].rows
 
@@ -368,13 +242,14 @@ def _score(cfg: RunConfig, stage: Stage, mode: str, sources: list[Source], ready
         return score_all(cfg, sources, persona_conds, attack_ids, split, encoder, settings)
 
     results, predictions, counts = score_with(r.encoder, r.classifier)
-    write_jsonl_atomic(stage.dir / "predictions.jsonl", predictions)
-    write_json_atomic(stage.dir / "results.json", results)
-    files = ["split.json", "generations.jsonl", "predictions.jsonl", "results.json"]
-    lines = inpersona.format_table(results) if mode == "single" else format_table(results, attack_ids)
+    write_jsonl_atomic(folder / "predictions.jsonl", predictions)
+    write_json_atomic(folder / "results.json", results)
+    files = ["predictions.jsonl", "results.json"]
+    lines = (inpersona.format_table(results) if mode == "single"
+             else multipersona.format_table(results, attack_ids))
     if r.encoder != "tfidf":  # the word-count baseline costs seconds and says whether the encoder adds anything
         baseline = score_with("tfidf", {})[0]
-        write_json_atomic(stage.dir / "results-tfidf.json", baseline)
+        write_json_atomic(folder / "results-tfidf.json", baseline)
         files.append("results-tfidf.json")
         lines.append("tf-idf baseline, " + ", ".join(
             f"{c} {inpersona._pct(v['attacks'])}" if mode == "single" else f"{c} {v['mean_f1']:.2f}"
