@@ -7,7 +7,8 @@ drawn from them.
     python scripts/results.py readme --write      # redraw every table between its markers
 
 A file holds what a table or figure needs and nothing bulky: the in-persona rates of every detector with
-their bootstrap CIs and the spread over detector refits, the detector checks, fluency, the stage wall
+their bootstrap CIs and the spread over detector refits, the detector checks, the multi-persona classifier's
+macro-F1 with its CIs and confusion matrices (``results_persona.py``), fluency, the stage wall
 times, the CPU (from the manifests), the config and its hash, the commit, package versions and the
 commands that wrote it. In the README a table sits between ``<!-- results NAME KIND -->`` and
 ``<!-- /results -->``; ``tests/test_results_files.py`` fails when one differs from what its file renders.
@@ -70,7 +71,7 @@ def collect(run: Path, commands: list[str], fluency: dict | None = None, notes: 
            "commit": _commit(), "machine": any_m.get("machine"), "versions": any_m.get("versions"),
            "seconds": {s: round(m["seconds"], 1) for s, m in manifests.items() if m and "seconds" in m}}
     rob = _read(run / ROBUSTNESS / "results.json")
-    if rob is not None:
+    if rob is not None and rob.get("mode") != "multi":  # a multi-persona result there is collected as 'multipersona'
         doc["robustness"] = _robustness(rob)
         doc["machine"] = manifests[ROBUSTNESS].get("machine", doc["machine"])
         doc["config_hash"] = config_hash(manifests[ROBUSTNESS].get("config"))

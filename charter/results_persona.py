@@ -1,9 +1,10 @@
 """The persona where users meet it, in the published results files: long conversations (``eval drift``), other
-formats (``eval formats``) and the outside benchmark (``eval traits``), each kept small (rates, CIs, counts,
-the detector's check) and drawn into README tables by ``charter.results``.
+formats (``eval formats``), the outside benchmark (``eval traits``) and which of several personas wrote a reply
+(``eval robustness`` with ``robustness.personas``), each kept small (rates, CIs, counts, the detector's check)
+and drawn into README tables by ``charter.results``.
 
-A results file holds these under ``drift``, ``formats`` and ``traits`` when the run has finished them; the
-per-reply predictions stay in the run folder.
+A results file holds these under ``drift``, ``formats``, ``traits`` and ``multipersona`` when the run has finished
+them; the per-reply predictions stay in the run folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from .registry import eval_folder
+from .runs import manifest_path
 
 # What each evaluation's results.json contributes; the rest (predictions, prompts, rules) is bulk.
 KEEP = {
@@ -24,9 +26,33 @@ KEEP = {
 }
 
 
+# The multi-persona robustness results (eval-robustness/personas/): everything but the per-reply predictions.
+MULTI_KEEP = ("labels", "runs", "encoder", "n_train", "n_heldout", "attacks", "bootstrap", "level", "pooled",
+              "confusion", "summary", "table", "prefill")
+
+
+def collect_multipersona(run: Path) -> dict | None:
+    """The multi-persona part of a results file (None when the run has not scored several personas), with its wall
+    time and machine; a run made before the modes wrote apart has it in the robustness folder itself."""
+    from .eval.multipersona import FOLDER
+
+    folder = run / eval_folder("robustness")
+    for d in (folder / FOLDER, folder):
+        path = d / "results.json"
+        if path.exists() and (res := json.loads(path.read_text())).get("mode") == "multi":
+            m = json.loads(manifest_path(d).read_text()) if manifest_path(d).exists() else {}
+            part = {k: res.get(k) for k in MULTI_KEEP}
+            part["seconds"] = round(m["seconds"], 1) if "seconds" in m else None
+            part["machine"] = m.get("machine")
+            part["classifier"] = {k: (m.get("counts") or {}).get(k) for k in ("train_texts", "train_by_label",
+                                                                               "classifier_seconds")}
+            return part
+    return None
+
+
 def collect(run: Path, manifests: dict) -> dict:
-    """``{"drift": ..., "formats": ..., "traits": ...}`` for the evaluations ``run`` finished, each with its
-    wall time and the machine it ran on."""
+    """``{"drift": ..., "formats": ..., "traits": ..., "multipersona": ...}`` for the evaluations ``run``
+    finished, each with its wall time and the machine it ran on."""
     out = {}
     for name, keep in KEEP.items():
         path = run / eval_folder(name) / "results.json"
@@ -42,6 +68,9 @@ def collect(run: Path, manifests: dict) -> dict:
         part["seconds"] = round(m["seconds"], 1) if "seconds" in m else None
         part["machine"] = m.get("machine")
         out[name] = part
+    multi = collect_multipersona(run)
+    if multi is not None:
+        out["multipersona"] = multi
     return out
 
 
@@ -143,4 +172,33 @@ def table_traits(doc: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"drift": table_drift, "formats": table_formats, "traits": table_traits}
+def _f1(c: dict | None) -> str:
+    if not c or c.get("macro_f1") is None:
+        return "-"
+    ci = f" [{c['lo']:.2f}, {c['hi']:.2f}]" if c.get("lo") is not None else ""
+    return f"{c['macro_f1']:.2f}{ci}"
+
+
+def table_multipersona(doc: dict) -> str:
+    """Rows: conditions; which persona wrote each held-out reply: pooled macro-F1 under the attacks and with none
+    (prompt-bootstrap CIs), accuracy and replies under the attacks; below, the personas and the CPU."""
+    mp = doc["multipersona"]
+    n_att = len(mp["attacks"])
+    lines = [f"| condition | macro-F1 under the {n_att} attacks [95% CI] | no attack [95% CI] | accuracy under attacks "
+             "| n (replies under attacks) |", "|---|---|---|---|---|"]
+    for c, p in mp["pooled"].items():
+        att = p["attacks"]
+        acc = "-" if att.get("accuracy") is None else f"{att['accuracy']:.2f}"
+        lines.append(f"| {c} | {_f1(att)} | {_f1(p['none'])} | {acc} | {att['n']} |")
+    runs = mp.get("runs") or {}
+    labels = ", ".join(f"{x} (`{runs[x]}`)" if x in runs else x for x in mp["labels"])
+    clf = mp.get("classifier") or {}
+    fit = f" on {clf['train_texts']} replies" if clf.get("train_texts") else ""
+    lines += ["", f"{len(mp['labels'])} personas: {labels}; classifier {mp['encoder']}{fit} to {mp['n_train']} "
+              f"train prompts; {mp['n_heldout']} held-out prompts × {n_att} attacks; CIs from {mp['bootstrap']} "
+              f"bootstrap resamples of the held-out prompts; chance macro-F1 about {1 / len(mp['labels']):.2f}; "
+              + _where(doc, mp) + "."]
+    return "\n".join(lines)
+
+
+TABLES = {"drift": table_drift, "formats": table_formats, "traits": table_traits, "multipersona": table_multipersona}
