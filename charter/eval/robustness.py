@@ -110,7 +110,8 @@ def stage_config(cfg: RunConfig) -> dict:
 
 
 def run(cfg: RunConfig, force: bool = False, report=silent, attacks: list[str] | None = None) -> Path:
-    """Generate, classify and score; ``attacks`` limits the attack ids (tests, quick looks). Returns the folder."""
+    """Generate, classify and score; ``attacks`` limits the attack ids (tests, quick looks). Returns the folder of
+    the results: ``eval-robustness/``, in multi-persona mode its ``personas/``."""
     r = cfg.robustness
     conds, attack_ids, mode, label = _check(cfg, attacks)
     # Single mode: 'prompted' answers plainly even when not scored (the reference and the detector's check).
