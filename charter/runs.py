@@ -41,6 +41,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"  # written last into a stage's folder: its presence means the stage finished
+INVOCATIONS = "invocations.json"  # each invocation's start (and an interrupted one's last write): total wall time
 
 
 def manifest_path(stage_dir: Path) -> Path:
@@ -294,20 +295,43 @@ class Stage:
         if not cfg_path.exists():
             write_json_atomic(cfg_path, {"hash": h, "config": self.config, "inputs": self.inputs})
         self.started = time.time()
+        self._note_invocation()
         return True
+
+    def _note_invocation(self) -> None:
+        """Record this invocation's start beside the earlier, unfinished ones, so a stage resumed after a crash
+        or a kill reports the wall time of all its invocations, not just the last one. An interrupted
+        invocation never wrote its end; it is taken as the newest file write in the folder, since nothing has
+        written there since it stopped."""
+        path = self.dir / INVOCATIONS
+        past = read_json(path, "a stage's invocation log", FORCE_HINT)["invocations"] if path.exists() else []
+        if past and "last_write" not in past[-1]:
+            writes = [p.stat().st_mtime for p in self.dir.rglob("*") if p.is_file() and p.name != INVOCATIONS]
+            past[-1]["last_write"] = round(max(writes, default=past[-1]["started"]), 2)
+        write_json_atomic(path, {"invocations": [*past, {"started": round(self.started, 2)}]})
+
+    def _seconds_all_invocations(self, now: float) -> tuple[float, int]:
+        path = self.dir / INVOCATIONS
+        past = read_json(path, "a stage's invocation log", FORCE_HINT)["invocations"][:-1] if path.exists() else []
+        earlier = sum(max(0.0, p.get("last_write", p["started"]) - p["started"]) for p in past)
+        return round(earlier + now - self.started, 2), len(past) + 1
 
     def finish(self, counts: dict, outputs: Iterable[Path] | None = None, **extra: Any) -> dict:
         """Write the manifest. ``outputs``: the files whose content identifies the result (data stages);
         None: the result gets a fresh identity (trained models)."""
         digest = file_digest(outputs) if outputs is not None else os.urandom(8).hex()
         identity = config_hash({"config": identity_hash(self.config), "inputs": self.inputs, "output": digest})
+        now = time.time()
+        total, invocations = self._seconds_all_invocations(now)
         manifest = {
             "stage": self.name,
             "identity": identity,
             "inputs": self.inputs,
             "config": self.config,
             "counts": counts,
-            "seconds": round(time.time() - self.started, 2),
+            "seconds": round(now - self.started, 2),  # this invocation
+            "seconds_total": total,  # with the earlier, interrupted invocations of this stage
+            "invocations": invocations,
             "versions": package_versions(),
             "machine": machine_info(),
             "argv": sys.argv,

@@ -90,6 +90,28 @@ def test_a_stale_partial_stage_does_not_resume_old_rows(tmp_path):
     assert not (tmp_path / "down" / "rows.jsonl").exists()
 
 
+def test_a_resumed_stage_reports_the_wall_time_of_every_invocation(tmp_path):
+    import os
+    import time
+
+    first = Stage(tmp_path, "x", {"a": 1})
+    assert first.begin()
+    rows = first.dir / "rows.jsonl"
+    rows.write_text('{"id": "a"}\n')  # the first invocation wrote a row 100 s after it began, then was killed
+    os.utime(rows, (first.started + 100, first.started + 100))
+    second = Stage(tmp_path, "x", {"a": 1})
+    assert second.begin()
+    time.sleep(0.05)
+    m = second.finish({})
+    assert m["invocations"] == 2 and 0.05 <= m["seconds"] < 5
+    assert m["seconds_total"] == pytest.approx(100 + m["seconds"], abs=0.05)
+    # One uninterrupted invocation: the total is its own time.
+    one = Stage(tmp_path, "y", {})
+    one.begin()
+    m = one.finish({})
+    assert m["invocations"] == 1 and m["seconds_total"] == m["seconds"]
+
+
 class _Redo(Exception):
     def __init__(self, stage):
         self.stage = stage
