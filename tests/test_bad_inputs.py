@@ -13,7 +13,7 @@ import pytest
 
 from charter import cli
 from charter.config import load_config
-from charter.runs import Stage, run_dir
+from charter.runs import INVOCATIONS, Stage, run_dir
 
 DEMO = str(Path(__file__).parent.parent / "configs" / "demo.yaml")
 
@@ -246,6 +246,8 @@ def snapshot(*roots: Path) -> dict[str, bytes | None]:
             for d in dirs:
                 out[str(Path(base) / d) + "/"] = None
             for f in files:
+                if f == INVOCATIONS:  # a stage's log of its invocations: bookkeeping, not output (runs.Stage.begin)
+                    continue
                 p = Path(base) / f
                 out[str(p)] = p.read_bytes()
     return out

@@ -179,7 +179,8 @@ def test_three_personas_end_to_end_table_and_figure(tmp_path, monkeypatch):
     folder = tmp_path / "results"
     # Whether the manifests name a CPU depends on whether torch ran earlier in this process
     # (runs.machine_info), so the table is checked against a machine set here.
-    doc["machine"] = {"cpu": "Some CPU 9000", "cpu_capability": "AVX2", "auto_dtype": "float32"}
+    doc["machine"] = doc["multipersona"]["machine"] = {"cpu": "Some CPU 9000", "cpu_capability": "AVX2",
+                                                       "auto_dtype": "float32"}
     write_json_atomic(folder / "mp.json", doc)
     table = results.render("mp", "multipersona", folder)
     assert "| prompted | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 1.00 | " + f"{n} |" in table
