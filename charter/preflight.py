@@ -121,7 +121,7 @@ def check_model_list(entries: list, where: str) -> None:
         if not ref:
             raise ConfigError(f"{where}[{i}]: expected base, trained, distilled, label=path or a model, "
                               f"got {entry!r}")
-        if ref not in ("base", *registry.run_models()):
+        if ref not in (registry.BASE, *registry.run_models()):
             check_model_ref(ref, f"{where}[{i}]")
 
 

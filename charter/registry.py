@@ -27,7 +27,10 @@ BUILTINS = ("charter.stages", "charter.eval")
 EVAL_PREFIX = "eval-"
 # The conditions no stage or evaluation makes: the student as it is, and prompted as the distillation teacher was
 # (with and without the persistence note). The others are the registered entries' ``condition`` labels.
-STUDENT_CONDITIONS = ("base", "prompted", "prompted-nonote")
+STUDENT_CONDITIONS = BASE, PROMPTED, NONOTE = ("base", "prompted", "prompted-nonote")
+# The labels the built-in entries give their conditions, spelled here once so that the entries and the config's
+# default condition lists share them (a plugin's entry spells its own).
+STEERED, CAPPED, DISTILLED, TRAINED, RL = "steered", "capped", "distilled", "trained", "rl"
 
 
 def eval_folder(name: str) -> str:

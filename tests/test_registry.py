@@ -98,3 +98,29 @@ def test_the_evaluation_prompt_pools_are_the_ones_rl_keeps_out():
     cfg = load_config(None, ["robustness.prompt_source=a.jsonl", "coherence.prompt_source=b.jsonl"])
     assert set(registry.eval_prompt_sources(cfg)) == {cfg.robustness.prompt_source, cfg.coherence.prompt_source,
                                                       cfg.preferences.prompt_source}
+
+
+def _spelled(value: str) -> set[str]:
+    """The modules under charter/ that spell ``value`` as a string constant (docstrings aside)."""
+    import ast
+
+    where = set()
+    for f in (ROOT / "charter").rglob("*.py"):
+        tree = ast.parse(f.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        if any(isinstance(n, ast.Constant) and n.value == value and id(n) not in docs for n in ast.walk(tree)):
+            where.add(f.relative_to(ROOT).as_posix())
+    return where
+
+
+# 'base', 'prompted' and 'trained' are also words of other vocabularies (a manifest's base model, the 'prompted'
+# detector, the winning side of a judged pair), so the check covers the labels that are only conditions.
+@pytest.mark.parametrize("label", ["prompted-nonote", "steered", "capped", "distilled"])
+def test_a_condition_label_is_spelled_once(label):
+    assert _spelled(label) == {"charter/registry.py"}
+
+
+def test_the_manifest_file_name_is_spelled_in_one_place():
+    assert _spelled("manifest.json") == {"charter/runs.py"}

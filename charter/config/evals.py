@@ -10,6 +10,7 @@ from typing import Literal
 
 from .fields import NUMBERS, OPEN_SHARE, POSITIVE, SPAN, Check, Speed, number, setting
 from .sections import ModelSpec, Sampling  # noqa: F401  (named in annotations, resolved by get_type_hints)
+from ..registry import BASE, DISTILLED, PROMPTED, STEERED, TRAINED
 
 Condition = str  # a condition label: checked against the registry (``conditions``), so a plugin's counts too
 
@@ -44,7 +45,7 @@ class PreferencesConfig:
     """Revealed preferences: which of two traits a model chooses to act out, judged, rated with Elo."""
 
     models: list[str] = setting(
-        ["base", "trained"],
+        [BASE, TRAINED],
         help="what to evaluate: 'base' (the student), 'trained' (this run's final model), 'distilled', or model "
              "paths/ids")
     judge: ModelSpec | None = setting(None, help="defaults to the student base model")
@@ -95,7 +96,7 @@ class RobustnessConfig:
     (rows are keyed by condition and attack): they are not part of the identity, so changing them reuses the log."""
 
     conditions: list[Condition] = setting(
-        ["base", "prompted", "steered", "distilled", "trained"], check=conditions(), identity=False,
+        [BASE, PROMPTED, STEERED, DISTILLED, TRAINED], check=conditions(), identity=False,
         help="the conditions compared: base | prompted | prompted-nonote | steered | distilled | trained | rl. "
              "'prompted' under an attack gets the distillation teacher's persistence note, as the teacher did on "
              "attacked rows; 'prompted-nonote' is the same without it")
@@ -147,7 +148,7 @@ class CoherenceConfig:
 
     judge: ModelSpec | None = setting(None, help="defaults to the student base model")
     against: list[Condition] = setting(
-        ["base", "prompted", "steered", "distilled"], check=conditions(), help="the conditions the trained model is judged against")
+        [BASE, PROMPTED, STEERED, DISTILLED], check=conditions(), help="the conditions the trained model is judged against")
     prompts: int = setting(100, check=POSITIVE, help="prompts judged (both orders each)")
     prompt_source: str = setting(
         "builtin",
@@ -171,7 +172,7 @@ class CapabilitiesConfig:
         check=LM_EVAL_TASKS,
         help="lm-evaluation-harness tasks as name:fewshot")
     models: list[str] = setting(
-        ["base", "trained"], help="what to evaluate: base | trained | distilled | label=path or a model")
+        [BASE, TRAINED], help="what to evaluate: base | trained | distilled | label=path or a model")
     limit: int | None = setting(None, check=POSITIVE, help="examples per task (smoke runs)")
     batch_size: int = setting(8, check=POSITIVE, identity=Speed(8), help="lm-evaluation-harness batch size")
 
@@ -194,7 +195,7 @@ class TraitsConfig:
         help="a seeded sample of each behaviour's items (the same whatever other behaviours are chosen); null = "
              "every item")
     models: list[Condition] = setting(
-        ["base", "trained"], check=conditions(),
+        [BASE, TRAINED], check=conditions(),
         help="the conditions compared, the first as the baseline: base | prompted | prompted-nonote | steered | "
              "distilled | trained | rl")
     bootstrap: int = setting(
@@ -212,7 +213,7 @@ class DriftConfig:
     of the identity, so changing them reuses the logs."""
 
     conditions: list[Condition] = setting(
-        ["base", "prompted", "trained"], check=conditions("drift"), identity=False,
+        [BASE, PROMPTED, TRAINED], check=conditions("drift"), identity=False,
         help="the conditions compared: base | prompted | prompted-nonote | steered | distilled | trained | rl | "
              "capped (cap_model with its projection on the persona direction clamped from below; needs `charter eval "
              "steering`)")
@@ -255,7 +256,7 @@ class DriftConfig:
         help="the activation monitor: each assistant turn's mean hidden state at the steering layers projected on "
              "the persona direction `charter eval steering` saved (skipped, in one line, without it)")
     cap_model: Condition = setting(
-        "trained", check=Check(_model_condition, _model_conditions),
+        TRAINED, check=Check(_model_condition, _model_conditions),
         identity=False, help="the model the 'capped' condition clamps")
     cap_level: float = setting(
         0.5, identity=False,
@@ -277,7 +278,7 @@ class FormatsConfig:
     prompt's text and is redone when it changes, and the models count through their own identities."""
 
     conditions: list[Condition] = setting(
-        ["base", "prompted", "trained"], check=conditions(), identity=False,
+        [BASE, PROMPTED, TRAINED], check=conditions(), identity=False,
         help="the conditions compared (base is the floor); each is compared with 'prompted' when listed, else with "
              "the first")
     formats: list[FormatName] = setting(

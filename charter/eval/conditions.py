@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 # BASE: the student as it is; TEACHER: the distillation teacher (the persona's prompt and examples, with the
 # persistence note); NONOTE: the same without the note.
-BASE, TEACHER, NONOTE = registry.STUDENT_CONDITIONS
+BASE, TEACHER, NONOTE = registry.BASE, registry.PROMPTED, registry.NONOTE
 PROMPTED = (TEACHER, NONOTE)  # the teacher's prompt, with and without the persistence note
-STEERED = "steered"
+STEERED = registry.STEERED
 COLORS = {BASE: "#8d99ae", TEACHER: "#e9c46a"}  # a run model's or the steered condition's: its registry entry
 
 

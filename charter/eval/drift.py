@@ -147,7 +147,7 @@ def identity(cfg: RunConfig, label: str, fit: dict | None) -> str | None:
             return None
         # The calibration reads the student with and without the persona's prompt on the steering stems.
         return identity_hash({"label": CAPPED, "model": conditions.identity(cfg, cfg.drift.cap_model),
-                              "student": conditions.identity(cfg, "base"), "steering": fit["identity"],
+                              "student": conditions.identity(cfg, BASE), "steering": fit["identity"],
                               "level": cfg.drift.cap_level, "stems": cfg.steering.stems,
                               "system": layout.persona_system_prompt(cfg)})
     except RuntimeError:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import layout
+from .. import layout, registry
 from ..backends import HIDDEN_STATES, capabilities, render_chat
 from ..runs import manifest_path, run_dir, stage_identity
 from . import conditions
@@ -21,7 +21,7 @@ from . import conditions
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-CAPPED = "capped"
+CAPPED = registry.CAPPED
 MONITOR_BATCH = 8
 UNITS = "projection of the reply's mean hidden state on the unit persona direction / the layer's mean norm"
 

@@ -136,7 +136,7 @@ def run(cfg: RunConfig, force: bool = False, report=silent) -> Path:
     ref = RowLog(stage.dir / "reference.jsonl")
     log, ref, stats, skipped = _generate(cfg, stage, log, ref, gen, conds, prompts, (fit_prompts, check_prompts),
                                          report)
-    if "base" in skipped or "prompted" in skipped:
+    if conditions.BASE in skipped or conditions.TEACHER in skipped:
         raise RuntimeError("formats: the detector's reference and check need the 'base' and 'prompted' replies ("
                            + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
     ready = [c for c in conds if c not in skipped]
@@ -279,7 +279,7 @@ def summarise(cfg: RunConfig, log: RowLog, ref: RowLog, ready: list[str], prompt
     p_of = dict(zip(read, proba_of(clf, [texts[rid] for rid in read], persona), strict=True))
     valid = {rid: float(v["valid"]) for rid, v in verdicts.items()}
     hits = {rid: float(p >= THRESHOLD) for rid, p in p_of.items()}
-    baseline = "prompted" if "prompted" in ready else ready[0]
+    baseline = conditions.TEACHER if conditions.TEACHER in ready else ready[0]
 
     def matrix(values: dict, cond: str, fmts: list[str]):
         return [[values.get(f"{cond}/{fmt}/{p['pid']}/s{j}") for j in range(f.samples)]

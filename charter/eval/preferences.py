@@ -39,7 +39,7 @@ from ..generation import generate_rows
 from ..judges.trait import judge_chat, parse_verdict
 from ..layout import run_models
 from ..prompts import load_prompt_source, template, traits
-from ..registry import eval_folder
+from ..registry import BASE, eval_folder
 from ..runs import (RowLog, Stage, config_hash, derive_seed, identity_hash, manifest_path, read_manifest, reusable,
                     run_dir, silent, write_json_atomic, write_jsonl_atomic, write_text_atomic)
 from . import persona_traits
@@ -117,8 +117,8 @@ def resolve_targets(cfg: RunConfig) -> list[Target]:
         entry = str(entry).strip()
         label, _, ref = entry.partition("=") if "=" in entry else ("", "", entry)
         label = _slug(label) if label else ""
-        if ref == "base":
-            out.append(Target(label or "base", cfg.student, "student"))
+        if ref == BASE:
+            out.append(Target(label or BASE, cfg.student, "student"))
         elif ref in run_models():
             stage, sub = run_models()[ref]
             path = run_dir(cfg.name) / stage / sub

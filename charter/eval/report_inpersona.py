@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .html import bar_chart, esc, interval, num, ordered, png, table
+from ..registry import BASE
 
 FLOOR_NOTE = ("Base is the floor: the share of plain replies the detector wrongly calls in persona. "
               "A condition near it has lost the persona.")
@@ -55,7 +56,7 @@ def section(r: dict, attacks: list[str], texts: dict) -> str:
     if have:
         cells = [summ[c]["attacks"] for c in have]
         m = [x["rate"] for x in cells]
-        floor = summ.get("base", {}).get("attacks", {}).get("rate")
+        floor = summ.get(BASE, {}).get("attacks", {}).get("rate")
         out += png(bar_chart(have, m, [x["lo"] if x["lo"] is not None else x["rate"] for x in cells],
                              [x["hi"] if x["hi"] is not None else x["rate"] for x in cells],
                              "in-persona rate, mean over attacks",

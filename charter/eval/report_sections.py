@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..runs import manifest_path
+from ..registry import BASE
 from .html import bar_chart, esc, interval, num, ordered, png, table
 
 TASK_NAMES = {"arc_challenge": "ARC-Challenge", "hellaswag": "HellaSwag", "truthfulqa_mc1": "TruthfulQA mc1",
@@ -270,13 +271,13 @@ def capabilities(e: Path) -> str | None:
         se = f" ± {x['stderr']:.3f}" if x.get("stderr") is not None else ""
         return f"{x['value']:.3f}{se} <span class=\"muted\">(n={esc(x.get('n'))})</span>"
 
-    others = [m for m in labels if m != "base"] if "base" in models else []  # each against base
+    others = [m for m in labels if m != BASE] if BASE in models else []  # each against base
     rows = []
     for t in tasks:
         name = TASK_NAMES.get(t, t) + (f", {shots[t]}-shot" if t in shots else "")
         row = [esc(name), esc((r.get("metrics") or {}).get(t, "")), *(cell(models[m].get(t)) for m in labels)]
         for m in others:
-            a, b = models["base"].get(t) or {}, models[m].get(t) or {}
+            a, b = models[BASE].get(t) or {}, models[m].get(t) or {}
             row.append(f"{b['value'] - a['value']:+.3f}".replace("-", "−") if "value" in a and "value" in b else "–")
         rows.append(row)
     out += table(["task", "metric", *labels, *(f"{m} − base" for m in others)], rows, left=2)

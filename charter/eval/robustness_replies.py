@@ -85,7 +85,7 @@ def generate_replies(cfg: RunConfig, stage: Stage, log: RowLog, plan: list[str],
                 # Their own seeds (key '<cond>/train'), so held-out replies do not depend on whether train
                 # replies were asked for, and asking for them later gives what a fresh run would.
                 if (r.train_replies or mode == "multi"
-                        or ("prompted" in inpersona.references(r) and cond in (BASE, "prompted"))):
+                        or ("prompted" in inpersona.references(r) and cond in (BASE, conditions.TEACHER))):
                     gen(train_items(cond, train), build, backend, f"{cond}/train")
                 gen(main_items(cond, heldout, [] if cond in plain_only else attack_ids), build, backend, cond)
             if r.prefill and (cond != BASE or mode == "single") and cond not in plain_only:

@@ -44,6 +44,7 @@ from ..backends import HIDDEN_STATES, require
 from ..config import Sampling
 from ..layout import STEERING, persona_system_prompt
 from ..prompts import steering_stems as load_stems
+from ..registry import STEERED
 from ..runs import (RowLog, Stage, derive_seed, manifest_path, run_dir, silent, write_json_atomic,
                     write_jsonl_atomic)
 from ..backends.hf import reply_logprobs
@@ -214,7 +215,7 @@ def steer(model, vector, coefficient: float, norms: dict[int, float] | None = No
 class SteeredBackend:
     """The Backend interface over a TransformersBackend, with steering hooks active only inside ``generate``."""
 
-    name = "steered"
+    name = STEERED
 
     def __init__(self, inner, vector, coefficient: float, norms: dict[int, float] | None):
         self.inner, self.vector, self.coefficient, self.norms = inner, vector, coefficient, norms

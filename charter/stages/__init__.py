@@ -51,7 +51,7 @@ for _entry in (
     Stage("dpo", "DPO + LoRA on the distillation pairs, then fold the adapter", dpo.run, dpo.summary,
           DPOStageConfig, "stage 3: DPO + LoRA on the pairs", needs=("distill",),
           outputs={"distilled_model": "model", "dpo_adapter": "adapter"}, model="distilled_model",
-          condition="distilled", color="#2a9d8f", adapter="dpo_adapter", trains=True, trainer=Trainer("trl DPOConfig", _dpo_args),
+          condition=registry.DISTILLED, color="#2a9d8f", adapter="dpo_adapter", trains=True, trainer=Trainer("trl DPOConfig", _dpo_args),
           card=card.dpo),
     Stage("introspect", "self-reflection and self-interaction transcripts -> SFT set", introspect.run,
           introspect.summary, IntrospectConfig, "stage 4: self-reflection and self-interaction data",
@@ -64,12 +64,12 @@ for _entry in (
     Stage("merge", "fold DPO and SFT into the final model; export one persona adapter", merge.run, merge.summary,
           MergeConfig, "stage 6: the final model and one persona adapter", needs=("dpo", "sft"),
           outputs={"final_model": "model", "persona_adapter": "persona-adapter"}, model="final_model",
-          condition="trained", color="#264653", adapter="persona_adapter", card=card.merge),
+          condition=registry.TRAINED, color="#264653", adapter="persona_adapter", card=card.merge),
     Stage("rl", "online RL (GRPO): persona, judge and coherence rewards, attacks in the loop (rl.enabled)", rl.run,
           rl.summary, RLConfig, "optional stage 7: online RL (GRPO) with persona, judge and coherence rewards",
           needs=("dpo",), outputs={"rl_prompts": "prompts.jsonl", "rl_adapter": "adapter", "rl_model": "model",
                                    "rl_persona_adapter": "persona-adapter"},
-          model="rl_model", condition="rl", color="#9b2226", adapter="rl_persona_adapter", prompts=("rl_prompts",), trains=True,
+          model="rl_model", condition=registry.RL, color="#9b2226", adapter="rl_persona_adapter", prompts=("rl_prompts",), trains=True,
           trainer=Trainer("trl GRPOConfig", _grpo_args, setup=False), enabled=rl.enabled, check=rl.check),
 ):
     registry.register(_entry)
