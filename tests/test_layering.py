@@ -150,3 +150,21 @@ def test_only_the_cli_prints():
             if isinstance(node, ast.Name) and node.id == "print":
                 found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}")
     assert not found, f"print outside the CLI: {found}"
+
+
+# Small files, short functions: a module over these sizes is two modules, a function over them is several steps
+# that each deserve a name.
+MODULE_LINES, FUNCTION_LINES = 450, 80
+
+
+def test_no_module_or_function_outgrows_its_limit():
+    too_long = []
+    for f in sorted(ROOT.rglob("*.py")):
+        text = f.read_text()
+        name = f.relative_to(ROOT.parent).as_posix()
+        if len(text.splitlines()) > MODULE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for n in ast.walk(ast.parse(text)):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > FUNCTION_LINES:
+                too_long.append(f"{name}:{n.lineno} {n.name}(): {n.end_lineno - n.lineno + 1} lines")
+    assert not too_long, "\n".join(too_long)
