@@ -42,7 +42,7 @@ def collect_multipersona(run: Path) -> dict | None:
         if path.exists() and (res := json.loads(path.read_text())).get("mode") == "multi":
             m = json.loads(manifest_path(d).read_text()) if manifest_path(d).exists() else {}
             part = {k: res.get(k) for k in MULTI_KEEP}
-            part["seconds"] = round(m["seconds"], 1) if "seconds" in m else None
+            part["seconds"] = round(m.get("seconds_total", m["seconds"]), 1) if "seconds" in m else None
             part["machine"] = m.get("machine")
             part["classifier"] = {k: (m.get("counts") or {}).get(k) for k in ("train_texts", "train_by_label",
                                                                                "classifier_seconds")}
@@ -65,7 +65,7 @@ def collect(run: Path, manifests: dict) -> dict:
             part["behaviours"] = {b: r for b, r in res.get("behaviours", {}).items() if b in mapped}
             part["all_behaviours"] = len(res.get("behaviours", {}))
         m = manifests.get(eval_folder(name)) or {}
-        part["seconds"] = round(m["seconds"], 1) if "seconds" in m else None
+        part["seconds"] = round(m.get("seconds_total", m["seconds"]), 1) if "seconds" in m else None  # every invocation
         part["machine"] = m.get("machine")
         out[name] = part
     multi = collect_multipersona(run)
