@@ -69,8 +69,7 @@ def collect(run: Path, commands: list[str], fluency: dict | None = None, notes: 
     cfg = manifests["merge"] and manifests["merge"].get("config") or any_m.get("config")
     doc = {"schema": SCHEMA, "run": run.name, "commands": list(commands), "notes": list(notes),
            "commit": _commit(), "machine": any_m.get("machine"), "versions": any_m.get("versions"),
-           # every invocation of a stage that was interrupted and resumed, where its manifest says so
-           "seconds": {s: round(m.get("seconds_total", m["seconds"]), 1) for s, m in manifests.items()
+           "seconds": {s: results_persona.wall_seconds(m) for s, m in manifests.items()
                        if m and "seconds" in m}}
     rob = _read(run / ROBUSTNESS / "results.json")
     if rob is not None and rob.get("mode") != "multi":  # a multi-persona result there is collected as 'multipersona'

@@ -31,6 +31,11 @@ MULTI_KEEP = ("labels", "runs", "encoder", "n_train", "n_heldout", "attacks", "b
               "confusion", "summary", "table", "prefill")
 
 
+def wall_seconds(manifest: dict) -> float | None:
+    """A stage's wall time from its manifest: over every invocation when it was interrupted and resumed."""
+    return round(manifest.get("seconds_total", manifest["seconds"]), 1) if "seconds" in manifest else None
+
+
 def collect_multipersona(run: Path) -> dict | None:
     """The multi-persona part of a results file (None when the run has not scored several personas), with its wall
     time and machine; a run made before the modes wrote apart has it in the robustness folder itself."""
@@ -42,7 +47,7 @@ def collect_multipersona(run: Path) -> dict | None:
         if path.exists() and (res := json.loads(path.read_text())).get("mode") == "multi":
             m = json.loads(manifest_path(d).read_text()) if manifest_path(d).exists() else {}
             part = {k: res.get(k) for k in MULTI_KEEP}
-            part["seconds"] = round(m.get("seconds_total", m["seconds"]), 1) if "seconds" in m else None
+            part["seconds"] = wall_seconds(m)
             part["machine"] = m.get("machine")
             part["classifier"] = {k: (m.get("counts") or {}).get(k) for k in ("train_texts", "train_by_label",
                                                                                "classifier_seconds")}
@@ -65,7 +70,7 @@ def collect(run: Path, manifests: dict) -> dict:
             part["behaviours"] = {b: r for b, r in res.get("behaviours", {}).items() if b in mapped}
             part["all_behaviours"] = len(res.get("behaviours", {}))
         m = manifests.get(eval_folder(name)) or {}
-        part["seconds"] = round(m.get("seconds_total", m["seconds"]), 1) if "seconds" in m else None  # every invocation
+        part["seconds"] = wall_seconds(m)
         part["machine"] = m.get("machine")
         out[name] = part
     multi = collect_multipersona(run)

@@ -79,8 +79,9 @@ def detector_check(clf, persona: str, ref_rows: list[dict], n_boot: int, seed: i
     for r, p in zip(rows, probs, strict=True):
         hit[r["condition"]][r["pid"]] = float(p >= THRESHOLD)
     pids = sorted({r["pid"] for r in rows})
-    right = [[hit[conditions.TEACHER].get(p), None if p not in hit[conditions.BASE] else 1 - hit[conditions.BASE][p]] for p in pids]
+    persona, plain = hit[conditions.TEACHER], hit[conditions.BASE]
+    right = [[persona.get(p), None if p not in plain else 1 - plain[p]] for p in pids]
     return {"balanced_accuracy": inpersona.bootstrap_rate(right, n_boot, seed),
-            "persona_recall": inpersona.bootstrap_rate([[hit[conditions.TEACHER].get(p)] for p in pids], 0, seed)["rate"],
-            "base_false_alarms": inpersona.bootstrap_rate([[hit[conditions.BASE].get(p)] for p in pids], 0, seed)["rate"],
+            "persona_recall": inpersona.bootstrap_rate([[persona.get(p)] for p in pids], 0, seed)["rate"],
+            "base_false_alarms": inpersona.bootstrap_rate([[plain.get(p)] for p in pids], 0, seed)["rate"],
             "prompts": len(pids)}
