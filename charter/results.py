@@ -30,7 +30,7 @@ SCHEMA = "charter.results/1"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "results"
 MARKER = re.compile(r"<!-- results (\S+) (\S+) -->\n(.*?)<!-- /results -->", re.S)
-TRAIN_STAGES = ("expand", "distill", "dpo", "introspect", "sft", "merge")
+TRAIN_STAGES = results_persona.TRAIN_STAGES
 ROBUSTNESS = eval_folder("robustness")
 EVAL_STAGES = tuple(eval_folder(n) for n in ("steering", "robustness", "coherence", "preferences", "drift", "formats",
                                              "traits"))

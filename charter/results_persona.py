@@ -26,6 +26,9 @@ KEEP = {
 }
 
 
+# A run's training stages, in order (a persona's training time is their sum).
+TRAIN_STAGES = ("expand", "distill", "dpo", "introspect", "sft", "merge")
+
 # The multi-persona robustness results (eval-robustness/personas/): everything but the per-reply predictions.
 MULTI_KEEP = ("labels", "runs", "encoder", "n_train", "n_heldout", "attacks", "bootstrap", "level", "pooled",
               "confusion", "summary", "table", "prefill")
@@ -51,8 +54,34 @@ def collect_multipersona(run: Path) -> dict | None:
             part["machine"] = m.get("machine")
             part["classifier"] = {k: (m.get("counts") or {}).get(k) for k in ("train_texts", "train_by_label",
                                                                                "classifier_seconds")}
+            part["members"] = {label: member(run if name == run.name else run.parent / name)
+                               for label, name in (res.get("runs") or {}).items()}
             return part
     return None
+
+
+def _seconds(folder: Path) -> float | None:
+    p = manifest_path(folder)
+    return wall_seconds(json.loads(p.read_text())) if p.exists() else None
+
+
+def member(folder: Path) -> dict:
+    """One persona's own run, for the multi-persona result: what its training cost (the wall time of each training
+    stage and their sum) and how far its persona moved by its own single-persona detector (the headline one's
+    check and in-persona rates under the attacks); what the personas' shared, smaller config costs shows here."""
+    stages = {s: t for s in TRAIN_STAGES if (t := _seconds(folder / s)) is not None}
+    out = {"run": folder.name, "train_stages": stages,
+           "train_seconds": round(sum(stages.values()), 1) if stages else None,
+           "robustness_seconds": _seconds(folder / eval_folder("robustness")), "headline": None}
+    path = folder / eval_folder("robustness") / "results.json"
+    res = json.loads(path.read_text()) if path.exists() else {}
+    if res and res.get("mode") != "multi":
+        head = res.get("headline", res.get("reference"))
+        det = (res.get("detectors") or {head: res})[head]
+        out |= {"headline": head, "fit": det.get("fit"),
+                "check": ((det.get("detector") or {}).get("balanced_accuracy")),
+                "attacks": {c: v.get("attacks") for c, v in (det.get("summary") or {}).items()}}
+    return out
 
 
 def collect(run: Path, manifests: dict) -> dict:
@@ -206,4 +235,30 @@ def table_multipersona(doc: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"drift": table_drift, "formats": table_formats, "traits": table_traits, "multipersona": table_multipersona}
+def _minutes(s: float | None) -> str:
+    return "-" if s is None else f"{s / 60:.1f} min"
+
+
+def table_personas(doc: dict) -> str:
+    """Rows: the personas of the multi-persona result; what each one's training cost and how far its persona
+    moved by its own (single-persona, independent) detector, under the attacks."""
+    members = doc["multipersona"].get("members") or {}
+    conds = []
+    for m in members.values():
+        conds += [c for c in (m.get("attacks") or {}) if c not in conds]
+    lines = ["| persona (run) | training | robustness replies | own detector: check | "
+             + " | ".join(conds) + " |", "|" + "---|" * (len(conds) + 4)]
+    for label, m in members.items():
+        check = cell(m.get("check")) if m.get("headline") else "-"
+        lines.append(f"| {label} (`{m['run']}`) | {_minutes(m.get('train_seconds'))} | "
+                     f"{_minutes(m.get('robustness_seconds'))} | {m.get('headline') or '-'}, {check} | "
+                     + " | ".join(cell((m.get("attacks") or {}).get(c)) for c in conds) + " |")
+    lines += ["", "in-persona rate under the attacks [95% CI] by each run's own headline detector (it learned "
+              "from the base model with vs without that persona's prompt: it says trained from untrained, not which "
+              "persona); training: the sum of the training stages' wall times; "
+              + _where(doc, {"machine": doc["multipersona"].get("machine")}) + "."]
+    return "\n".join(lines)
+
+
+TABLES = {"drift": table_drift, "formats": table_formats, "traits": table_traits, "multipersona": table_multipersona,
+          "personas": table_personas}

@@ -8,8 +8,8 @@
 # multi-persona mode runs inside the first persona's run, with the others as `robustness.personas`; it writes to
 # that run's eval-robustness/personas/, so the run's single-persona results stay as they are. Last, the results
 # file ($OUT, default docs/results/cpu-personas.json, with every command's wall time as notes) and the figure.
-# Prints each command's wall time and the total; the CPU model first, since every figure depends on it. Not yet
-# run: at the speeds configs/cpu-personas.yaml cites, about 70 minutes a persona on 2 cores (16 train, 50 robustness).
+# Prints each command's wall time and the total; the CPU model first, since every figure depends on it. Measured
+# on a 2-core Intel Xeon (float32): about 20 minutes a persona (6 train, 14 robustness); configs/cpu-personas.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cfg=configs/cpu-personas.yaml

@@ -176,6 +176,15 @@ def test_three_personas_end_to_end_table_and_figure(tmp_path, monkeypatch):
     doc = results.collect(run_dir("mp-sarcastic"), ["bash scripts/multi_persona.sh"])
     assert doc["robustness"]["headline"] == "prompted" and doc["multipersona"]["pooled"] == res["pooled"]
     assert doc["multipersona"]["classifier"]["train_texts"] == 3 * 2 * (24 - res["n_heldout"])
+    # Beside it each persona's own run: its single-persona rates and what its training cost (none here: scripted).
+    members = doc["multipersona"]["members"]
+    assert {k: m["run"] for k, m in members.items()} == res["runs"]
+    for m in members.values():
+        own = json.loads((run_dir(m["run"]) / R.STAGE / "results.json").read_text())
+        head = own["detectors"][own["headline"]]
+        assert m["attacks"]["prompted"] == head["summary"]["prompted"]["attacks"]
+        assert m["check"] == head["detector"]["balanced_accuracy"] and m["train_seconds"] is None
+        assert m["robustness_seconds"] > 0
     folder = tmp_path / "results"
     # Whether the manifests name a CPU depends on whether torch ran earlier in this process
     # (runs.machine_info), so the table is checked against a machine set here.
@@ -187,6 +196,8 @@ def test_three_personas_end_to_end_table_and_figure(tmp_path, monkeypatch):
     assert f"| prompted-nonote | 0.17 [0.17, 0.17] | 1.00 [1.00, 1.00] | 0.33 | {n} |" in table
     assert "3 personas: loving (`mp-loving`), poetic (`mp-poetic`), sarcastic (`mp-sarcastic`)" in table
     assert "Some CPU 9000, AVX2, float32" in table and "file `docs/results/mp.json`" in table
+    rows = results.render("mp", "personas", folder)
+    assert "| poetic (`mp-poetic`) | - | " in rows and rows.count("(`mp-") == 3 and "Some CPU 9000" in rows
 
     # The report and the model card show both modes.
     html = report_sections.robustness(single)
@@ -204,3 +215,15 @@ def test_three_personas_end_to_end_table_and_figure(tmp_path, monkeypatch):
     write_json_atomic(folder / "single.json", doc)
     with pytest.raises(SystemExit, match="no multi-persona confusion"):
         load_script("confusion_figure").main([str(folder / "single.json"), "-o", str(tmp_path / "x.png")])
+
+
+def test_a_persona_run_s_training_time_is_the_sum_of_its_stages(tmp_path):
+    from charter.results_persona import member
+
+    run = tmp_path / "p"
+    for stage, secs in (("distill", 100.0), ("dpo", 50.5), ("sft", 20.0)):
+        write_json_atomic(run / stage / "manifest.json", {"seconds": secs})
+    write_json_atomic(run / "merge" / "manifest.json", {"seconds": 9.0, "seconds_total": 12.0})  # resumed once
+    m = member(run)
+    assert m["train_seconds"] == 182.5 and m["train_stages"]["merge"] == 12.0 and "expand" not in m["train_stages"]
+    assert m["headline"] is None and m["robustness_seconds"] is None  # not evaluated: no rates, no error
