@@ -246,7 +246,7 @@ def table_personas(doc: dict) -> str:
     conds = []
     for m in members.values():
         conds += [c for c in (m.get("attacks") or {}) if c not in conds]
-    lines = ["| persona (run) | training | robustness replies | own detector: check | "
+    lines = ["| persona (run) | training | robustness eval | own detector: check | "
              + " | ".join(conds) + " |", "|" + "---|" * (len(conds) + 4)]
     for label, m in members.items():
         check = cell(m.get("check")) if m.get("headline") else "-"
