@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 from . import results_persona
-from .results_persona import cell
+from .results_persona import cell, headline_detector
 from .registry import eval_folder
 from .runs import MANIFEST, manifest_path
 
@@ -36,10 +36,6 @@ EVAL_STAGES = tuple(eval_folder(n) for n in ("steering", "robustness", "coherenc
                                              "traits"))
 
 
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -51,8 +47,8 @@ def _commit() -> str | None:
 def _robustness(res: dict) -> dict:
     """The robustness results without the per-prompt bulk: every detector's summary, check and spread."""
     keep = ("reference", "fit", "learned_from", "texts", "detector", "summary", "seeds", "not_scored")
-    dets = res.get("detectors") or {res["reference"]: res}
-    return {"headline": res.get("headline", res["reference"]), "encoder": res["encoder"],
+    head, dets, _ = headline_detector(res)
+    return {"headline": head, "encoder": res["encoder"],
             "n_heldout": res["n_heldout"], "n_train": res["n_train"], "attacks": res["attacks"],
             "bootstrap": res["bootstrap"], "trained_prompts_removed": res.get("trained_prompts_removed", 0),
             "detectors": {ref: {k: d.get(k) for k in keep} for ref, d in dets.items()}}
@@ -62,7 +58,7 @@ def collect(run: Path, commands: list[str], fluency: dict | None = None, notes: 
     """The results document of a finished run folder ``run``."""
     from .runs import config_hash
 
-    manifests = {s: _read(manifest_path(run / s)) for s in (*TRAIN_STAGES, *EVAL_STAGES)}
+    manifests = {s: results_persona.read_json(manifest_path(run / s)) for s in (*TRAIN_STAGES, *EVAL_STAGES)}
     any_m = next((m for m in manifests.values() if m), None)
     if any_m is None:
         raise FileNotFoundError(f"{run}: no finished stage (no {MANIFEST} under it)")
@@ -71,7 +67,7 @@ def collect(run: Path, commands: list[str], fluency: dict | None = None, notes: 
            "commit": _commit(), "machine": any_m.get("machine"), "versions": any_m.get("versions"),
            "seconds": {s: results_persona.wall_seconds(m) for s, m in manifests.items()
                        if m and "seconds" in m}}
-    rob = _read(run / ROBUSTNESS / "results.json")
+    rob = results_persona.read_json(run / ROBUSTNESS / "results.json")
     if rob is not None and rob.get("mode") != "multi":  # a multi-persona result there is collected as 'multipersona'
         doc["robustness"] = _robustness(rob)
         doc["machine"] = manifests[ROBUSTNESS].get("machine", doc["machine"])
@@ -82,7 +78,7 @@ def collect(run: Path, commands: list[str], fluency: dict | None = None, notes: 
     if manifests["merge"]:
         doc["merge"] = {"sft_weight": manifests["merge"]["counts"].get("sft_weight", 1.0),
                         "fold": manifests["merge"].get("fold")}
-    coh = _read(run / eval_folder("coherence") / "results.json")
+    coh = results_persona.read_json(run / eval_folder("coherence") / "results.json")
     if coh is not None:
         doc["coherence"] = coh.get("summary", coh)
     if fluency is not None:

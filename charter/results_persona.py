@@ -48,7 +48,7 @@ def collect_multipersona(run: Path) -> dict | None:
     for d in (folder / FOLDER, folder):
         path = d / "results.json"
         if path.exists() and (res := json.loads(path.read_text())).get("mode") == "multi":
-            m = json.loads(manifest_path(d).read_text()) if manifest_path(d).exists() else {}
+            m = read_json(manifest_path(d)) or {}
             part = {k: res.get(k) for k in MULTI_KEEP}
             part["seconds"] = wall_seconds(m)
             part["machine"] = m.get("machine")
@@ -60,9 +60,21 @@ def collect_multipersona(run: Path) -> dict | None:
     return None
 
 
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def headline_detector(res: dict) -> tuple[str, dict, dict]:
+    """(headline name, every detector by name, the headline's results) of a single-persona robustness result; a
+    result from before several detectors were scored is its one detector."""
+    head = res.get("headline", res.get("reference"))
+    dets = res.get("detectors") or {res["reference"]: res}
+    return head, dets, dets[head]
+
+
 def _seconds(folder: Path) -> float | None:
-    p = manifest_path(folder)
-    return wall_seconds(json.loads(p.read_text())) if p.exists() else None
+    m = read_json(manifest_path(folder))
+    return None if m is None else wall_seconds(m)
 
 
 def member(folder: Path) -> dict:
@@ -73,11 +85,9 @@ def member(folder: Path) -> dict:
     out = {"run": folder.name, "train_stages": stages,
            "train_seconds": round(sum(stages.values()), 1) if stages else None,
            "robustness_seconds": _seconds(folder / eval_folder("robustness")), "headline": None}
-    path = folder / eval_folder("robustness") / "results.json"
-    res = json.loads(path.read_text()) if path.exists() else {}
+    res = read_json(folder / eval_folder("robustness") / "results.json")
     if res and res.get("mode") != "multi":
-        head = res.get("headline", res.get("reference"))
-        det = (res.get("detectors") or {head: res})[head]
+        head, _, det = headline_detector(res)
         out |= {"headline": head, "fit": det.get("fit"),
                 "check": ((det.get("detector") or {}).get("balanced_accuracy")),
                 "attacks": {c: v.get("attacks") for c, v in (det.get("summary") or {}).items()}}
